@@ -1,0 +1,4 @@
+//! mailledger: a CQRS / event-sourced mail ledger.
+#![forbid(unsafe_code)]
+
+pub mod command;
