@@ -67,10 +67,14 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
 }
 
-# wait_port NAME HOST PORT LOGFILE
+# wait_port NAME HOST PORT LOGFILE [PID]
 wait_port() {
   local i
-  for ((i = 0; i < 60; i++)); do reachable "$2" "$3" && return 0; sleep 0.5; done
+  for ((i = 0; i < 60; i++)); do
+    if reachable "$2" "$3"; then return 0; fi
+    if [[ -n ${5:-} ]] && ! kill -0 "$5" 2>/dev/null; then die "$1: exited while starting; see $4"; fi
+    sleep 0.5
+  done
   die "$1: still not reachable at $2:$3 after 30 s; see $4"
 }
 
@@ -91,7 +95,7 @@ start_postgres() { # PORT HOST
     ver=$(printf '%s\n' /usr/lib/postgresql/*/bin/postgres | sort -V | tail -n1)
     ver=${ver#/usr/lib/postgresql/}; ver=${ver%%/*}
     cluster=main
-    if [[ -d /etc/postgresql/$ver/main ]]; then cluster=mailledger; fi
+    if [[ -d /etc/postgresql/$ver/main ]]; then cluster=mailledger_$1; fi
     echo "postgres: creating cluster $ver/$cluster on port $1" >&2
     as_root pg_createcluster "$ver" "$cluster" --port "$1" >/dev/null
   fi
@@ -180,11 +184,18 @@ ensure_nats() {
     # The packaged unit has no JetStream; we run our own instance instead.
     if has_systemd; then as_root systemctl disable --now nats-server.service >/dev/null 2>&1 || true; fi
   fi
+  local pid
+  pid=$(cat "$RUN_DIR/nats.pid" 2>/dev/null) || true
+  if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == nats-server ]]; then
+    die "nats: our nats-server (pid $pid) already uses $RUN_DIR/nats on another port; stop it first (kill $pid)"
+  fi
   mkdir -p "$RUN_DIR/nats"
-  local args=(-a "$(bind_addr "$host")" -p "$port" -js -sd "$RUN_DIR/nats" -P "$RUN_DIR/nats.pid")
+  local args=(-a "$(bind_addr "$host")" -p "$port" -js -sd "$RUN_DIR/nats")
   if [[ -n $U_USER ]]; then args+=(--user "$U_USER" --pass "$U_PASS"); fi
   setsid nohup nats-server "${args[@]}" >>"$log" 2>&1 </dev/null &
-  wait_port nats "$host" "$port" "$log"
+  pid=$!
+  wait_port nats "$host" "$port" "$log" "$pid"
+  echo "$pid" >"$RUN_DIR/nats.pid"
   nats_has_js "$host" "$port" || die "nats: started but JetStream is off; see $log"
   echo "nats: started (JetStream, store .run/nats) at $host:$port (log $log)"
 }

@@ -99,6 +99,28 @@ impl fmt::Display for Mailbox {
     }
 }
 
+/// Splits a comma-separated address list (`a@x.org, "Lee, Ann" <ann@y.org>`), keeping
+/// commas inside quoted display names; empty items are dropped.
+pub fn split_list(raw: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let (mut current, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in raw.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    items.push(current);
+    items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+}
+
 fn unquote(name: &str) -> Result<Option<String>, String> {
     if name.is_empty() {
         return Ok(None);
@@ -144,6 +166,13 @@ mod tests {
         assert_eq!(m.name.as_deref(), Some(r#"Lee, Ann "AL""#));
         assert_eq!(Mailbox::parse(&m.to_header_string()).unwrap(), m);
         assert_eq!(Mailbox::parse("<ann@example.org>").unwrap().name, None);
+    }
+
+    #[test]
+    fn lists_split_outside_quotes() {
+        assert_eq!(split_list(r#"a@x.org, "Lee, Ann" <ann@y.org>,,"#), vec!["a@x.org", r#""Lee, Ann" <ann@y.org>"#]);
+        assert_eq!(split_list(r#""a\", b" <c@d.org>"#), vec![r#""a\", b" <c@d.org>"#]);
+        assert!(split_list(" ").is_empty());
     }
 
     #[test]

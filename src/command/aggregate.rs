@@ -100,7 +100,7 @@ impl Aggregate for Email {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let events = match command {
-            EmailCommand::Request(c) => self.request(c, services)?,
+            EmailCommand::Request(c) => self.request(*c, services)?,
             EmailCommand::RecordSent(c) => self.record_sent(c)?,
             EmailCommand::RecordFailure(c) => self.record_failure(c)?,
             EmailCommand::Redrive(c) => self.redrive(c)?,

@@ -11,7 +11,7 @@ use super::events::Source;
 #[derive(Debug, Clone, PartialEq)]
 pub enum EmailCommand {
     /// Record a producer's request and queue it for delivery.
-    Request(RequestEmailCommand),
+    Request(Box<RequestEmailCommand>),
     /// Record that the SMTP server accepted attempt `attempt`.
     RecordSent(RecordSentCommand),
     /// Record that attempt `attempt` failed.

@@ -157,7 +157,7 @@ fn dead_lettered() -> Vec<EmailEvent> {
 async fn request_when_new_records_requested_and_persisted() {
     framework()
         .given_no_previous_events()
-        .when_async(EmailCommand::Request(request()))
+        .when_async(EmailCommand::Request(Box::new(request())))
         .await
         .then_expect_events(accepted());
 }
@@ -166,7 +166,7 @@ async fn request_when_new_records_requested_and_persisted() {
 async fn request_when_unrenderable_is_refused() {
     let result = framework()
         .given_no_previous_events()
-        .when_async(EmailCommand::Request(request_with_subject("unrenderable")))
+        .when_async(EmailCommand::Request(Box::new(request_with_subject("unrenderable"))))
         .await
         .inspect_result();
     assert_eq!(result, Err(EmailError::Unrenderable("no".into())));
@@ -175,7 +175,11 @@ async fn request_when_unrenderable_is_refused() {
 #[tokio::test]
 async fn same_request_again_in_any_state_is_a_no_op() {
     for given in [queued(), retrying(), delivered(), dead_lettered()] {
-        framework().given(given).when_async(EmailCommand::Request(request())).await.then_expect_events(vec![]);
+        framework()
+            .given(given)
+            .when_async(EmailCommand::Request(Box::new(request())))
+            .await
+            .then_expect_events(vec![]);
     }
 }
 
@@ -184,7 +188,7 @@ async fn other_request_with_the_same_key_is_a_conflict_in_any_state() {
     for given in [queued(), retrying(), delivered(), dead_lettered()] {
         framework()
             .given(given)
-            .when_async(EmailCommand::Request(request_with_subject("Something else")))
+            .when_async(EmailCommand::Request(Box::new(request_with_subject("Something else"))))
             .await
             .then_expect_error(EmailError::IdempotencyConflict);
     }

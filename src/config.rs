@@ -1,0 +1,388 @@
+//! Typed, layered settings: the embedded `config/default.yaml`, then an optional YAML
+//! file, then environment variables — the public names (`MAILLEDGER_DATABASE_URL`, …)
+//! and `MAILLEDGER__SECTION__KEY` for any other key.
+//!
+//! A bad value fails start-up with one line naming the setting that holds it, as the
+//! user wrote it (`MAILLEDGER_HTTP_ADDR: …` or `http.addr: …`). Secrets (the database and
+//! SMTP passwords) are never printed: see [`redact`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use url::Url;
+
+use crate::command::Limits;
+
+const DEFAULTS: &str = include_str!("../config/default.yaml");
+
+/// The public environment variables and the keys they set.
+pub const ENV_NAMES: &[(&str, &str)] = &[
+    ("MAILLEDGER_DATABASE_URL", "database.url"),
+    ("MAILLEDGER_NATS_URL", "nats.url"),
+    ("MAILLEDGER_REDIS_URL", "redis.url"),
+    ("MAILLEDGER_SMTP_URL", "smtp.url"),
+    ("MAILLEDGER_HTTP_ADDR", "http.addr"),
+    ("MAILLEDGER_GRPC_ADDR", "grpc.addr"),
+    ("MAILLEDGER_METRICS_ADDR", "metrics.addr"),
+];
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// PostgreSQL (the event store and read models).
+    pub database: DatabaseSettings,
+    /// NATS JetStream (command intake, dead letters).
+    pub nats: NatsSettings,
+    /// Redis (the read cache).
+    pub redis: RedisSettings,
+    /// Outgoing mail.
+    pub smtp: SmtpSettings,
+    /// REST listener.
+    pub http: ListenSettings,
+    /// gRPC listener.
+    pub grpc: ListenSettings,
+    /// Prometheus listener.
+    pub metrics: ListenSettings,
+    /// Request limits.
+    pub limits: Limits,
+    /// How long shutdown waits for in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database`.
+    #[serde(deserialize_with = "url_with_scheme::<PgScheme, _>")]
+    pub url: Url,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Create the database when it does not exist.
+    pub create_if_missing: bool,
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// `nats://host:port` (credentials in the URL are honoured).
+    #[serde(deserialize_with = "url_with_scheme::<NatsScheme, _>")]
+    pub url: Url,
+    /// Subject prefix (`mail`).
+    pub namespace: String,
+    /// Stream name prefix (`MAILLEDGER`).
+    pub stream_prefix: String,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Unacknowledged commands in flight.
+    pub max_ack_pending: u32,
+    /// Redelivery timeout.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// JetStream duplicate window.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    #[serde(deserialize_with = "url_with_scheme::<RedisScheme, _>")]
+    pub url: Url,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Time to live of a cached view.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+/// SMTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// `smtp://host:port`, `smtps://…` or `file:///dir`.
+    #[serde(deserialize_with = "url_with_scheme::<SmtpScheme, _>")]
+    pub url: Url,
+}
+
+/// A listening address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSettings {
+    /// `host:port`; port 0 picks a free one.
+    pub addr: SocketAddr,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Text for people, JSON for machines.
+    pub format: LogFormat,
+    /// A `tracing` filter (`RUST_LOG` wins).
+    pub filter: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that cannot be used, with the name the user knows it by.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    /// `MAILLEDGER_HTTP_ADDR`, `http.addr` or a file name.
+    pub name: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: Value = serde_yaml_ng::from_str(DEFAULTS).expect("embedded defaults parse");
+        if let Some(path) = file {
+            let name = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError { name: name.clone(), reason: e.to_string() })?;
+            let overlay: Value = serde_yaml_ng::from_str(&text)
+                .map_err(|e| ConfigError { name: name.clone(), reason: e.to_string() })?;
+            merge(&mut tree, overlay);
+        }
+        // Which environment variable set which key, to name it in errors.
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        for (var, value) in env {
+            let key = if let Some((_, key)) = ENV_NAMES.iter().find(|(name, _)| *name == var) {
+                (*key).to_owned()
+            } else if let Some(rest) = var.strip_prefix("MAILLEDGER__") {
+                rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")
+            } else {
+                continue;
+            };
+            let parsed: Value = if value.is_empty() {
+                Value::String(value)
+            } else {
+                // Numbers and booleans keep their type; anything else is a string.
+                serde_yaml_ng::from_str(&value)
+                    .ok()
+                    .filter(|v: &Value| !v.is_mapping() && !v.is_sequence())
+                    .unwrap_or(Value::String(value))
+            };
+            set(&mut tree, &key, parsed);
+            origin.insert(key, var);
+        }
+        let settings: Settings = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let name = origin.get(&key).map_or_else(|| key.clone(), |var| var.clone());
+            ConfigError { name, reason: e.into_inner().to_string() }
+        })?;
+        settings.check().map_err(|(key, reason)| ConfigError {
+            name: origin.get(key).cloned().unwrap_or_else(|| key.to_owned()),
+            reason,
+        })?;
+        Ok(settings)
+    }
+
+    /// Rules that span more than one value's type.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.nats.max_ack_pending == 0 {
+            return Err(("nats.max_ack_pending", "must be at least 1".into()));
+        }
+        let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !self.nats.namespace.split('.').all(token) {
+            return Err(("nats.namespace", "must be dot-separated tokens of letters, digits, '-' and '_'".into()));
+        }
+        if !token(&self.nats.stream_prefix) {
+            return Err(("nats.stream_prefix", "must be letters, digits, '-' and '_'".into()));
+        }
+        if !token(&self.nats.consumer) {
+            return Err(("nats.consumer", "must be letters, digits, '-' and '_'".into()));
+        }
+        if self.database.max_connections == 0 {
+            return Err(("database.max_connections", "must be at least 1".into()));
+        }
+        if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
+            return Err(("limits", "limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact(url: &Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Mapping(base), Value::Mapping(overlay)) => {
+            for (k, v) in overlay {
+                match base.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn set(tree: &mut Value, dotted: &str, value: Value) {
+    let mut node = tree;
+    for part in dotted.split('.') {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Default::default());
+        }
+        let map = node.as_mapping_mut().expect("just made a mapping");
+        node = map.entry(Value::String(part.to_owned())).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+trait Schemes {
+    const ALLOWED: &'static [&'static str];
+}
+struct PgScheme;
+impl Schemes for PgScheme {
+    const ALLOWED: &'static [&'static str] = &["postgres", "postgresql"];
+}
+struct NatsScheme;
+impl Schemes for NatsScheme {
+    const ALLOWED: &'static [&'static str] = &["nats", "tls"];
+}
+struct RedisScheme;
+impl Schemes for RedisScheme {
+    const ALLOWED: &'static [&'static str] = &["redis", "rediss"];
+}
+struct SmtpScheme;
+impl Schemes for SmtpScheme {
+    const ALLOWED: &'static [&'static str] = &["smtp", "smtps", "file"];
+}
+
+fn url_with_scheme<'de, S: Schemes, D: serde::Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+    let raw = String::deserialize(d)?;
+    let url = Url::parse(&raw).map_err(|e| serde::de::Error::custom(format!("not a URL ({e})")))?;
+    if !S::ALLOWED.contains(&url.scheme()) {
+        return Err(serde::de::Error::custom(format!(
+            "scheme {:?} is not supported (use {})",
+            url.scheme(),
+            S::ALLOWED.join(", ")
+        )));
+    }
+    if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
+        return Err(serde::de::Error::custom("the URL has no host"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_point_at_localhost() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.database.url.host_str(), Some("127.0.0.1"));
+        assert_eq!(s.http.addr.port(), 8080);
+        assert_eq!(s.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.nats.ack_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn public_names_override() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("MAILLEDGER_DATABASE_URL", "postgres://u:secret@db.example:5433/x"),
+                ("MAILLEDGER_NATS_URL", "nats://n.example:4223"),
+                ("MAILLEDGER_REDIS_URL", "redis://r.example:6380/2"),
+                ("MAILLEDGER_SMTP_URL", "smtp://mail.example:2525"),
+                ("MAILLEDGER_HTTP_ADDR", "0.0.0.0:80"),
+                ("MAILLEDGER_GRPC_ADDR", "[::1]:5000"),
+                ("MAILLEDGER_METRICS_ADDR", "127.0.0.1:0"),
+                ("MAILLEDGER__NATS__MAX_ACK_PENDING", "7"),
+                ("MAILLEDGER__LIMITS__MAX_RECIPIENTS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.port(), Some(5433));
+        assert_eq!(redact(&s.database.url), "postgres://u:***@db.example:5433/x");
+        assert_eq!(s.nats.url.host_str(), Some("n.example"));
+        assert_eq!(s.redis.url.path(), "/2");
+        assert_eq!(s.smtp.url.port(), Some(2525));
+        assert_eq!(s.http.addr.port(), 80);
+        assert!(s.grpc.addr.is_ipv6());
+        assert_eq!(s.metrics.addr.port(), 0);
+        assert_eq!(s.nats.max_ack_pending, 7);
+        assert_eq!(s.limits.max_recipients, 3);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        for (var, value) in [
+            ("MAILLEDGER_HTTP_ADDR", "not-an-addr"),
+            ("MAILLEDGER_GRPC_ADDR", "localhost"),
+            ("MAILLEDGER_METRICS_ADDR", "1.2.3.4:99999"),
+            ("MAILLEDGER_DATABASE_URL", "mysql://x/y"),
+            ("MAILLEDGER_NATS_URL", "::"),
+            ("MAILLEDGER_REDIS_URL", "http://r"),
+            ("MAILLEDGER_SMTP_URL", "ftp://x"),
+            ("MAILLEDGER__NATS__MAX_ACK_PENDING", "lots"),
+            ("MAILLEDGER__NATS__ACK_WAIT", "soon"),
+            ("MAILLEDGER__NATS__MAX_ACK_PENDING", "0"),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+            let line = err.to_string();
+            assert!(line.starts_with(&format!("invalid setting {var}: ")), "{line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+
+    #[test]
+    fn file_overlays_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "http:\n  addr: 127.0.0.1:1234\n").unwrap();
+        let s = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.http.addr.port(), 1234);
+        assert_eq!(s.grpc.addr.port(), 50051);
+        std::fs::write(&path, "htp:\n  addr: 1\n").unwrap();
+        let err = Settings::load_from(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("htp"), "{err}");
+    }
+}

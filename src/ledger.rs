@@ -1,0 +1,190 @@
+//! The ledger's write API: what every transport calls. It derives the email id from
+//! the idempotency key, records where a command came from in the event metadata, runs
+//! the command through cqrs-es on the PostgreSQL event store, and sorts failures into
+//! the four kinds a transport needs to answer: invalid, conflict, unavailable, internal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use cqrs_es::AggregateError;
+use cqrs_es::persist::PersistedEventStore;
+use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::command::{
+    Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
+    ValidationErrors, email_id_for_key,
+};
+use crate::render::LettreRenderer;
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// A request to create an email, as a transport hands it over.
+#[derive(Debug, Clone)]
+pub struct CreateEmail {
+    /// What the producer asked for.
+    pub draft: EmailDraft,
+    /// Where it came in.
+    pub source: Source,
+    /// The producer's idempotency key; without one the email gets a fresh id.
+    pub idempotency_key: Option<String>,
+    /// Where it came from, for auditors (`correlation_id`, `nats_msg_id`, `caller`, …).
+    pub metadata: HashMap<String, String>,
+}
+
+/// An accepted (committed) email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The email's id.
+    pub id: Uuid,
+}
+
+/// Why a command was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The input is not acceptable; retrying it will not help.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    /// The idempotency key was used before for another email.
+    #[error("idempotency key already used for a different email")]
+    Conflict,
+    /// The command does not apply to the email in its current state (or it is unknown).
+    #[error(transparent)]
+    Refused(EmailError),
+    /// The database could not be reached; retry later.
+    #[error("event store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug or a broken invariant.
+    #[error("internal error: {0}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LedgerError {
+    /// Worth retrying later (a transport naks or answers 503).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LedgerError::Unavailable(_) | LedgerError::Internal(_))
+    }
+}
+
+/// The write side, shared by every transport.
+#[derive(Clone)]
+pub struct Ledger {
+    cqrs: Arc<PostgresCqrs<Email>>,
+    limits: Limits,
+}
+
+impl Ledger {
+    /// A ledger on `pool` (already migrated).
+    pub fn new(pool: PgPool, limits: Limits) -> Self {
+        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool));
+        let services = EmailServices { renderer: Arc::new(LettreRenderer) };
+        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services);
+        Self { cqrs: Arc::new(cqrs), limits }
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Validates and records a request. Returns only after the events are committed.
+    /// The same idempotency key with the same email returns the same id and records
+    /// nothing new; with another email it is a [`LedgerError::Conflict`].
+    pub async fn create(&self, request: CreateEmail) -> Result<Accepted, LedgerError> {
+        let source = request.source;
+        let result = self.create_inner(request).await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(LedgerError::Invalid(_)) => "invalid",
+            Err(LedgerError::Conflict | LedgerError::Refused(_)) => "conflict",
+            Err(LedgerError::Unavailable(_)) => "unavailable",
+            Err(LedgerError::Internal(_)) => "internal",
+        };
+        crate::metrics::COMMANDS.with_label_values(&[source.as_str(), outcome]).inc();
+        result
+    }
+
+    async fn create_inner(&self, request: CreateEmail) -> Result<Accepted, LedgerError> {
+        if let Some(key) = &request.idempotency_key {
+            check_idempotency_key(key).map_err(|e| LedgerError::Invalid(ValidationErrors::single(e)))?;
+        }
+        let email = request.draft.validate(&self.limits).map_err(LedgerError::Invalid)?;
+        let email_id = match &request.idempotency_key {
+            Some(key) => email_id_for_key(key),
+            None => Uuid::now_v7(),
+        };
+        let mut metadata = request.metadata;
+        metadata.insert("source".into(), request.source.as_str().into());
+        if let Some(key) = &request.idempotency_key {
+            metadata.insert("idempotency_key".into(), key.clone());
+        }
+        let command = RequestEmailCommand {
+            email_id,
+            source: request.source,
+            idempotency_key: request.idempotency_key,
+            draft: request.draft,
+            email,
+            received_at: Utc::now(),
+        };
+        self.execute(email_id, EmailCommand::Request(Box::new(command)), metadata).await?;
+        Ok(Accepted { id: email_id })
+    }
+
+    /// Runs any command on one email. A concurrent writer to the same email (two
+    /// retries of one request racing) is resolved by re-running on the fresh state.
+    pub async fn execute(
+        &self,
+        email_id: Uuid,
+        command: EmailCommand,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), LedgerError> {
+        let id = email_id.to_string();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.cqrs.execute_with_metadata(&id, command.clone(), metadata.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(AggregateError::AggregateConflict) if tries < 3 => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), FieldError> {
+    const FIELD: &str = "idempotency_key";
+    if key.is_empty() {
+        return Err(FieldError::invalid(FIELD, "is empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(FieldError::too_large(FIELD, format!("is longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes")));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(FieldError::invalid(FIELD, "contains a control character"));
+    }
+    Ok(())
+}
+
+fn classify(error: AggregateError<EmailError>) -> LedgerError {
+    match error {
+        AggregateError::UserError(EmailError::Invalid(e)) => LedgerError::Invalid(e),
+        AggregateError::UserError(EmailError::Unrenderable(reason)) => {
+            LedgerError::Invalid(ValidationErrors::single(FieldError::invalid("message", reason)))
+        }
+        AggregateError::UserError(EmailError::IdempotencyConflict) => LedgerError::Conflict,
+        AggregateError::UserError(e) => LedgerError::Refused(e),
+        AggregateError::AggregateConflict => LedgerError::Unavailable("concurrent writers kept conflicting".into()),
+        AggregateError::DatabaseConnectionError(e) => LedgerError::Unavailable(e),
+        AggregateError::DeserializationError(e) => LedgerError::Internal(e),
+        AggregateError::UnexpectedError(e) => {
+            if crate::store::is_unavailable(e.as_ref()) {
+                LedgerError::Unavailable(e)
+            } else {
+                LedgerError::Internal(e)
+            }
+        }
+    }
+}

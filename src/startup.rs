@@ -1,0 +1,199 @@
+//! The application object: [`Application::build`] connects, migrates, binds every
+//! listener (port 0 picks a free one) and starts every worker;
+//! [`Application::run_until_stopped`] waits for SIGINT/SIGTERM (or [`Application::stopper`])
+//! and shuts everything down in order: stop taking work, finish what is in flight,
+//! drain NATS, close the pool.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Settings, redact};
+use crate::health::Readiness;
+use crate::ledger::Ledger;
+use crate::transport::http::{HttpState, max_request_bytes};
+use crate::transport::nats::intake::NatsIntake;
+use crate::{metrics, store, transport};
+
+/// A running mailledger.
+pub struct Application {
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    nats: async_nats::Client,
+    pool: PgPool,
+    grace: Duration,
+}
+
+impl Application {
+    /// Connects, migrates, binds and spawns. Fails if PostgreSQL is unreachable or a
+    /// port cannot be bound; NATS may come later (the intake waits for it).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = store::connect(&settings.database).await?;
+        store::migrate(&pool).await?;
+        let nats = transport::nats::connect(&settings.nats).await?;
+        let ledger = Ledger::new(pool.clone(), settings.limits);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let http_listener = bind(settings.http.addr, "MAILLEDGER_HTTP_ADDR").await?;
+        let grpc_listener = bind(settings.grpc.addr, "MAILLEDGER_GRPC_ADDR").await?;
+        let metrics_listener = bind(settings.metrics.addr, "MAILLEDGER_METRICS_ADDR").await?;
+        let (http_addr, grpc_addr, metrics_addr) =
+            (http_listener.local_addr()?, grpc_listener.local_addr()?, metrics_listener.local_addr()?);
+
+        let state = HttpState {
+            ledger: ledger.clone(),
+            readiness: Readiness::new(pool.clone(), nats.clone()),
+            max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
+        };
+        let app = transport::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        let (routes, health) = transport::grpc::routes(ledger.clone())?;
+        health.set_serving::<transport::grpc::proto::email_service_server::EmailServiceServer<transport::grpc::service::EmailGrpc>>().await;
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    stop.cancelled().await;
+                    health
+                        .set_not_serving::<transport::grpc::proto::email_service_server::EmailServiceServer<
+                            transport::grpc::service::EmailGrpc,
+                        >>()
+                        .await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let served =
+                axum::serve(metrics_listener, metrics::router()).with_graceful_shutdown(stop.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+
+        let js = jetstream::new(nats.clone());
+        let stop = shutdown.clone();
+        let nats_settings = settings.nats.clone();
+        tracker.spawn(async move {
+            let mut attempt = 0u32;
+            let intake = loop {
+                let ready = async {
+                    transport::nats::ensure_streams(&js, &nats_settings).await?;
+                    NatsIntake::setup(js.clone(), &nats_settings, ledger.clone()).await
+                };
+                match ready.await {
+                    Ok(intake) => break intake,
+                    Err(e) => {
+                        attempt += 1;
+                        let wait = Duration::from_secs(u64::from(attempt.min(5)));
+                        tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, "NATS intake not ready");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            };
+            tracing::info!("NATS command intake running");
+            intake.run(stop).await;
+        });
+        tracker.close();
+
+        tracing::info!(
+            http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr,
+            database = %redact(&settings.database.url), nats = %redact(&settings.nats.url),
+            "mailledger started"
+        );
+        Ok(Self { http_addr, grpc_addr, metrics_addr, shutdown, tracker, nats, pool, grace: settings.shutdown_grace })
+    }
+
+    /// The REST address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The gRPC address actually bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// A token that stops the application when cancelled (for tests and embedders).
+    pub fn stopper(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until SIGINT, SIGTERM or the stopper; then shuts down in order.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "shutting down");
+                self.shutdown.cancel();
+            }
+        }
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "shutdown grace period over; leaving unfinished work to redelivery");
+        }
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.nats.drain()).await.unwrap_or(Ok(())) {
+            tracing::warn!(error = %e, "NATS drain failed");
+        }
+        self.pool.close().await;
+        tracing::info!("mailledger stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({name})"))
+}
+
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+        "SIGTERM"
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<&'static str>();
+    tokio::select! {
+        s = ctrl_c => s,
+        s = term => s,
+    }
+}

@@ -1,0 +1,28 @@
+//! The one mapping from ledger errors to gRPC statuses: invalid input is
+//! `INVALID_ARGUMENT` (field and reason in the message), a reused idempotency key is
+//! `ALREADY_EXISTS`, a state conflict `FAILED_PRECONDITION`, a dependency outage
+//! `UNAVAILABLE`, anything else `INTERNAL` with no detail (the cause is logged).
+
+use tonic::Status;
+
+use crate::ledger::LedgerError;
+
+impl From<LedgerError> for Status {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Invalid(v) => Status::invalid_argument(v.to_string()),
+            LedgerError::Conflict => {
+                Status::already_exists("this idempotency key was already used with a different request")
+            }
+            LedgerError::Refused(e) => Status::failed_precondition(e.to_string()),
+            LedgerError::Unavailable(e) => {
+                tracing::warn!(error = %e, "gRPC call failed: dependency unavailable");
+                Status::unavailable("temporarily unavailable; retry later")
+            }
+            LedgerError::Internal(e) => {
+                tracing::error!(error = %e, source = ?e.source(), "gRPC call failed: internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

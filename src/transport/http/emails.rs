@@ -1,0 +1,111 @@
+//! `POST /api/v1/emails` (and the original `POST /api/v1/email`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::HttpState;
+use super::error::{ApiError, ErrorBody};
+use crate::command::{FieldError, Source, ValidationErrors};
+use crate::ledger::CreateEmail;
+use crate::transport::payload::CreateEmailPayload;
+
+/// The answer to an accepted email.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedBody {
+    /// The email's id; the same for every retry with the same idempotency key.
+    pub id: Uuid,
+}
+
+/// Header carrying the producer's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Queue an email for delivery.
+///
+/// Answers 202 only once the request is committed to the ledger. With an
+/// `Idempotency-Key` header (or an `idempotency_key` field), the same key and the same
+/// email answer with the same id and record nothing new; the same key with a different
+/// email is a 409.
+#[utoipa::path(
+    post,
+    path = "/api/v1/emails",
+    tag = "emails",
+    request_body = CreateEmailPayload,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body = same email (max 255 bytes)")),
+    responses(
+        (status = 202, description = "Recorded and queued", body = CreatedBody, example = json!({"id": "0193a4f2-8c1e-7d2a-9b1f-3c4d5e6f7a8b"})),
+        (status = 400, description = "Malformed JSON or unusable header", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused with a different email", body = ErrorBody),
+        (status = 413, description = "Request, body or recipient list over its limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "Invalid fields; each is named with its reason", body = ErrorBody),
+        (status = 503, description = "The event store is unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn create_email(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let json = content_type.to_str().ok().and_then(|v| v.split(';').next()).is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(ValidationErrors::single(FieldError::too_large(
+                "body",
+                format!("the request is larger than {} bytes", state.max_request_bytes),
+            )))
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    let header_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".into()))?
+                .to_owned(),
+        ),
+    };
+    let payload = CreateEmailPayload::from_json(&body)?;
+    let (draft, body_key) = payload.into_draft();
+    let idempotency_key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::BadRequest(
+                "the Idempotency-Key header and the idempotency_key field disagree".into(),
+            ));
+        }
+        (h, b) => h.or(b),
+    };
+    let mut metadata = HashMap::new();
+    metadata.insert("transport".into(), "rest".into());
+    metadata.insert("correlation_id".into(), super::correlation_id(&headers));
+    metadata.insert("caller".into(), peer.to_string());
+    if let Some(agent) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        metadata.insert("user_agent".into(), agent.chars().take(256).collect());
+    }
+    let accepted = state.ledger.create(CreateEmail { draft, source: Source::Rest, idempotency_key, metadata }).await?;
+    let location = format!("/api/v1/emails/{}", accepted.id);
+    let mut response = (StatusCode::ACCEPTED, Json(CreatedBody { id: accepted.id })).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}

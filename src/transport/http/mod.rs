@@ -1,0 +1,83 @@
+//! REST over axum: routes, shared state, OpenAPI document and Swagger UI.
+
+pub mod emails;
+pub mod error;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::health::{Readiness, ReadinessReport};
+use crate::ledger::Ledger;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The write side.
+    pub ledger: Ledger,
+    /// Dependency checks.
+    pub readiness: Readiness,
+    /// Largest request body accepted.
+    pub max_request_bytes: usize,
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
+    paths(emails::create_email, health, ready),
+    components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, error::ErrorBody, ReadinessReport)),
+    tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health"))
+)]
+pub struct ApiDoc;
+
+/// Largest request body for a given body limit: JSON escaping can double a body.
+pub fn max_request_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// All REST routes.
+pub fn router(state: HttpState) -> Router {
+    let limit = state.max_request_bytes;
+    let api = Router::new()
+        .route("/api/v1/emails", post(emails::create_email))
+        .route("/api/v1/email", post(emails::create_email))
+        .layer(DefaultBodyLimit::max(limit));
+    Router::new()
+        .merge(api)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .with_state(state)
+}
+
+/// The request's correlation id: `X-Request-Id` or `X-Correlation-Id` when the caller
+/// sent a sane one, else a new UUID.
+pub fn correlation_id(headers: &HeaderMap) -> String {
+    ["x-request-id", "x-correlation-id"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .find(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Liveness: answers while the process runs.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive", body = String, example = json!("ok"))))]
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// Readiness: PostgreSQL and NATS reachable (each named when not).
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "Every dependency reachable", body = ReadinessReport),
+    (status = 503, description = "A dependency is unreachable", body = ReadinessReport),
+))]
+pub async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let report = state.readiness.check().await;
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report))
+}

@@ -1,0 +1,275 @@
+//! The command intake: one durable pull consumer shared by every instance.
+//!
+//! Each message is handled once its turn comes (at most `max_ack_pending` in flight):
+//! - committed (or an idempotent repeat) → **ack**, only after the commit;
+//! - refused for good (malformed JSON, invalid fields, key reused for another email,
+//!   unknown subject) → published to `<ns>.dlq.commands`, then **term** (never redelivered);
+//! - failed for now (database down, a bug) → **nak** with a back-off that grows with
+//!   the delivery count (1 s, 2 s, 4 s … 60 s). The message stays in the stream, so it
+//!   survives a restart of the service, of PostgreSQL or of NATS.
+//!
+//! The email id comes from the payload's `idempotency_key`, else the `Nats-Msg-Id`
+//! header, else the stream sequence: a redelivery always lands on the same email.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Names;
+use super::dlq::{self, DeadLetter};
+use crate::command::{Source, ValidationErrors};
+use crate::config::NatsSettings;
+use crate::ledger::{CreateEmail, Ledger, LedgerError};
+use crate::transport::payload::{CreateEmailPayload, PayloadError};
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed (or already committed) and acked.
+    Acked,
+    /// Dead-lettered and terminated, with the reason.
+    DeadLettered(String),
+    /// Handed back for a later redelivery.
+    Nacked(Duration),
+}
+
+/// The intake worker.
+#[derive(Clone)]
+pub struct NatsIntake {
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    ledger: Ledger,
+    names: Arc<Names>,
+    in_flight: usize,
+}
+
+impl NatsIntake {
+    /// Ensures the durable consumer exists (updating its limits to the settings).
+    pub async fn setup(js: jetstream::Context, settings: &NatsSettings, ledger: Ledger) -> anyhow::Result<Self> {
+        let names = Names::new(settings);
+        let stream = js.get_stream(&names.commands_stream).await?;
+        let config = pull::Config {
+            durable_name: Some(names.consumer.clone()),
+            description: Some("mailledger command intake, shared by every instance".into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: i64::from(settings.max_ack_pending),
+            filter_subject: names.commands_filter.clone(),
+            ..Default::default()
+        };
+        let consumer: PullConsumer = match stream.create_consumer(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = %names.consumer, "cannot update the consumer; using it as it is");
+                stream
+                    .get_consumer(&names.consumer)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot get consumer {}: {e}", names.consumer))?
+            }
+        };
+        let in_flight = settings.max_ack_pending as usize;
+        Ok(Self { js, consumer, ledger, names: Arc::new(names), in_flight })
+    }
+
+    /// Pulls and handles commands until `shutdown`; then stops pulling, hands back what
+    /// it pulled but did not start, and waits for the commands in flight.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.in_flight));
+        let tracker = TaskTracker::new();
+        let mut failures = 0u32;
+        'pull: while !shutdown.is_cancelled() {
+            let mut messages = match self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.in_flight.min(256))
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(m) => {
+                    failures = 0;
+                    m
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot pull commands from NATS");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'pull,
+                        _ = tokio::time::sleep(wait) => continue 'pull,
+                    }
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        self.hand_back(&mut messages).await;
+                        break 'pull;
+                    }
+                    permit = permits.clone().acquire_owned() => permit.expect("semaphore never closes"),
+                };
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        self.hand_back(&mut messages).await;
+                        break 'pull;
+                    }
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        let this = self.clone();
+                        tracker.spawn(async move {
+                            this.handle(message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        // Heartbeats missed, a reconnect, a deleted consumer: pull afresh.
+                        tracing::warn!(error = %e, "command stream interrupted; pulling again");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue 'pull;
+                    }
+                    None => continue 'pull,
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("command intake stopped");
+    }
+
+    /// Naks (without delay) whatever was already delivered to this instance but not started.
+    async fn hand_back(&self, messages: &mut pull::Stream) {
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Handles one message: the single step a test can drive.
+    pub async fn handle(&self, message: Message) -> Outcome {
+        let outcome = self.decide(&message).await;
+        let label = match &outcome {
+            Outcome::Acked => "acked",
+            Outcome::DeadLettered(_) => "dead_lettered",
+            Outcome::Nacked(_) => "nacked",
+        };
+        crate::metrics::NATS_MESSAGES.with_label_values(&[label]).inc();
+        let ack = match &outcome {
+            Outcome::Acked => message.ack().await,
+            Outcome::DeadLettered(_) => message.ack_with(AckKind::Term).await,
+            Outcome::Nacked(delay) => message.ack_with(AckKind::Nak(Some(*delay))).await,
+        };
+        if let Err(e) = ack {
+            // The server will redeliver after ack_wait; the email id makes that harmless.
+            tracing::warn!(error = %e, ?outcome, "cannot acknowledge a command");
+        }
+        outcome
+    }
+
+    async fn decide(&self, message: &Message) -> Outcome {
+        let (stream, sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream.to_owned(), info.stream_sequence, info.delivered),
+            Err(_) => (self.names.commands_stream.clone(), 0, 1),
+        };
+        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        let msg_id = header("Nats-Msg-Id").filter(|v| !v.is_empty());
+        let subject = message.subject.to_string();
+        let letter = |reason: String, field: Option<String>| DeadLetter {
+            reason,
+            field,
+            subject: subject.clone(),
+            stream: stream.clone(),
+            sequence,
+            msg_id: msg_id.clone(),
+            payload: message.payload.clone(),
+        };
+        if subject != self.names.create_subject {
+            return self.dead_letter(letter(format!("unknown command subject {subject}"), None), delivered).await;
+        }
+        let payload = match CreateEmailPayload::from_json(&message.payload) {
+            Ok(p) => p,
+            Err(PayloadError::Malformed(m)) => {
+                return self.dead_letter(letter(format!("malformed JSON: {m}"), None), delivered).await;
+            }
+            Err(PayloadError::Invalid(v)) => return self.dead_letter(invalid(letter, &v), delivered).await,
+        };
+        let (draft, body_key) = payload.into_draft();
+        let idempotency_key =
+            Some(body_key.or_else(|| msg_id.clone()).unwrap_or_else(|| format!("nats:{stream}:{sequence}")));
+        let mut metadata = HashMap::new();
+        metadata.insert("transport".to_owned(), "nats".to_owned());
+        metadata.insert("nats_subject".into(), subject.clone());
+        metadata.insert("nats_stream_sequence".into(), sequence.to_string());
+        if let Some(id) = &msg_id {
+            metadata.insert("nats_msg_id".into(), id.clone());
+        }
+        let correlation = header("X-Request-Id")
+            .or_else(|| header("Correlation-Id"))
+            .or_else(|| msg_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        metadata.insert("correlation_id".into(), correlation);
+        match self.ledger.create(CreateEmail { draft, source: Source::Nats, idempotency_key, metadata }).await {
+            Ok(accepted) => {
+                tracing::debug!(email_id = %accepted.id, sequence, "command committed");
+                Outcome::Acked
+            }
+            Err(LedgerError::Invalid(v)) => self.dead_letter(invalid(letter, &v), delivered).await,
+            Err(e @ (LedgerError::Conflict | LedgerError::Refused(_))) => {
+                self.dead_letter(letter(e.to_string(), None), delivered).await
+            }
+            Err(e) => {
+                let delay = backoff(delivered.max(1) as u32);
+                tracing::warn!(error = %e, sequence, delivered, retry_in = ?delay, "command not committed; will retry");
+                Outcome::Nacked(delay)
+            }
+        }
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter, delivered: i64) -> Outcome {
+        let max_payload = self.js.client().server_info().max_payload;
+        match dlq::publish(&self.js, &self.names.dlq_commands_subject, max_payload, &letter).await {
+            Ok(()) => {
+                tracing::info!(reason = %letter.reason, sequence = letter.sequence, "command dead-lettered");
+                Outcome::DeadLettered(letter.reason)
+            }
+            Err(e) => {
+                // Keep the command until its dead letter is safely stored.
+                let delay = backoff(delivered.max(1) as u32);
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot publish a dead letter; will retry");
+                Outcome::Nacked(delay)
+            }
+        }
+    }
+}
+
+fn invalid(letter: impl Fn(String, Option<String>) -> DeadLetter, v: &ValidationErrors) -> DeadLetter {
+    letter(format!("invalid command: {v}"), v.0.first().map(|e| e.field.clone()))
+}
+
+/// 1 s, 2 s, 4 s, … capped at 60 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(6), Duration::from_secs(32));
+        assert_eq!(backoff(7), Duration::from_secs(60));
+        assert_eq!(backoff(1000), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,106 @@
+//! NATS JetStream: the connection, the streams mailledger owns, and the command intake.
+//!
+//! Subjects (with the default namespace `mail`):
+//! - `mail.commands.create`: producers publish create-email commands here;
+//! - `mail.dlq.commands`: commands that can never succeed (bad JSON, invalid fields,
+//!   a reused idempotency key), with the reason in headers and the original bytes.
+//!
+//! Streams: `<prefix>_COMMANDS` (work queue over `mail.commands.>`, file storage) and
+//! `<prefix>_DLQ` (limits retention over `mail.dlq.>`, file storage).
+
+pub mod dlq;
+pub mod intake;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{NatsSettings, redact};
+
+/// The subjects and stream names derived from the settings.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// `<ns>.commands.create`
+    pub create_subject: String,
+    /// `<ns>.commands.>`
+    pub commands_filter: String,
+    /// `<ns>.dlq.commands`
+    pub dlq_commands_subject: String,
+    /// `<ns>.dlq.>`
+    pub dlq_filter: String,
+    /// `<prefix>_COMMANDS`
+    pub commands_stream: String,
+    /// `<prefix>_DLQ`
+    pub dlq_stream: String,
+    /// Durable consumer name.
+    pub consumer: String,
+}
+
+impl Names {
+    /// Names for these settings.
+    pub fn new(settings: &NatsSettings) -> Self {
+        let ns = &settings.namespace;
+        let prefix = &settings.stream_prefix;
+        Self {
+            create_subject: format!("{ns}.commands.create"),
+            commands_filter: format!("{ns}.commands.>"),
+            dlq_commands_subject: format!("{ns}.dlq.commands"),
+            dlq_filter: format!("{ns}.dlq.>"),
+            commands_stream: format!("{prefix}_COMMANDS"),
+            dlq_stream: format!("{prefix}_DLQ"),
+            consumer: settings.consumer.clone(),
+        }
+    }
+}
+
+/// Connects to NATS. A lost connection is retried forever in the background; it never
+/// ends the process. The first connection is retried too, so the service can start
+/// before NATS does.
+pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
+    let url = settings.url.as_str().to_owned();
+    async_nats::ConnectOptions::new()
+        .name("mailledger")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        })
+        .connect(&url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", redact(&settings.url)))
+}
+
+/// Creates the streams if they do not exist (idempotent; safe from many instances).
+pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) -> anyhow::Result<()> {
+    let names = Names::new(settings);
+    js.get_or_create_stream(stream::Config {
+        name: names.commands_stream.clone(),
+        description: Some("mailledger commands (work queue)".into()),
+        subjects: vec![names.commands_filter.clone()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot create JetStream stream {}", names.commands_stream))?;
+    js.get_or_create_stream(stream::Config {
+        name: names.dlq_stream.clone(),
+        description: Some("mailledger dead letters".into()),
+        subjects: vec![names.dlq_filter.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(90 * 24 * 3600),
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot create JetStream stream {}", names.dlq_stream))?;
+    Ok(())
+}
