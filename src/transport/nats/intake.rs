@@ -89,7 +89,7 @@ impl NatsIntake {
             let mut messages = match self
                 .consumer
                 .stream()
-                .max_messages_per_batch(self.in_flight.min(256))
+                .max_messages_per_batch(self.batch())
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -147,11 +147,25 @@ impl NatsIntake {
         tracing::info!("command intake stopped");
     }
 
-    /// Naks (without delay) whatever was already delivered to this instance but not started.
+    /// Naks (without delay) what was already delivered to this instance but not started,
+    /// so another instance can take it at once. Bounded: a nak'ed message may come
+    /// straight back to this same stream, and whatever is left is redelivered after
+    /// `ack_wait` anyway.
     async fn hand_back(&self, messages: &mut pull::Stream) {
-        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        for _ in 0..self.batch() {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(message))) => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                _ => break,
+            }
         }
+    }
+
+    /// Messages asked for per pull request.
+    fn batch(&self) -> usize {
+        self.in_flight.min(256)
     }
 
     /// Handles one message: the single step a test can drive.

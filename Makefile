@@ -1,0 +1,49 @@
+# mailledger — make run | make test | make lint | make migrate
+#
+# `run` and `test` first make sure PostgreSQL, NATS (JetStream) and Redis are reachable
+# at the configured URLs, installing (apt) and starting them locally when they are not:
+# see scripts/ensure-services.sh.
+
+CARGO ?= cargo
+SERVICES := scripts/ensure-services.sh
+
+.PHONY: run test lint fmt migrate services check-toolchain build release clean
+
+check-toolchain:
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+	  echo "mailledger: cargo not found. Install Rust (https://rustup.rs): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"; \
+	  exit 1; }
+	@command -v cc >/dev/null 2>&1 || { \
+	  echo "mailledger: a C compiler is needed to build some dependencies: sudo apt-get install -y build-essential"; \
+	  exit 1; }
+
+services:
+	@bash $(SERVICES)
+
+## Run the service (REST :8080, gRPC :50051, metrics :9090) until Ctrl-C.
+run: check-toolchain services
+	$(CARGO) run --release --bin mailledger -- serve
+
+## Run every test against the local PostgreSQL, NATS and Redis.
+test: check-toolchain services
+	$(CARGO) test --all-targets --no-fail-fast
+
+## Formatting and lints, as CI expects them.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+migrate: check-toolchain services
+	$(CARGO) run --release --bin mailledger -- migrate
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,294 @@
+//! Test harness: spawns the real application on random ports against this machine's
+//! PostgreSQL, NATS and Redis, isolated per test (its own database, NATS namespace and
+//! stream names, Redis key prefix), and cleans up after itself.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use mailledger::config::Settings;
+use mailledger::startup::Application;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// PostgreSQL server the tests create their databases on: MAILLEDGER_TEST_DATABASE_URL,
+/// else the server of MAILLEDGER_DATABASE_URL (the one `make test` made sure of).
+pub fn server_url() -> String {
+    if let Ok(url) = std::env::var("MAILLEDGER_TEST_DATABASE_URL") {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let url = std::env::var("MAILLEDGER_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/mailledger".into());
+    let mut url = url::Url::parse(&url).expect("MAILLEDGER_DATABASE_URL is a URL");
+    url.set_path("");
+    url.set_query(None);
+    url.to_string().trim_end_matches('/').to_owned()
+}
+
+/// NATS server used by the tests: MAILLEDGER_TEST_NATS_URL, else MAILLEDGER_NATS_URL.
+pub fn nats_url() -> String {
+    std::env::var("MAILLEDGER_TEST_NATS_URL")
+        .or_else(|_| std::env::var("MAILLEDGER_NATS_URL"))
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Names that keep one test out of every other test's way.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub suffix: String,
+    pub database: String,
+    pub namespace: String,
+    pub stream_prefix: String,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        Self {
+            database: format!("mailledger_test_{suffix}"),
+            namespace: format!("t{suffix}.mail"),
+            stream_prefix: format!("T{suffix}"),
+            suffix,
+        }
+    }
+
+    /// Settings for an application in this isolation: random ports, small pool.
+    pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut env = self.env();
+        env.push(("MAILLEDGER__REDIS__KEY_PREFIX".to_owned(), format!("t{}:", self.suffix)));
+        env.push(("MAILLEDGER__SHUTDOWN_GRACE".to_owned(), "5s".to_owned()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::load_from(None, env).expect("test settings are valid")
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("{}/{}", server_url(), self.database)
+    }
+}
+
+/// A running application plus direct handles on what it talks to.
+pub struct TestApp {
+    pub iso: Isolation,
+    pub http: String,
+    pub grpc: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Spawns an application in a fresh isolation.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Spawns with extra settings (environment-style names).
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_in(Isolation::new(), extra).await
+    }
+
+    /// Spawns in an existing isolation (to restart "the same" service).
+    pub async fn spawn_in(iso: Isolation, extra: &[(&str, &str)]) -> Self {
+        init_logs();
+        let settings = iso.settings(extra);
+        let nats_url = settings.nats.url.to_string();
+        let app = Application::build(settings).await.expect("application starts");
+        let http = format!("http://{}", app.http_addr());
+        let grpc = format!("http://{}", app.grpc_addr());
+        let stop = app.stopper();
+        let handle = tokio::spawn(app.run_until_stopped());
+        let pool = PgPool::connect(&iso.database_url()).await.expect("test pool");
+        let nats = async_nats::connect(nats_url).await.expect("test NATS client");
+        let js = jetstream::new(nats.clone());
+        let app = Self { iso, http, grpc, client: reqwest::Client::new(), pool, nats, js, stop, handle: Some(handle) };
+        app.wait_for_intake().await;
+        app
+    }
+
+    /// Waits until the intake's consumer exists (the service creates it in the background).
+    pub async fn wait_for_intake(&self) {
+        let stream = format!("{}_COMMANDS", self.iso.stream_prefix);
+        let consumer = format!("intake-{}", self.iso.suffix);
+        eventually(Duration::from_secs(10), || async {
+            match self.js.get_stream(&stream).await {
+                Ok(s) => s.get_consumer::<jetstream::consumer::pull::Config>(&consumer).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// Stops the application and waits for it to finish; returns how long that took.
+    pub async fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("app task").expect("clean shutdown");
+        }
+        started.elapsed()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    /// POSTs JSON to a path.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    /// Publishes a command and waits for JetStream's ack.
+    pub async fn publish(&self, payload: impl Into<bytes::Bytes>, msg_id: Option<&str>) -> u64 {
+        let subject = format!("{}.commands.create", self.iso.namespace);
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        ack.sequence
+    }
+
+    /// Number of events for one email (or for all when `id` is None).
+    pub async fn event_count(&self, id: Option<&str>) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR aggregate_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+
+    /// Event types of one email, in order.
+    pub async fn event_types(&self, id: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("event types")
+    }
+
+    /// Distinct emails in the store.
+    pub async fn email_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Messages in the commands stream not yet acknowledged (work queue: acked ones are gone).
+    pub async fn commands_left(&self) -> u64 {
+        let mut s = self.js.get_stream(format!("{}_COMMANDS", self.iso.stream_prefix)).await.expect("stream");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    /// Every dead letter published so far.
+    pub async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut s = self.js.get_stream(format!("{}_DLQ", self.iso.stream_prefix)).await.expect("dlq stream");
+        let last = s.info().await.expect("dlq info").state.last_sequence;
+        let mut out = vec![];
+        for seq in 1..=last {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let iso = self.iso.clone();
+        // Clean up on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(cleanup(&iso));
+        })
+        .join();
+    }
+}
+
+/// Deletes the isolation's streams and database.
+pub async fn cleanup(iso: &Isolation) {
+    if let Ok(nats) = async_nats::connect(nats_url()).await {
+        let js = jetstream::new(nats);
+        for suffix in ["COMMANDS", "DLQ", "EVENTS"] {
+            let _ = js.delete_stream(format!("{}_{suffix}", iso.stream_prefix)).await;
+        }
+    }
+    if let Ok(pool) = PgPool::connect(&format!("{}/postgres", server_url())).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", iso.database)).execute(&pool).await;
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes (then panics).
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A valid request body in the original service's shape.
+pub fn original_payload(subject: &str) -> serde_json::Value {
+    serde_json::json!({
+        "from": "sender@example.com",
+        "to": "rcpt@example.org",
+        "subject": subject,
+        "message": format!("body of {subject}"),
+    })
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Deletes an isolation's database and streams when dropped (for tests without a TestApp).
+pub struct Cleanup(pub Isolation);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let iso = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(cleanup(&iso));
+        })
+        .join();
+    }
+}
+
+impl Isolation {
+    /// The environment a `mailledger` process needs to run in this isolation.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("MAILLEDGER_DATABASE_URL".into(), self.database_url()),
+            ("MAILLEDGER_NATS_URL".into(), nats_url()),
+            ("MAILLEDGER_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("MAILLEDGER_GRPC_ADDR".into(), "127.0.0.1:0".into()),
+            ("MAILLEDGER_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+            ("MAILLEDGER__DATABASE__MAX_CONNECTIONS".into(), "4".into()),
+            ("MAILLEDGER__NATS__NAMESPACE".into(), self.namespace.clone()),
+            ("MAILLEDGER__NATS__STREAM_PREFIX".into(), self.stream_prefix.clone()),
+            ("MAILLEDGER__NATS__CONSUMER".into(), format!("intake-{}", self.suffix)),
+            ("MAILLEDGER__LOG__FORMAT".into(), "json".into()),
+            ("MAILLEDGER__LOG__FILTER".into(), "info".into()),
+        ]
+    }
+}

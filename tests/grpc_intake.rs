@@ -1,0 +1,84 @@
+//! gRPC intake: the original EmailService.Create, its errors, reflection and health.
+
+mod common;
+
+use common::TestApp;
+use mailledger::transport::grpc::proto::CreateReq;
+use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
+use tonic::Code;
+
+fn request(to: &str, subject: &str) -> CreateReq {
+    CreateReq {
+        from: "sender@example.com".into(),
+        to: to.into(),
+        subject: subject.into(),
+        message: "hello over gRPC".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_records_the_email_and_answers_with_its_id() {
+    let app = TestApp::spawn().await;
+    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let res =
+        client.create(request("rcpt@example.org, \"Lee, Ann\" <ann@example.org>", "hi")).await.unwrap().into_inner();
+    assert_eq!(res.status, "accepted");
+    assert_eq!(app.event_types(&res.email_id).await, ["Requested", "Persisted"]);
+    let (to, transport): (serde_json::Value, String) = sqlx::query_as(
+        "SELECT payload->'Persisted'->'to', metadata->>'transport' FROM events WHERE aggregate_id = $1 AND sequence = 2",
+    )
+    .bind(&res.email_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(to.as_array().unwrap().len(), 2, "a quoted comma does not split an address");
+    assert_eq!(transport, "grpc");
+}
+
+#[tokio::test]
+async fn invalid_input_is_invalid_argument_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let cases = [
+        (CreateReq::default(), "from: is required"),
+        (request("", "s"), "to: at least one recipient"),
+        (request("nobody", "s"), "to[0]: is not a valid address"),
+        (request("rcpt@example.org", "s\r\nBcc: x@evil.example"), "subject: contains a line break"),
+        (CreateReq { message: String::new(), ..request("rcpt@example.org", "s") }, "message: is required"),
+    ];
+    for (req, want) in cases {
+        let status = client.create(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(want), "{:?} should contain {want:?}", status.message());
+    }
+    assert_eq!(app.event_count(None).await, 0);
+}
+
+#[tokio::test]
+async fn idempotency_key_field_or_metadata() {
+    let app = TestApp::spawn().await;
+    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let keyed = CreateReq { idempotency_key: "g-1".into(), ..request("rcpt@example.org", "s") };
+    let a = client.create(keyed.clone()).await.unwrap().into_inner();
+    let mut by_metadata = tonic::Request::new(request("rcpt@example.org", "s"));
+    by_metadata.metadata_mut().insert("idempotency-key", "g-1".parse().unwrap());
+    let b = client.create(by_metadata).await.unwrap().into_inner();
+    assert_eq!(a.email_id, b.email_id);
+    let other = CreateReq { idempotency_key: "g-1".into(), ..request("rcpt@example.org", "other") };
+    assert_eq!(client.create(other).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(app.event_count(None).await, 2);
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let app = TestApp::spawn().await;
+    let channel = tonic::transport::Channel::from_shared(app.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let res = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "emailService.EmailService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(res.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}

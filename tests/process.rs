@@ -1,0 +1,130 @@
+//! The `mailledger` binary as an operator runs it: help, bad settings, migrate, and a
+//! SIGTERM in the middle of a burst of commands.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cleanup, Isolation, eventually, original_payload};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailledger");
+
+fn run(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    Command::new(BIN).args(args).envs(env.iter().cloned()).env_remove("RUST_LOG").output().expect("runs")
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"], &["help", "serve"]] {
+        let out = run(args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: mailledger"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_bad_setting_fails_with_one_line_naming_it() {
+    for (var, value) in [
+        ("MAILLEDGER_HTTP_ADDR", "localhost"),
+        ("MAILLEDGER_DATABASE_URL", "mysql://db/x"),
+        ("MAILLEDGER_SMTP_URL", "smtp://"),
+        ("MAILLEDGER_METRICS_ADDR", "127.0.0.1:http"),
+    ] {
+        let out = run(&["serve"], &[(var.to_owned(), value.to_owned())]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("mailledger: invalid setting {var}: ")), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_is_idempotent() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    for _ in 0..2 {
+        let out = run(&["migrate"], &iso.env());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for c in ["aggregate_type", "aggregate_id", "sequence", "event_type", "payload", "metadata", "position", "txid"] {
+        assert!(columns.iter().any(|x| x == c), "events.{c} missing: {columns:?}");
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .envs(iso.env())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Learn the bound HTTP address from the start-up log line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let http = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("start-up log line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "mailledger started" {
+            break v["http"].as_str().unwrap().to_owned();
+        }
+    };
+    let health = reqwest::get(format!("http://{http}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let subject = format!("{}.commands.create", iso.namespace);
+    let stream_name = format!("{}_COMMANDS", iso.stream_prefix);
+    eventually(Duration::from_secs(10), || async { js.get_stream(&stream_name).await.is_ok() }).await;
+    const N: usize = 300;
+    for i in 0..N {
+        let body = original_payload(&format!("burst {i}")).to_string();
+        js.publish(subject.clone(), body.into()).await.unwrap().await.unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
+    // Stop while the burst is being worked through.
+    eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap() > 0
+    })
+    .await;
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+
+    // Every command is either committed (both events) or still waiting in the stream.
+    let emails: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events").fetch_one(&pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    let waiting = stream.info().await.unwrap().state.messages as i64;
+    assert_eq!(events, emails * 2, "no half-recorded email");
+    assert_eq!(emails + waiting, N as i64, "{emails} committed + {waiting} waiting");
+    pool.close().await;
+}
