@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::AggregateError;
 use cqrs_es::persist::PersistedEventStore;
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
@@ -127,7 +127,7 @@ impl Ledger {
             idempotency_key: request.idempotency_key,
             draft: request.draft,
             email,
-            received_at: Utc::now(),
+            received_at: now(),
         };
         self.execute(email_id, EmailCommand::Request(Box::new(command)), metadata).await?;
         Ok(Accepted { id: email_id })
@@ -187,4 +187,10 @@ fn classify(error: AggregateError<EmailError>) -> LedgerError {
             }
         }
     }
+}
+
+/// The current time at PostgreSQL's precision (microseconds), so a time read back from
+/// a column equals the one in the event.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }

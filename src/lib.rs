@@ -7,6 +7,8 @@ pub mod config;
 pub mod health;
 pub mod ledger;
 pub mod metrics;
+pub mod projections;
+pub mod query;
 pub mod render;
 pub mod startup;
 pub mod store;

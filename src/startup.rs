@@ -5,6 +5,7 @@
 //! drain NATS, close the pool.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +18,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Settings, redact};
 use crate::health::Readiness;
 use crate::ledger::Ledger;
+use crate::projections::Projection;
+use crate::projections::cache::CacheProjection;
+use crate::projections::emails::EmailsProjection;
+use crate::projections::runner::{Runner, RunnerOptions};
+use crate::query::ReadSide;
+use crate::query::cache::Cache;
+use crate::query::repository::Repository;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::{metrics, store, transport};
@@ -50,8 +58,18 @@ impl Application {
         let (http_addr, grpc_addr, metrics_addr) =
             (http_listener.local_addr()?, grpc_listener.local_addr()?, metrics_listener.local_addr()?);
 
+        let cache = Cache::new(&settings.redis);
+        let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
+        let projections: Vec<Arc<dyn Projection>> =
+            vec![Arc::new(EmailsProjection::new()), Arc::new(CacheProjection::new(cache.clone()))];
+        for projection in projections {
+            let runner = Runner::new(pool.clone(), projection, RunnerOptions::default());
+            tracker.spawn(runner.run(shutdown.clone()));
+        }
+
         let state = HttpState {
             ledger: ledger.clone(),
+            reads: reads.clone(),
             readiness: Readiness::new(pool.clone(), nats.clone()),
             max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
         };
@@ -64,7 +82,7 @@ impl Application {
             }
         });
 
-        let (routes, health) = transport::grpc::routes(ledger.clone())?;
+        let (routes, health) = transport::grpc::routes(ledger.clone(), reads)?;
         health.set_serving::<transport::grpc::proto::email_service_server::EmailServiceServer<transport::grpc::service::EmailGrpc>>().await;
         let stop = shutdown.clone();
         tracker.spawn(async move {

@@ -10,6 +10,8 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::{DatabaseSettings, redact};
 
+pub mod upcast;
+
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

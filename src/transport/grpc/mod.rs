@@ -16,15 +16,16 @@ pub mod proto {
 use tonic::service::Routes;
 
 use crate::ledger::Ledger;
+use crate::query::ReadSide;
 
 /// Every gRPC service mailledger serves, with the health reporter to flip on shutdown.
-pub fn routes(ledger: Ledger) -> anyhow::Result<(Routes, tonic_health::server::HealthReporter)> {
+pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, tonic_health::server::HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger));
+    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads));
     let routes = Routes::new(email).add_service(health).add_service(reflection);
     Ok((routes, reporter))
 }

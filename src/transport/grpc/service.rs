@@ -1,23 +1,33 @@
-//! `emailService.EmailService`: Create (the write side), GetByID and Search (the read side).
+//! `emailService.EmailService`: Create (the write side); GetByID, Search and History
+//! (the read side).
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::proto::email_service_server::EmailService;
-use super::proto::{CreateReq, CreateRes, GetByIdReq, GetByIdRes, SearchReq, SearchRes};
+use super::proto::{
+    CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, SearchReq, SearchRes,
+};
 use crate::command::{EmailDraft, Source, address::split_list};
 use crate::ledger::{CreateEmail, Ledger};
+use crate::query::ReadSide;
+use crate::query::params::RawSearch;
+use crate::query::view::EmailView;
 
 /// The gRPC face of the ledger.
 pub struct EmailGrpc {
     ledger: Ledger,
+    reads: ReadSide,
 }
 
 impl EmailGrpc {
-    /// Serves `ledger`.
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    /// Serves `ledger` and `reads`.
+    pub fn new(ledger: Ledger, reads: ReadSide) -> Self {
+        Self { ledger, reads }
     }
 }
 
@@ -26,8 +36,55 @@ fn present(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn metadata_str<'a>(request: &'a Request<CreateReq>, key: &str) -> Option<&'a str> {
+fn metadata_str<'a, T>(request: &'a Request<T>, key: &str) -> Option<&'a str> {
     request.metadata().get(key).and_then(|v| v.to_str().ok())
+}
+
+fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
+    t.map(|t| {
+        DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+            .ok_or_else(|| Status::invalid_argument(format!("{field}: out of range")))
+    })
+    .transpose()
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, Status> {
+    raw.parse().map_err(|_| Status::invalid_argument(format!("EmailID: {raw:?} is not an email id (a UUID)")))
+}
+
+fn internal<E: Into<anyhow::Error>>(e: E) -> Status {
+    let e: anyhow::Error = e.into();
+    let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
+    if crate::store::is_unavailable(boxed.as_ref()) {
+        tracing::warn!(error = %boxed, "gRPC read failed: dependency unavailable");
+        Status::unavailable("temporarily unavailable; retry later")
+    } else {
+        tracing::error!(error = %boxed, "gRPC read failed: internal error");
+        Status::internal("internal error")
+    }
+}
+
+/// The proto `Email`: `To` lists every visible recipient, `Message` is the body.
+fn to_proto(v: EmailView) -> Email {
+    let to = v.to.iter().chain(&v.cc).cloned().collect::<Vec<_>>().join(", ");
+    Email {
+        email_id: v.id.to_string(),
+        from: v.from,
+        to,
+        subject: v.subject,
+        message: v.body,
+        created_at: Some(timestamp(v.created_at)),
+        status: v.status,
+        attempts: v.attempts,
+        last_error: v.last_error.unwrap_or_default(),
+        updated_at: Some(timestamp(v.updated_at)),
+        sent_at: v.sent_at.map(timestamp),
+        html: v.html.unwrap_or_default(),
+    }
 }
 
 #[tonic::async_trait]
@@ -69,11 +126,60 @@ impl EmailService for EmailGrpc {
         Ok(Response::new(CreateRes { status: "accepted".into(), email_id: accepted.id.to_string() }))
     }
 
-    async fn get_by_id(&self, _request: Request<GetByIdReq>) -> Result<Response<GetByIdRes>, Status> {
-        Err(Status::unimplemented("GetByID arrives with the read side"))
+    async fn get_by_id(&self, request: Request<GetByIdReq>) -> Result<Response<GetByIdRes>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.email_id)?;
+        let view = match from_timestamp("AsOf", req.as_of)? {
+            None => self.reads.get(id).await.map_err(internal)?,
+            Some(at) => self.reads.as_of(id, at).await.map_err(internal)?,
+        };
+        let view = view.ok_or_else(|| Status::not_found(format!("no email {id}")))?;
+        Ok(Response::new(GetByIdRes { email: Some(to_proto(view)) }))
     }
 
-    async fn search(&self, _request: Request<SearchReq>) -> Result<Response<SearchRes>, Status> {
-        Err(Status::unimplemented("Search arrives with the read side"))
+    async fn search(&self, request: Request<SearchReq>) -> Result<Response<SearchRes>, Status> {
+        let req = request.into_inner();
+        let raw = RawSearch {
+            q: present(req.search),
+            status: present(req.status),
+            from: present(req.from),
+            to: present(req.to),
+            since: from_timestamp("Since", req.since)?.map(|t| t.to_rfc3339()),
+            until: from_timestamp("Until", req.until)?.map(|t| t.to_rfc3339()),
+            page: Some(req.page),
+            size: Some(req.size),
+        };
+        let params = raw.parse().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let page = self.reads.search(&params).await.map_err(internal)?;
+        Ok(Response::new(SearchRes {
+            total_count: page.total_count,
+            total_pages: page.total_pages,
+            page: i64::from(page.page),
+            size: i64::from(page.size),
+            has_more: page.has_more,
+            emails: page.items.into_iter().map(to_proto).collect(),
+            total_count_exact: page.total_exact,
+        }))
+    }
+
+    async fn history(&self, request: Request<HistoryReq>) -> Result<Response<HistoryRes>, Status> {
+        let id = parse_id(&request.into_inner().email_id)?;
+        let entries = self.reads.history(id).await.map_err(internal)?;
+        if entries.is_empty() {
+            return Err(Status::not_found(format!("no email {id}")));
+        }
+        let events = entries
+            .into_iter()
+            .map(|e| Event {
+                r#type: e.event_type,
+                sequence: e.sequence,
+                position: e.position,
+                version: e.version,
+                recorded_at: Some(timestamp(e.recorded_at)),
+                payload_json: e.payload.to_string(),
+                metadata_json: e.metadata.to_string(),
+            })
+            .collect();
+        Ok(Response::new(HistoryRes { events }))
     }
 }

@@ -137,3 +137,16 @@ impl IntoResponse for ApiError {
 fn fields(v: &ValidationErrors) -> Vec<FieldErrorBody> {
     v.0.iter().map(FieldErrorBody::from).collect()
 }
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&e) { ApiError::Unavailable(Box::new(e)) } else { ApiError::Internal(Box::new(e)) }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
+        if crate::store::is_unavailable(boxed.as_ref()) { ApiError::Unavailable(boxed) } else { ApiError::Internal(boxed) }
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod emails;
 pub mod error;
+pub mod read;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,6 +20,8 @@ use crate::ledger::Ledger;
 pub struct HttpState {
     /// The write side.
     pub ledger: Ledger,
+    /// The read side.
+    pub reads: crate::query::ReadSide,
     /// Dependency checks.
     pub readiness: Readiness,
     /// Largest request body accepted.
@@ -29,7 +32,10 @@ pub struct HttpState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
-    paths(emails::create_email, health, ready),
+    paths(
+        emails::create_email, read::search, read::get_email, read::history,
+        read::get_email_original, read::search_original, health, ready
+    ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, error::ErrorBody, ReadinessReport)),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health"))
 )]
@@ -44,9 +50,13 @@ pub fn max_request_bytes(max_body_bytes: usize) -> usize {
 pub fn router(state: HttpState) -> Router {
     let limit = state.max_request_bytes;
     let api = Router::new()
-        .route("/api/v1/emails", post(emails::create_email))
+        .route("/api/v1/emails", post(emails::create_email).get(read::search))
         .route("/api/v1/email", post(emails::create_email))
-        .layer(DefaultBodyLimit::max(limit));
+        .layer(DefaultBodyLimit::max(limit))
+        .route("/api/v1/emails/{id}", get(read::get_email))
+        .route("/api/v1/emails/{id}/events", get(read::history))
+        .route("/api/v1/email/search", get(read::search_original))
+        .route("/api/v1/email/{id}", get(read::get_email_original));
     Router::new()
         .merge(api)
         .route("/health", get(health))

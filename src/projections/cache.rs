@@ -1,0 +1,64 @@
+//! The Redis view cache (side-effecting, at-least-once, idempotent by version): for
+//! every email a batch touches, fold all its events from the store and write the view
+//! with its version. Replaying a batch rewrites the same versions, which Redis ignores.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::feed::{self, FeedEvent};
+use super::{Projection, ProjectionKind};
+use crate::query::cache::Cache;
+use crate::query::view::EmailView;
+
+/// The cache projection.
+pub struct CacheProjection {
+    cache: Cache,
+}
+
+impl CacheProjection {
+    /// Writes into `cache`.
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+}
+
+/// Folds every event of each email in `ids`, from the store.
+pub async fn views_from_store(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<Vec<EmailView>> {
+    let sql = "SELECT txid::text AS txid, position, aggregate_id, sequence, event_type, event_version, payload, \
+               metadata, recorded_at FROM events WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) \
+               ORDER BY aggregate_id, sequence";
+    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows = sqlx::query(sql).bind(&keys).fetch_all(conn).await?;
+    let mut by_email: HashMap<Uuid, Vec<FeedEvent>> = HashMap::new();
+    for row in &rows {
+        let e = feed::decode_row(row)?;
+        by_email.entry(e.email_id).or_default().push(e);
+    }
+    Ok(by_email
+        .values()
+        .filter_map(|events| EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
+        .collect())
+}
+
+#[async_trait]
+impl Projection for CacheProjection {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        ProjectionKind::SideEffecting
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let views = views_from_store(conn, &ids).await?;
+        self.cache.put_many(&views).await?;
+        Ok(())
+    }
+}

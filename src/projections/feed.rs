@@ -1,0 +1,147 @@
+//! The event feed: every event of the store, in commit order, never skipping one that
+//! committed late.
+//!
+//! Rows are read in `(txid, position)` order and only while `txid` is below
+//! `pg_snapshot_xmin(pg_current_snapshot())`: every transaction below that horizon has
+//! ended, so no event can still appear behind a checkpoint. A transaction that began
+//! early and commits late holds the horizon back (the feed waits for it) instead of
+//! being overtaken (the feed would skip it). The price: any long transaction on the
+//! cluster delays every reader by as long as it stays open.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::command::EmailEvent;
+
+/// A position in the feed: the last event a reader has applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Checkpoint {
+    /// Transaction id of that event.
+    pub txid: u64,
+    /// Its global position.
+    pub position: i64,
+}
+
+/// One event as the feed hands it out.
+#[derive(Debug, Clone)]
+pub struct FeedEvent {
+    /// Where it stands in the feed.
+    pub checkpoint: Checkpoint,
+    /// The email it belongs to.
+    pub email_id: Uuid,
+    /// Its sequence within that email (from 1).
+    pub sequence: i64,
+    /// Its type name (`Requested`, …).
+    pub event_type: String,
+    /// Its schema version.
+    pub event_version: String,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The event itself.
+    pub event: EmailEvent,
+    /// Where it came from (transport, correlation id, …).
+    pub metadata: Value,
+}
+
+/// A stored event that cannot be read: a bug or a missing upcaster.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A row that does not decode.
+    #[error("event at position {position} ({event_type} v{version}) does not decode: {reason}")]
+    Undecodable {
+        /// Its position.
+        position: i64,
+        /// Its type.
+        event_type: String,
+        /// Its version.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata, recorded_at FROM events";
+
+/// Reads up to `limit` events after `after`, in commit order, below the horizon.
+pub async fn read_after(conn: &mut PgConnection, after: Checkpoint, limit: i64) -> Result<Vec<FeedEvent>, FeedError> {
+    let sql = format!(
+        "{SELECT} WHERE (txid, position) > ($1::text::xid8, $2) \
+         AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+         AND aggregate_type = 'Email' ORDER BY txid, position LIMIT $3"
+    );
+    let rows = sqlx::query(&sql).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(conn).await?;
+    rows.iter().map(decode_row).collect()
+}
+
+/// Every event of one email, in sequence order (optionally only up to an instant).
+pub async fn read_email(
+    conn: &mut PgConnection,
+    email_id: Uuid,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<FeedEvent>, FeedError> {
+    let sql = format!(
+        "{SELECT} WHERE aggregate_type = 'Email' AND aggregate_id = $1 \
+         AND ($2::timestamptz IS NULL OR recorded_at <= $2) ORDER BY sequence"
+    );
+    let rows = sqlx::query(&sql).bind(email_id.to_string()).bind(until).fetch_all(conn).await?;
+    rows.iter().map(decode_row).collect()
+}
+
+/// Decodes one `events` row selected with [`SELECT`]'s columns.
+pub fn decode_row(row: &sqlx::postgres::PgRow) -> Result<FeedEvent, FeedError> {
+    let position: i64 = row.try_get("position")?;
+    let event_type: String = row.try_get("event_type")?;
+    let event_version: String = row.try_get("event_version")?;
+    let undecodable = |reason: String| FeedError::Undecodable {
+        position,
+        event_type: event_type.clone(),
+        version: event_version.clone(),
+        reason,
+    };
+    let txid: String = row.try_get("txid")?;
+    let txid = txid.parse().map_err(|e| undecodable(format!("txid {txid:?}: {e}")))?;
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let email_id = aggregate_id.parse().map_err(|e| undecodable(format!("aggregate id {aggregate_id:?}: {e}")))?;
+    let payload: Value = row.try_get("payload")?;
+    let event = crate::store::upcast::decode(&event_type, &event_version, payload).map_err(undecodable)?;
+    Ok(FeedEvent {
+        checkpoint: Checkpoint { txid, position },
+        email_id,
+        sequence: row.try_get("sequence")?,
+        event_type: event_type.clone(),
+        event_version: event_version.clone(),
+        recorded_at: row.try_get("recorded_at")?,
+        event,
+        metadata: row.try_get("metadata")?,
+    })
+}
+
+/// The checkpoint of projection `name` (the start of the feed when it has none).
+pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT txid::text, position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map_or_else(Checkpoint::default, |(txid, position)| Checkpoint { txid: txid.parse().unwrap_or(0), position }))
+}
+
+/// Records that projection `name` has applied everything up to `at`.
+pub async fn save_checkpoint(conn: &mut PgConnection, name: &str, at: Checkpoint) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, txid, position, updated_at) VALUES ($1, $2::text::xid8, $3, now()) \
+         ON CONFLICT (name) DO UPDATE SET txid = EXCLUDED.txid, position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(name)
+    .bind(at.txid.to_string())
+    .bind(at.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

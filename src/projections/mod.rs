@@ -1,0 +1,45 @@
+//! Projections: everything derived from the event store, each tailing the [`feed`] with
+//! its own checkpoint.
+//!
+//! | projection | kind | what it keeps |
+//! |---|---|---|
+//! | [`emails`] | transactional | the `emails` read model (rows and checkpoint commit together: exactly-once effect) |
+//! | [`cache`] | side-effecting, idempotent by version | the Redis view cache (at-least-once; older views never overwrite newer ones) |
+//!
+//! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);
+//! the others stand by and take over when the holder's session ends.
+
+pub mod cache;
+pub mod emails;
+pub mod feed;
+pub mod runner;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use feed::FeedEvent;
+
+/// How a projection's effects relate to its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectionKind {
+    /// Writes PostgreSQL in the same transaction as its checkpoint: each event takes
+    /// effect exactly once.
+    Transactional,
+    /// Writes elsewhere, then moves its checkpoint: at-least-once, so its writes must be
+    /// idempotent (here: guarded by the view's version).
+    SideEffecting,
+}
+
+/// A consumer of the event feed.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Unique name; also the checkpoint's and the advisory lock's.
+    fn name(&self) -> &'static str;
+
+    /// What kind of projection this is.
+    fn kind(&self) -> ProjectionKind;
+
+    /// Applies a batch of events, in feed order. `tx` is the open transaction the
+    /// checkpoint will be written in (a transactional projection writes its rows there).
+    async fn apply(&self, tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()>;
+}

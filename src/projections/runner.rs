@@ -1,0 +1,171 @@
+//! Runs one projection: take its advisory lock (or stand by), then catch up on the
+//! feed, and after that wake on `NOTIFY mailledger_events` with a polling fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{self, Checkpoint};
+use super::{Projection, ProjectionKind};
+
+/// Namespace of mailledger's advisory locks (first key of the two-key form).
+const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
+
+/// Tuning of a runner.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerOptions {
+    /// Events per batch (and per transaction).
+    pub batch_size: i64,
+    /// How often to look for events when no notification comes.
+    pub poll_interval: Duration,
+    /// How often a standby instance tries to take the lock.
+    pub standby_interval: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self { batch_size: 500, poll_interval: Duration::from_secs(1), standby_interval: Duration::from_secs(2) }
+    }
+}
+
+/// Drives one projection.
+#[derive(Clone)]
+pub struct Runner {
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
+    options: RunnerOptions,
+}
+
+impl Runner {
+    /// A runner for `projection` on `pool`.
+    pub fn new(pool: PgPool, projection: Arc<dyn Projection>, options: RunnerOptions) -> Self {
+        Self { pool, projection, options }
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// Applies the next batch after the checkpoint, and moves the checkpoint: the single
+    /// step tests drive. Returns how many events were applied.
+    pub async fn try_execute_once(&self) -> anyhow::Result<usize> {
+        let name = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        let at = feed::load_checkpoint(&mut tx, name).await?;
+        let events = feed::read_after(&mut tx, at, self.options.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.checkpoint) else {
+            tx.commit().await?;
+            return Ok(0);
+        };
+        match self.projection.kind() {
+            ProjectionKind::Transactional => {
+                self.projection.apply(&mut tx, &events).await?;
+                feed::save_checkpoint(&mut tx, name, last).await?;
+                tx.commit().await?;
+            }
+            ProjectionKind::SideEffecting => {
+                // Finish the read transaction first: side effects must not hold it open.
+                tx.commit().await?;
+                let mut conn = self.pool.acquire().await?;
+                self.projection.apply(&mut conn, &events).await?;
+                feed::save_checkpoint(&mut conn, name, last).await?;
+            }
+        }
+        crate::metrics::PROJECTED.with_label_values(&[name]).inc_by(events.len() as u64);
+        Ok(events.len())
+    }
+
+    /// Applies batches until the feed has nothing more below its horizon.
+    pub async fn catch_up(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.try_execute_once().await?;
+            total += n;
+            if (n as i64) < self.options.batch_size {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The projection's checkpoint now.
+    pub async fn checkpoint(&self) -> anyhow::Result<Checkpoint> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(feed::load_checkpoint(&mut conn, self.projection.name()).await?)
+    }
+
+    /// Runs until `shutdown`: standby until the lock is ours, then follow the feed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let name = self.projection.name();
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(self.options.standby_interval) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(projection = name, error = format!("{e:#}"), "projection interrupted; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(projection = name, "projection stopped");
+    }
+
+    /// Takes the lock if free and follows the feed while holding it. Ok(false): another
+    /// instance holds it.
+    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let name = self.projection.name();
+        // A connection of its own: the lock lives exactly as long as this session.
+        let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await.context("lock connection")?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_NAMESPACE)
+            .bind(name)
+            .fetch_one(&mut lock)
+            .await?;
+        if !got {
+            return Ok(false);
+        }
+        tracing::info!(projection = name, "projection leading");
+        let mut listener = PgListener::connect_with(&self.pool).await.context("listener")?;
+        listener.listen("mailledger_events").await?;
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Still ours? If the lock's session died, another instance may lead now.
+            sqlx::query("SELECT 1").execute(&mut lock).await.context("lock connection lost")?;
+            match self.catch_up().await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(200 * u64::from(failures.min(50)));
+                    tracing::warn!(projection = name, error = format!("{e:#}"), retry_in = ?wait, "projection batch failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                n = listener.recv() => { n.context("listener")?; }
+                _ = tokio::time::sleep(self.options.poll_interval) => {}
+            }
+        }
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))").bind(LOCK_NAMESPACE).bind(name).execute(&mut lock).await;
+        let _ = lock.close().await;
+        Ok(true)
+    }
+}

@@ -1,0 +1,182 @@
+//! The Redis cache of email views, keyed `<prefix>email:<id>`, each a hash
+//! `{v: version, view: json}` with a TTL.
+//!
+//! Writes are guarded by version in one Lua script, so an older view never replaces a
+//! newer one whatever order writers arrive in. Redis is optional: every operation has a
+//! short timeout, a failure is logged and counted, and callers fall back to PostgreSQL.
+//! A connection that cannot be made is retried at most once a second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::view::EmailView;
+use crate::config::RedisSettings;
+
+/// Views larger than this are not cached (reads go to PostgreSQL).
+pub const MAX_CACHED_VIEW_BYTES: usize = 256 * 1024;
+
+const PUT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'view', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// A cache failure (never shown to a client).
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct CacheError(String);
+
+/// The cache client; cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Option<redis::Client>,
+    prefix: String,
+    ttl: Duration,
+    conn: Mutex<(Option<ConnectionManager>, Option<Instant>)>,
+    script: redis::Script,
+}
+
+impl Cache {
+    /// A cache on `settings` (no connection is made until first use).
+    pub fn new(settings: &RedisSettings) -> Self {
+        let client = match redis::Client::open(settings.url.as_str()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "Redis URL unusable; the cache is off");
+                None
+            }
+        };
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                prefix: settings.key_prefix.clone(),
+                ttl: settings.cache_ttl,
+                conn: Mutex::new((None, None)),
+                script: redis::Script::new(PUT),
+            }),
+        }
+    }
+
+    /// The key of one email's view.
+    pub fn key(&self, id: Uuid) -> String {
+        format!("{}email:{id}", self.inner.prefix)
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let client = self.inner.client.as_ref().ok_or_else(|| CacheError("no usable URL".into()))?;
+        let mut guard = self.inner.conn.lock().await;
+        if let Some(conn) = &guard.0 {
+            return Ok(conn.clone());
+        }
+        if guard.1.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Err(CacheError("unreachable (retrying)".into()));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        match tokio::time::timeout(Duration::from_secs(1), ConnectionManager::new_with_config(client.clone(), config)).await {
+            Ok(Ok(conn)) => {
+                *guard = (Some(conn.clone()), None);
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                guard.1 = Some(Instant::now());
+                Err(CacheError(e.to_string()))
+            }
+            Err(_) => {
+                guard.1 = Some(Instant::now());
+                Err(CacheError("connect timed out".into()))
+            }
+        }
+    }
+
+    /// The cached view, if Redis has it and answers in time.
+    pub async fn get(&self, id: Uuid) -> Option<EmailView> {
+        let result: Result<Option<String>, CacheError> = async {
+            let mut conn = self.connection().await?;
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(self.key(id)).arg("view");
+            tokio::time::timeout(Duration::from_millis(500), cmd.query_async::<Option<String>>(&mut conn))
+                .await
+                .map_err(|_| CacheError("timed out".into()))?
+                .map_err(|e| CacheError(e.to_string()))
+        }
+        .await;
+        match result {
+            Ok(Some(json)) => match serde_json::from_str(&json) {
+                Ok(view) => {
+                    crate::metrics::CACHE.with_label_values(&["hit"]).inc();
+                    Some(view)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %id, "cached view does not decode; ignoring it");
+                    crate::metrics::CACHE.with_label_values(&["error"]).inc();
+                    None
+                }
+            },
+            Ok(None) => {
+                crate::metrics::CACHE.with_label_values(&["miss"]).inc();
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cache read failed; reading PostgreSQL");
+                crate::metrics::CACHE.with_label_values(&["error"]).inc();
+                None
+            }
+        }
+    }
+
+    /// Stores views, each only if newer than what Redis holds.
+    pub async fn put_many(&self, views: &[EmailView]) -> Result<(), CacheError> {
+        if views.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await?;
+        let ttl_ms = self.inner.ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for view in views {
+            let json = serde_json::to_string(view).map_err(|e| CacheError(e.to_string()))?;
+            if json.len() > MAX_CACHED_VIEW_BYTES {
+                // Too big to cache: drop any older copy so it cannot be served stale.
+                pipe.cmd("DEL").arg(self.key(view.id)).ignore();
+                continue;
+            }
+            pipe.cmd("EVALSHA")
+                .arg(self.inner.script.get_hash())
+                .arg(1)
+                .arg(self.key(view.id))
+                .arg(view.version)
+                .arg(json)
+                .arg(ttl_ms)
+                .ignore();
+        }
+        let run = async {
+            match pipe.query_async::<()>(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // First use on this server (or it restarted): load the script, run again.
+                    self.inner.script.prepare_invoke().load_async(&mut conn).await?;
+                    pipe.query_async::<()>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), run).await {
+            Ok(result) => result.map_err(|e| CacheError(e.to_string())),
+            Err(_) => Err(CacheError("timed out".into())),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Reads from PostgreSQL: one email, a search over the `emails` read model, and an
+//! email's history from the event store.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::search::{COUNT_CAP, Page, SearchParams};
+use super::view::EmailView;
+use crate::projections::emails::{COLUMNS, EmailRow};
+use crate::projections::feed;
+
+/// One event of an email's history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    /// `Requested`, `Persisted`, `Sent`, `Failed`, `DeadLettered` or `Redriven`.
+    #[serde(rename = "type")]
+    #[schema(example = "Persisted")]
+    pub event_type: String,
+    /// Position within the email, from 1.
+    pub sequence: i64,
+    /// Position in the whole store.
+    pub position: i64,
+    /// Schema version of the payload.
+    pub version: String,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The event's fields.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Where it came from: transport, correlation id, idempotency key, caller.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+/// PostgreSQL reads.
+#[derive(Clone)]
+pub struct Repository {
+    pool: PgPool,
+}
+
+impl Repository {
+    /// Reads on `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The read model's row for `id`.
+    pub async fn get(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
+        let sql = format!("SELECT {COLUMNS} FROM emails WHERE id = $1");
+        let row: Option<EmailRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(EmailView::from))
+    }
+
+    /// The email as it was at `at`, folded from the events recorded until then.
+    pub async fn as_of(&self, id: Uuid, at: DateTime<Utc>) -> anyhow::Result<Option<EmailView>> {
+        let mut conn = self.pool.acquire().await?;
+        let events = feed::read_email(&mut conn, id, Some(at)).await?;
+        Ok(EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
+    }
+
+    /// Every event of `id`, in order (empty for an unknown id).
+    pub async fn history(&self, id: Uuid) -> sqlx::Result<Vec<HistoryEntry>> {
+        let rows: Vec<(String, i64, i64, String, DateTime<Utc>, Value, Value)> = sqlx::query_as(
+            "SELECT event_type, sequence, position, event_version, recorded_at, payload, metadata FROM events \
+             WHERE aggregate_type = 'Email' AND aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_type, sequence, position, version, recorded_at, payload, metadata)| {
+                // Stored externally tagged ({"Sent": {...}}): hand out the inner object.
+                let payload = match payload {
+                    Value::Object(mut m) if m.len() == 1 && m.contains_key(&event_type) => {
+                        m.remove(&event_type).unwrap_or(Value::Null)
+                    }
+                    other => other,
+                };
+                HistoryEntry { event_type, sequence, position, version, recorded_at, payload, metadata }
+            })
+            .collect())
+    }
+
+    /// One page of a search, newest first, with a count capped at [`COUNT_CAP`].
+    pub async fn search(&self, p: &SearchParams) -> sqlx::Result<Page<EmailView>> {
+        let empty = || Page {
+            items: vec![],
+            total_count: 0,
+            total_exact: true,
+            total_pages: 0,
+            page: p.page,
+            size: p.size,
+            has_more: false,
+        };
+        if p.tsquery.as_deref() == Some("") {
+            return Ok(empty());
+        }
+        let offset = i64::from(p.page - 1) * i64::from(p.size);
+        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM emails"));
+        filters(&mut q, p);
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(p.size) + 1);
+        q.push(" OFFSET ").push_bind(offset);
+        let mut rows: Vec<EmailRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        let has_more = rows.len() > p.size as usize;
+        rows.truncate(p.size as usize);
+
+        let mut c = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1 FROM emails");
+        filters(&mut c, p);
+        c.push(" LIMIT ").push_bind(COUNT_CAP + 1).push(") AS capped");
+        let counted: i64 = c.build_query_scalar().fetch_one(&self.pool).await?;
+        let total_exact = counted <= COUNT_CAP;
+        let total_count = counted.min(COUNT_CAP).max(offset + rows.len() as i64);
+        let size = i64::from(p.size);
+        Ok(Page {
+            items: rows.into_iter().map(EmailView::from).collect(),
+            total_count,
+            total_exact,
+            total_pages: (total_count + size - 1) / size,
+            page: p.page,
+            size: p.size,
+            has_more,
+        })
+    }
+}
+
+fn filters(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
+    let mut first = true;
+    let mut and = |q: &mut QueryBuilder<'_, Postgres>| {
+        q.push(if first { " WHERE " } else { " AND " });
+        first = false;
+    };
+    if let Some(ts) = &p.tsquery {
+        and(q);
+        q.push("search @@ to_tsquery('simple', ").push_bind(ts.clone()).push(")");
+    }
+    if let Some(status) = &p.status {
+        and(q);
+        q.push("status = ").push_bind(status.clone());
+    }
+    if let Some(from) = &p.from {
+        and(q);
+        q.push("from_address = ").push_bind(from.clone());
+    }
+    if let Some(to) = &p.to {
+        and(q);
+        q.push("recipients @> ARRAY[").push_bind(to.clone()).push("]::text[]");
+    }
+    if let Some(since) = p.since {
+        and(q);
+        q.push("created_at >= ").push_bind(since);
+    }
+    if let Some(until) = p.until {
+        and(q);
+        q.push("created_at < ").push_bind(until);
+    }
+}

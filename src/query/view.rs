@@ -1,0 +1,150 @@
+//! `EmailView`: what a reader sees of one email, folded from its events. The same fold
+//! serves the Redis cache, "as of an instant" and the tests that compare read models.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::command::{EmailEvent, Mailbox};
+
+/// One email as readers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EmailView {
+    /// The email's id.
+    pub id: Uuid,
+    /// Sender address.
+    #[schema(example = "ann@example.com")]
+    pub from: String,
+    /// Sender display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
+    /// `To` addresses.
+    pub to: Vec<String>,
+    /// `Cc` addresses.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// `Bcc` addresses.
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body (empty when only HTML was given).
+    pub body: String,
+    /// HTML body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// `queued`, `failed` (retrying), `sent` or `dead_lettered`.
+    #[schema(example = "queued")]
+    pub status: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The last delivery error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 5322 Message-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// `nats`, `rest` or `grpc`.
+    pub source: String,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When anything last happened to it.
+    pub updated_at: DateTime<Utc>,
+    /// When the SMTP server accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When the next delivery attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Sequence of the last event folded in: the view's version.
+    pub version: i64,
+}
+
+fn addresses(list: &[Mailbox]) -> Vec<String> {
+    list.iter().map(|m| m.address.to_string()).collect()
+}
+
+impl EmailView {
+    /// Folds events (in sequence order, each with its sequence and recording time).
+    /// `None` until a `Requested` has been seen.
+    pub fn fold<'a>(events: impl IntoIterator<Item = (i64, DateTime<Utc>, &'a EmailEvent)>) -> Option<EmailView> {
+        events.into_iter().fold(None, |view, (sequence, at, event)| match view {
+            None => Self::start(sequence, event),
+            Some(view) => Some(view.apply(sequence, at, event)),
+        })
+    }
+
+    /// The view a `Requested` event starts; nothing for any other event.
+    fn start(sequence: i64, event: &EmailEvent) -> Option<EmailView> {
+        let EmailEvent::Requested(r) = event else { return None };
+        let request = &r.request;
+        Some(EmailView {
+            id: r.email_id,
+            from: request.from.clone().unwrap_or_default(),
+            from_name: None,
+            to: request.to.clone(),
+            cc: request.cc.clone(),
+            bcc: request.bcc.clone(),
+            subject: request.subject.clone().unwrap_or_default(),
+            body: request.text.clone().unwrap_or_default(),
+            html: request.html.clone(),
+            status: "requested".into(),
+            attempts: 0,
+            last_error: None,
+            message_id: None,
+            source: r.source.as_str().into(),
+            created_at: r.requested_at,
+            updated_at: r.requested_at,
+            sent_at: None,
+            next_attempt_at: None,
+            version: sequence,
+        })
+    }
+
+    /// This view with one more event applied.
+    pub fn apply(mut self, sequence: i64, at: DateTime<Utc>, event: &EmailEvent) -> EmailView {
+        match event {
+            EmailEvent::Requested(_) => return self,
+            EmailEvent::Persisted(p) => {
+                self.from = p.from.address.to_string();
+                self.from_name = p.from.name.clone();
+                self.to = addresses(&p.to);
+                self.cc = addresses(&p.cc);
+                self.bcc = addresses(&p.bcc);
+                self.subject = p.subject.to_string();
+                self.message_id = Some(p.message_id.clone());
+                self.status = "queued".into();
+            }
+            EmailEvent::Sent(s) => {
+                self.status = "sent".into();
+                self.attempts = s.attempt;
+                self.sent_at = Some(s.sent_at);
+                self.next_attempt_at = None;
+            }
+            EmailEvent::Failed(f) => {
+                self.status = "failed".into();
+                self.attempts = f.attempt;
+                self.last_error = Some(f.error.clone());
+                self.next_attempt_at = f.next_attempt_at;
+            }
+            EmailEvent::DeadLettered(d) => {
+                self.status = "dead_lettered".into();
+                self.last_error = Some(d.reason.clone());
+                self.next_attempt_at = None;
+            }
+            EmailEvent::Redriven(r) => {
+                self.status = "queued".into();
+                self.next_attempt_at = Some(r.redriven_at);
+            }
+        }
+        self.version = sequence;
+        self.updated_at = at;
+        self
+    }
+
+    /// Every recipient: to, cc and bcc.
+    pub fn recipients(&self) -> Vec<String> {
+        self.to.iter().chain(&self.cc).chain(&self.bcc).cloned().collect()
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading emails: by id (optionally as of an instant), search, and history; plus the
+//! original service's paths.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::HttpState;
+use super::error::{ApiError, ErrorBody};
+use crate::query::params::RawSearch;
+use crate::query::repository::HistoryEntry;
+use crate::query::search::Page;
+use crate::query::view::EmailView;
+
+/// A page of search results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchBody {
+    /// This page's emails, newest first.
+    pub emails: Vec<EmailView>,
+    /// Matching emails. Exact up to 10,000; past that it is 10,000 and
+    /// `total_count_exact` is false.
+    pub total_count: i64,
+    /// Whether `total_count` is exact.
+    pub total_count_exact: bool,
+    /// Pages of `size` in `total_count`.
+    pub total_pages: i64,
+    /// This page, from 1.
+    pub page: u32,
+    /// Page size (capped at 100).
+    pub size: u32,
+    /// Whether a next page exists.
+    pub has_more: bool,
+}
+
+impl From<Page<EmailView>> for SearchBody {
+    fn from(p: Page<EmailView>) -> Self {
+        Self {
+            emails: p.items,
+            total_count: p.total_count,
+            total_count_exact: p.total_exact,
+            total_pages: p.total_pages,
+            page: p.page,
+            size: p.size,
+            has_more: p.has_more,
+        }
+    }
+}
+
+/// `GET /api/v1/emails` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Full text over from, recipients, subject and body; every word must match, as a prefix.
+    q: Option<String>,
+    /// `queued`, `failed`, `sent`, `dead_lettered` (or `requested`).
+    status: Option<String>,
+    /// Sender address.
+    from: Option<String>,
+    /// Recipient address (to, cc or bcc).
+    to: Option<String>,
+    /// Created at or after (RFC 3339).
+    since: Option<String>,
+    /// Created before (RFC 3339).
+    until: Option<String>,
+    /// Page from 1 (default 1); `page × size` ≤ 10,000.
+    page: Option<i64>,
+    /// Page size (default 10, capped at 100).
+    size: Option<i64>,
+}
+
+/// The original service's search parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OriginalSearchQuery {
+    /// Full-text query.
+    search: Option<String>,
+    /// Page from 1.
+    page: Option<i64>,
+    /// Page size (capped at 100).
+    size: Option<i64>,
+}
+
+/// `?as_of=` on a lookup.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AsOfQuery {
+    /// RFC 3339 instant: the email as it was then, folded from its events.
+    as_of: Option<String>,
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an email id (a UUID)")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no email {id}"))
+}
+
+async fn lookup(state: &HttpState, id: Uuid, as_of: Option<String>) -> Result<EmailView, ApiError> {
+    let view = match as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => state.reads.get(id).await?,
+        Some(raw) => {
+            let at = chrono::DateTime::parse_from_rfc3339(raw)
+                .map_err(|e| ApiError::BadRequest(format!("as_of: not an RFC 3339 time ({e})")))?;
+            state.reads.as_of(id, at.to_utc()).await?
+        }
+    };
+    view.ok_or_else(|| not_found(id))
+}
+
+/// One email by id; with `as_of`, as it was at that instant.
+#[utoipa::path(
+    get, path = "/api/v1/emails/{id}", tag = "emails",
+    params(("id" = Uuid, Path, description = "Email id"), AsOfQuery),
+    responses(
+        (status = 200, description = "The email", body = EmailView),
+        (status = 400, description = "Malformed id or time", body = ErrorBody),
+        (status = 404, description = "No such email (or none yet at as_of)", body = ErrorBody),
+    )
+)]
+pub async fn get_email(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    as_of: Result<Query<AsOfQuery>, QueryRejection>,
+) -> Result<Json<EmailView>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(lookup(&state, id, query(as_of)?.as_of).await?))
+}
+
+/// The original path for one email.
+#[utoipa::path(
+    get, path = "/api/v1/email/{id}", tag = "emails (original paths)",
+    params(("id" = Uuid, Path, description = "Email id")),
+    responses((status = 200, body = EmailView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn get_email_original(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<EmailView>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(lookup(&state, id, None).await?))
+}
+
+async fn run_search(state: &HttpState, raw: RawSearch) -> Result<Json<SearchBody>, ApiError> {
+    let params = raw.parse().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(state.reads.search(&params).await?.into()))
+}
+
+/// Search emails, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/emails", tag = "emails",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "A page of results", body = SearchBody),
+        (status = 400, description = "A parameter is malformed (named in the message)", body = ErrorBody),
+    )
+)]
+pub async fn search(
+    State(state): State<HttpState>,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Json<SearchBody>, ApiError> {
+    let q = query(q)?;
+    let raw = RawSearch {
+        q: q.q,
+        status: q.status,
+        from: q.from,
+        to: q.to,
+        since: q.since,
+        until: q.until,
+        page: q.page,
+        size: q.size,
+    };
+    run_search(&state, raw).await
+}
+
+/// The original search path.
+#[utoipa::path(
+    get, path = "/api/v1/email/search", tag = "emails (original paths)",
+    params(OriginalSearchQuery),
+    responses((status = 200, body = SearchBody), (status = 400, body = ErrorBody))
+)]
+pub async fn search_original(
+    State(state): State<HttpState>,
+    q: Result<Query<OriginalSearchQuery>, QueryRejection>,
+) -> Result<Json<SearchBody>, ApiError> {
+    let q = query(q)?;
+    run_search(&state, RawSearch { q: q.search, page: q.page, size: q.size, ..Default::default() }).await
+}
+
+/// An email's history: every event, in order, with its type, sequence, time, payload
+/// and metadata.
+#[utoipa::path(
+    get, path = "/api/v1/emails/{id}/events", tag = "emails",
+    params(("id" = Uuid, Path, description = "Email id")),
+    responses(
+        (status = 200, description = "The events, oldest first", body = Vec<HistoryEntry>),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub async fn history(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    let id = parse_id(&id)?;
+    let events = state.reads.history(id).await?;
+    if events.is_empty() {
+        return Err(not_found(id));
+    }
+    Ok(Json(events))
+}
