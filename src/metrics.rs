@@ -19,7 +19,11 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 /// `mailledger_commands_total{source, outcome}`: create-email commands handled.
 pub static COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("mailledger_commands_total", "Create-email commands handled, by source and outcome", &["source", "outcome"])
+    counter_vec(
+        "mailledger_commands_total",
+        "Create-email commands handled, by source and outcome",
+        &["source", "outcome"],
+    )
 });
 
 /// `mailledger_nats_messages_total{outcome}`: command messages consumed, by what became of them.
@@ -33,7 +37,11 @@ pub static NATS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// `mailledger_cache_requests_total{result}`: cache lookups (hit, miss, error).
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("mailledger_cache_requests_total", "Email view cache lookups, by result (hit, miss, error)", &["result"])
+    counter_vec(
+        "mailledger_cache_requests_total",
+        "Email view cache lookups, by result (hit, miss, error)",
+        &["result"],
+    )
 });
 
 /// `mailledger_projection_events_total{projection}`: events applied by each projection.

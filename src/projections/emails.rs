@@ -155,7 +155,12 @@ impl EmailsProjection {
         }
         let rows: Vec<EmailRow> = views.iter().map(EmailRow::from).collect();
         let json = serde_json::to_value(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let updates = COLUMNS.split(", ").filter(|c| *c != "id").map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+        let updates = COLUMNS
+            .split(", ")
+            .filter(|c| *c != "id")
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM jsonb_to_recordset($1) AS r(\
                id uuid, from_address text, from_name text, to_addresses text[], cc_addresses text[], \

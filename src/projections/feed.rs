@@ -129,7 +129,8 @@ pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Chec
             .bind(name)
             .fetch_optional(conn)
             .await?;
-    Ok(row.map_or_else(Checkpoint::default, |(txid, position)| Checkpoint { txid: txid.parse().unwrap_or(0), position }))
+    Ok(row
+        .map_or_else(Checkpoint::default, |(txid, position)| Checkpoint { txid: txid.parse().unwrap_or(0), position }))
 }
 
 /// Records that projection `name` has applied everything up to `at`.

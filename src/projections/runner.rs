@@ -164,7 +164,11 @@ impl Runner {
                 _ = tokio::time::sleep(self.options.poll_interval) => {}
             }
         }
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))").bind(LOCK_NAMESPACE).bind(name).execute(&mut lock).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(LOCK_NAMESPACE)
+            .bind(name)
+            .execute(&mut lock)
+            .await;
         let _ = lock.close().await;
         Ok(true)
     }

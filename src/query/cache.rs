@@ -88,7 +88,9 @@ impl Cache {
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        match tokio::time::timeout(Duration::from_secs(1), ConnectionManager::new_with_config(client.clone(), config)).await {
+        match tokio::time::timeout(Duration::from_secs(1), ConnectionManager::new_with_config(client.clone(), config))
+            .await
+        {
             Ok(Ok(conn)) => {
                 *guard = (Some(conn.clone()), None);
                 Ok(conn)

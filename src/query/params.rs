@@ -30,9 +30,9 @@ pub struct RawSearch {
 fn time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, FieldError> {
     match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| Some(t.to_utc()))
-            .map_err(|e| FieldError::invalid(field, format!("is not an RFC 3339 time ({e}), e.g. 2026-11-22T10:00:00Z"))),
+        Some(s) => DateTime::parse_from_rfc3339(s).map(|t| Some(t.to_utc())).map_err(|e| {
+            FieldError::invalid(field, format!("is not an RFC 3339 time ({e}), e.g. 2026-11-22T10:00:00Z"))
+        }),
     }
 }
 
@@ -65,7 +65,9 @@ impl RawSearch {
         let status = match self.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) if STATUSES.contains(&s) => Some(s.to_owned()),
-            Some(s) => return Err(FieldError::invalid("status", format!("{s:?} is not one of {}", STATUSES.join(", ")))),
+            Some(s) => {
+                return Err(FieldError::invalid("status", format!("{s:?} is not one of {}", STATUSES.join(", "))));
+            }
         };
         let since = time("since", &self.since)?;
         let until = time("until", &self.until)?;

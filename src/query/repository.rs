@@ -36,6 +36,17 @@ pub struct HistoryEntry {
     pub metadata: Value,
 }
 
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    event_type: String,
+    sequence: i64,
+    position: i64,
+    event_version: String,
+    recorded_at: DateTime<Utc>,
+    payload: Value,
+    metadata: Value,
+}
+
 /// PostgreSQL reads.
 #[derive(Clone)]
 pub struct Repository {
@@ -64,7 +75,7 @@ impl Repository {
 
     /// Every event of `id`, in order (empty for an unknown id).
     pub async fn history(&self, id: Uuid) -> sqlx::Result<Vec<HistoryEntry>> {
-        let rows: Vec<(String, i64, i64, String, DateTime<Utc>, Value, Value)> = sqlx::query_as(
+        let rows: Vec<HistoryRow> = sqlx::query_as(
             "SELECT event_type, sequence, position, event_version, recorded_at, payload, metadata FROM events \
              WHERE aggregate_type = 'Email' AND aggregate_id = $1 ORDER BY sequence",
         )
@@ -73,15 +84,23 @@ impl Repository {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(event_type, sequence, position, version, recorded_at, payload, metadata)| {
+            .map(|r| {
                 // Stored externally tagged ({"Sent": {...}}): hand out the inner object.
-                let payload = match payload {
-                    Value::Object(mut m) if m.len() == 1 && m.contains_key(&event_type) => {
-                        m.remove(&event_type).unwrap_or(Value::Null)
+                let payload = match r.payload {
+                    Value::Object(mut m) if m.len() == 1 && m.contains_key(&r.event_type) => {
+                        m.remove(&r.event_type).unwrap_or(Value::Null)
                     }
                     other => other,
                 };
-                HistoryEntry { event_type, sequence, position, version, recorded_at, payload, metadata }
+                HistoryEntry {
+                    event_type: r.event_type,
+                    sequence: r.sequence,
+                    position: r.position,
+                    version: r.event_version,
+                    recorded_at: r.recorded_at,
+                    payload,
+                    metadata: r.metadata,
+                }
             })
             .collect())
     }

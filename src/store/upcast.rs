@@ -27,7 +27,12 @@ pub fn decode(event_type: &str, version: &str, payload: Value) -> Result<EmailEv
 }
 
 /// [`decode`] with a given set of upcasters.
-pub fn decode_with(upcasters: &[Upcaster], event_type: &str, version: &str, payload: Value) -> Result<EmailEvent, String> {
+pub fn decode_with(
+    upcasters: &[Upcaster],
+    event_type: &str,
+    version: &str,
+    payload: Value,
+) -> Result<EmailEvent, String> {
     let mut version = version.to_owned();
     let mut payload = payload;
     while version != EVENT_VERSION {

@@ -176,6 +176,35 @@ impl TestApp {
             .expect("event types")
     }
 
+    /// Waits until the `emails` read model holds `n` rows, each with all its events.
+    pub async fn wait_projected(&self, n: i64) {
+        eventually(Duration::from_secs(15), || async {
+            let (rows, behind): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE last_sequence < (SELECT max(sequence) FROM events \
+                 WHERE aggregate_id = emails.id::text)) FROM emails",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            rows == n && behind == 0
+        })
+        .await;
+    }
+
+    /// Creates an email over REST and returns its id.
+    pub async fn create(&self, body: &serde_json::Value) -> String {
+        let r = self.post_json("/api/v1/emails", body).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// GETs a path and returns (status, JSON body).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Distinct emails in the store.
     pub async fn email_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events")
@@ -291,4 +320,83 @@ impl Isolation {
             ("MAILLEDGER__LOG__FILTER".into(), "info".into()),
         ]
     }
+}
+
+/// A fresh, migrated database in `iso` (without an application).
+pub async fn fresh_database(iso: &Isolation) -> PgPool {
+    let settings = iso.settings(&[]);
+    let pool = mailledger::store::connect(&settings.database).await.expect("database");
+    mailledger::store::migrate(&pool).await.expect("migrations");
+    pool
+}
+
+/// The stored JSON of a `Requested` + `Persisted` pair for a new email, as the ledger
+/// would write them (for tests that write the store directly).
+pub fn accepted_events(id: uuid::Uuid, subject: &str) -> [(String, serde_json::Value); 2] {
+    use mailledger::command::*;
+    let draft = EmailDraft {
+        from: Some("sender@example.com".into()),
+        to: vec!["rcpt@example.org".into()],
+        subject: Some(subject.into()),
+        text: Some(format!("body of {subject}")),
+        ..Default::default()
+    };
+    let email = draft.validate(&Limits::default()).unwrap();
+    let now = mailledger::ledger::now();
+    let requested = events::EmailEvent::Requested(events::Requested {
+        email_id: id,
+        source: Source::Rest,
+        idempotency_key: None,
+        request: draft,
+        requested_at: now,
+    });
+    let persisted = events::EmailEvent::Persisted(events::Persisted {
+        message_id: message_id_for(id, &email),
+        date: now,
+        from: email.from.clone(),
+        to: email.to.clone(),
+        cc: vec![],
+        bcc: vec![],
+        reply_to: vec![],
+        subject: email.subject.clone(),
+        headers: Default::default(),
+        size_bytes: 1,
+        sha256: String::new(),
+        request_digest: email.digest(),
+    });
+    [
+        ("Requested".into(), serde_json::to_value(requested).unwrap()),
+        ("Persisted".into(), serde_json::to_value(persisted).unwrap()),
+    ]
+}
+
+/// Inserts one stored event on `conn` (inside whatever transaction it is in).
+pub async fn insert_event(
+    conn: &mut sqlx::PgConnection,
+    id: uuid::Uuid,
+    sequence: i64,
+    event: &(String, serde_json::Value),
+) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('Email', $1, $2, $3, '1.0', $4, '{}')",
+    )
+    .bind(id.to_string())
+    .bind(sequence)
+    .bind(&event.0)
+    .bind(&event.1)
+    .execute(conn)
+    .await
+    .expect("insert event");
+}
+
+/// Commits a new email's two events directly to the store; returns its id.
+pub async fn commit_email(pool: &PgPool, subject: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    for (s, e) in accepted_events(id, subject).iter().enumerate() {
+        insert_event(&mut tx, id, s as i64 + 1, e).await;
+    }
+    tx.commit().await.unwrap();
+    id
 }

@@ -140,13 +140,21 @@ fn fields(v: &ValidationErrors) -> Vec<FieldErrorBody> {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::store::is_unavailable(&e) { ApiError::Unavailable(Box::new(e)) } else { ApiError::Internal(Box::new(e)) }
+        if crate::store::is_unavailable(&e) {
+            ApiError::Unavailable(Box::new(e))
+        } else {
+            ApiError::Internal(Box::new(e))
+        }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
-        if crate::store::is_unavailable(boxed.as_ref()) { ApiError::Unavailable(boxed) } else { ApiError::Internal(boxed) }
+        if crate::store::is_unavailable(boxed.as_ref()) {
+            ApiError::Unavailable(boxed)
+        } else {
+            ApiError::Internal(boxed)
+        }
     }
 }

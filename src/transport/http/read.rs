@@ -140,7 +140,10 @@ pub async fn get_email(
     params(("id" = Uuid, Path, description = "Email id")),
     responses((status = 200, body = EmailView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn get_email_original(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<EmailView>, ApiError> {
+pub async fn get_email_original(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<EmailView>, ApiError> {
     let id = parse_id(&id)?;
     Ok(Json(lookup(&state, id, None).await?))
 }
@@ -202,7 +205,10 @@ pub async fn search_original(
         (status = 404, body = ErrorBody),
     )
 )]
-pub async fn history(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+pub async fn history(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let id = parse_id(&id)?;
     let events = state.reads.history(id).await?;
     if events.is_empty() {

@@ -1,0 +1,152 @@
+//! The Redis cache: filled by its projection, written by version, read first, refilled
+//! on a miss — and never the reason a read fails when Redis is down.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestApp, eventually, original_payload};
+use mailledger::query::cache::Cache;
+use redis::AsyncCommands;
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+#[tokio::test]
+async fn views_are_cached_by_version_read_first_and_refilled() {
+    let app = TestApp::spawn().await;
+    let id = app.create(&original_payload("cached")).await;
+    app.wait_projected(1).await;
+    let key = format!("t{}:email:{id}", app.iso.suffix);
+    let mut redis = redis_conn("redis://127.0.0.1:6379").await;
+    eventually(Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(2) }
+    })
+    .await;
+    let ttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "TTL set: {ttl}");
+
+    // Reads come from Redis: a (forged) newer view there is what a reader gets.
+    let settings = app.iso.settings(&[]);
+    let cache = Cache::new(&settings.redis);
+    let mut view = cache.get(id.parse().unwrap()).await.unwrap();
+    assert_eq!(view.subject, "cached");
+    view.subject = "from the cache".into();
+    view.version = 3;
+    cache.put_many(std::slice::from_ref(&view)).await.unwrap();
+    let (_, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(body["subject"], "from the cache");
+
+    // An older version never overwrites a newer one.
+    view.subject = "stale".into();
+    view.version = 2;
+    cache.put_many(std::slice::from_ref(&view)).await.unwrap();
+    assert_eq!(cache.get(view.id).await.unwrap().subject, "from the cache");
+
+    // A miss reads PostgreSQL and refills the cache.
+    let _: () = redis.del(&key).await.unwrap();
+    let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!((status, body["subject"].as_str()), (200, Some("cached")));
+    let refilled: Option<i64> = redis.hget(&key, "v").await.unwrap();
+    assert_eq!(refilled, Some(2));
+    let _: () = redis.del(&key).await.unwrap();
+}
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/ensure-services.sh installs it)");
+        let mut server = Self { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.stop();
+        panic!("redis-server did not start");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn reads_survive_redis_going_away_and_the_cache_catches_up_when_it_returns() {
+    let mut server = RedisServer::start(free_port());
+    let url = server.url();
+    let app = TestApp::spawn_with(&[("MAILLEDGER_REDIS_URL", &url)]).await;
+    let first = app.create(&original_payload("before the outage")).await;
+    app.wait_projected(1).await;
+    let mut redis = redis_conn(&url).await;
+    let key = |id: &str| format!("t{}:email:{id}", app.iso.suffix);
+    eventually(Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let k = key(&first);
+        async move { redis.exists::<_, bool>(&k).await.unwrap() }
+    })
+    .await;
+
+    server.stop();
+    let second = app.create(&original_payload("during the outage")).await;
+    app.wait_projected(2).await;
+    for id in [&first, &second] {
+        let started = Instant::now();
+        let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(2), "a dead Redis costs at most a short timeout");
+    }
+    let (status, body) = app.get_json("/api/v1/emails?q=outage").await;
+    assert_eq!((status, body["total_count"].as_i64()), (200, Some(2)));
+
+    let server = RedisServer::start(server.port);
+    drop(redis);
+    redis = redis_conn(&server.url()).await;
+    // Redis came back empty; the cache projection resumes from its checkpoint and
+    // writes the email it could not write during the outage.
+    eventually(Duration::from_secs(15), || {
+        let mut redis = redis.clone();
+        let k = key(&second);
+        async move { redis.exists::<_, bool>(&k).await.unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_service_starts_and_reads_with_no_redis_at_all() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = TestApp::spawn_with(&[("MAILLEDGER_REDIS_URL", &url)]).await;
+    let id = app.create(&original_payload("no redis")).await;
+    app.wait_projected(1).await;
+    let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!((status, body["subject"].as_str()), (200, Some("no redis")));
+}

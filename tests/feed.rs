@@ -1,0 +1,249 @@
+//! The event feed never skips an event committed late, every projection sees every
+//! event exactly once, projections catch up after a restart, and a standby takes over
+//! when the leader's session dies.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Cleanup, Isolation, accepted_events, commit_email, eventually, fresh_database, insert_event};
+use mailledger::projections::emails::EmailsProjection;
+use mailledger::projections::feed::FeedEvent;
+use mailledger::projections::runner::{Runner, RunnerOptions};
+use mailledger::projections::{Projection, ProjectionKind};
+use sqlx::{Acquire, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Records every (email, sequence) it is handed, and how often.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<HashMap<(Uuid, i64), usize>>,
+    kind: Option<ProjectionKind>,
+}
+
+#[async_trait]
+impl Projection for Recorder {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Some(ProjectionKind::SideEffecting) => "recorder_side",
+            _ => "recorder_tx",
+        }
+    }
+    fn kind(&self) -> ProjectionKind {
+        self.kind.unwrap_or(ProjectionKind::Transactional)
+    }
+    async fn apply(&self, _tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        let mut seen = self.seen.lock().unwrap();
+        for e in events {
+            *seen.entry((e.email_id, e.sequence)).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+fn options(batch: i64) -> RunnerOptions {
+    RunnerOptions {
+        batch_size: batch,
+        poll_interval: Duration::from_millis(50),
+        standby_interval: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test]
+async fn a_long_transaction_committing_after_a_short_one_is_not_skipped() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let recorder = Arc::new(Recorder::default());
+    let runner = Runner::new(pool.clone(), recorder.clone(), options(100));
+    let emails = Runner::new(pool.clone(), Arc::new(EmailsProjection::new()), options(100));
+
+    // The long transaction writes first: it holds the lower position.
+    let (long_id, short_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut long_conn = pool.acquire().await.unwrap();
+    let mut long_tx = long_conn.begin().await.unwrap();
+    for (i, e) in accepted_events(long_id, "long").iter().enumerate() {
+        insert_event(&mut long_tx, long_id, i as i64 + 1, e).await;
+    }
+    // The short one writes later and commits first.
+    let mut short = pool.begin().await.unwrap();
+    for (i, e) in accepted_events(short_id, "short").iter().enumerate() {
+        insert_event(&mut short, short_id, i as i64 + 1, e).await;
+    }
+    short.commit().await.unwrap();
+
+    // A reader by position alone would take the short one now and later skip the long
+    // one. The feed waits: nothing is below the horizon yet.
+    assert_eq!(runner.try_execute_once().await.unwrap(), 0);
+    assert_eq!(emails.try_execute_once().await.unwrap(), 0);
+
+    long_tx.commit().await.unwrap();
+    assert_eq!(runner.catch_up().await.unwrap(), 4);
+    assert_eq!(emails.catch_up().await.unwrap(), 4);
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'queued'").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn concurrent_interleaved_writers_every_event_seen_exactly_once() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let recorders = [
+        Arc::new(Recorder { kind: Some(ProjectionKind::Transactional), ..Default::default() }),
+        Arc::new(Recorder { kind: Some(ProjectionKind::SideEffecting), ..Default::default() }),
+    ];
+    let stop = CancellationToken::new();
+    let mut readers = vec![];
+    for r in &recorders {
+        readers.push(tokio::spawn(Runner::new(pool.clone(), r.clone(), options(7)).run(stop.clone())));
+    }
+    readers
+        .push(tokio::spawn(Runner::new(pool.clone(), Arc::new(EmailsProjection::new()), options(5)).run(stop.clone())));
+
+    // 8 writers, 25 emails each; each transaction holds its events open for a while
+    // of its own (0–20 ms) so commits land out of insertion order.
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 25;
+    let mut writers = vec![];
+    for w in 0..WRITERS {
+        let pool = pool.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let id = Uuid::now_v7();
+                let mut tx = pool.begin().await.unwrap();
+                let events = accepted_events(id, &format!("w{w} e{i}"));
+                insert_event(&mut tx, id, 1, &events[0]).await;
+                tokio::time::sleep(Duration::from_millis(((w * 7 + i * 13) % 20) as u64)).await;
+                insert_event(&mut tx, id, 2, &events[1]).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let total = WRITERS * PER_WRITER * 2;
+    for r in &recorders {
+        eventually(Duration::from_secs(20), || async { r.seen.lock().unwrap().len() == total }).await;
+    }
+    eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM emails WHERE last_sequence = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == (WRITERS * PER_WRITER) as i64
+    })
+    .await;
+    stop.cancel();
+    for r in readers {
+        r.await.unwrap();
+    }
+    for r in &recorders {
+        let seen = r.seen.lock().unwrap();
+        assert_eq!(seen.len(), total);
+        assert!(seen.values().all(|&n| n == 1), "{} saw an event twice", r.name());
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_projection_catches_up_without_duplicates() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let recorder = Arc::new(Recorder::default());
+    let write = |n: usize| {
+        let pool = pool.clone();
+        async move {
+            for i in 0..n {
+                commit_email(&pool, &format!("e{i}")).await;
+            }
+        }
+    };
+    write(30).await;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(Runner::new(pool.clone(), recorder.clone(), options(10)).run(stop.clone()));
+    eventually(Duration::from_secs(10), || async { recorder.seen.lock().unwrap().len() == 60 }).await;
+    stop.cancel();
+    run.await.unwrap();
+
+    write(20).await; // while the projection is down
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(Runner::new(pool.clone(), recorder.clone(), options(10)).run(stop.clone()));
+    eventually(Duration::from_secs(10), || async { recorder.seen.lock().unwrap().len() == 100 }).await;
+    stop.cancel();
+    run.await.unwrap();
+    assert!(recorder.seen.lock().unwrap().values().all(|&n| n == 1));
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_a_standby_takes_over() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let first = Arc::new(Recorder::default());
+    let second = Arc::new(Recorder::default());
+    let stop_first = CancellationToken::new();
+    let stop_second = CancellationToken::new();
+    let a = tokio::spawn(Runner::new(pool.clone(), first.clone(), options(10)).run(stop_first.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = tokio::spawn(Runner::new(pool.clone(), second.clone(), options(10)).run(stop_second.clone()));
+
+    commit_email(&pool, "one").await;
+    eventually(Duration::from_secs(10), || async { first.seen.lock().unwrap().len() == 2 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(second.seen.lock().unwrap().is_empty(), "the standby did nothing while the leader lived");
+
+    stop_first.cancel(); // the leader goes away; its lock goes with its session
+    a.await.unwrap();
+    commit_email(&pool, "two").await;
+    eventually(Duration::from_secs(10), || async { second.seen.lock().unwrap().len() == 2 }).await;
+    let seen = second.seen.lock().unwrap().clone();
+    assert!(seen.keys().all(|(_, s)| *s <= 2));
+    assert_eq!(first.seen.lock().unwrap().len(), 2, "the old leader saw only the first email");
+    stop_second.cancel();
+    b.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_whose_session_is_killed_loses_the_lead_to_the_standby() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let first = Arc::new(Recorder::default());
+    let second = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let a = tokio::spawn(Runner::new(pool.clone(), first.clone(), options(10)).run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = tokio::spawn(Runner::new(pool.clone(), second.clone(), options(10)).run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill the session holding the advisory lock: as if the leader's host died.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    commit_email(&pool, "after").await;
+    // Whoever leads now (the standby, or the old leader back after re-taking the lock)
+    // applies the events exactly once in all.
+    eventually(Duration::from_secs(10), || async {
+        first.seen.lock().unwrap().len() + second.seen.lock().unwrap().len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(first.seen.lock().unwrap().len() + second.seen.lock().unwrap().len(), 2);
+    stop.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+}
