@@ -28,6 +28,8 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_HTTP_ADDR", "http.addr"),
     ("MAILLEDGER_GRPC_ADDR", "grpc.addr"),
     ("MAILLEDGER_METRICS_ADDR", "metrics.addr"),
+    ("MAILLEDGER_DELIVERY_BACKOFF", "delivery.backoff"),
+    ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "delivery.max_attempts"),
 ];
 
 /// Everything the service can be told.
@@ -42,6 +44,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Outgoing mail.
     pub smtp: SmtpSettings,
+    /// Retries and the sender's pace.
+    pub delivery: DeliverySettings,
     /// REST listener.
     pub http: ListenSettings,
     /// gRPC listener.
@@ -114,6 +118,34 @@ pub struct SmtpSettings {
     /// `smtp://host:port`, `smtps://…` or `file:///dir`.
     #[serde(deserialize_with = "url_with_scheme::<SmtpScheme, _>")]
     pub url: Url,
+    /// Connections kept per instance.
+    pub pool_size: u32,
+    /// Longest wait for one SMTP reply.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Run the sender on this instance.
+    pub enabled: bool,
+    /// Delay before attempt 2, 3, …; the last one repeats.
+    #[serde(deserialize_with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// Attempts per round before dead-lettering.
+    pub max_attempts: u32,
+    /// Fraction of each delay added or taken at random.
+    pub jitter: f64,
+    /// Deliveries in flight per instance.
+    pub concurrency: u32,
+    /// How long a claim keeps other workers away.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Idle polling interval.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 /// A listening address.
@@ -226,6 +258,18 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(("database.max_connections", "must be at least 1".into()));
         }
+        if self.delivery.max_attempts == 0 {
+            return Err(("delivery.max_attempts", "must be at least 1".into()));
+        }
+        if self.delivery.backoff.is_empty() {
+            return Err(("delivery.backoff", "give at least one duration".into()));
+        }
+        if !(0.0..=1.0).contains(&self.delivery.jitter) {
+            return Err(("delivery.jitter", "must be between 0 and 1".into()));
+        }
+        if self.delivery.concurrency == 0 || self.smtp.pool_size == 0 {
+            return Err(("delivery.concurrency", "must be at least 1".into()));
+        }
         if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
             return Err(("limits", "limits must be at least 1".into()));
         }
@@ -268,6 +312,24 @@ fn set(tree: &mut Value, dotted: &str, value: Value) {
         node = map.entry(Value::String(part.to_owned())).or_insert(Value::Null);
     }
     *node = value;
+}
+
+/// `"30s,2m,1h"` or a YAML list of durations.
+fn duration_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        List(Vec<String>),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::Text(t) => t.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        Raw::List(l) => l,
+    };
+    items
+        .iter()
+        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
+        .collect()
 }
 
 trait Schemes {
@@ -337,6 +399,8 @@ mod tests {
                 ("MAILLEDGER_METRICS_ADDR", "127.0.0.1:0"),
                 ("MAILLEDGER__NATS__MAX_ACK_PENDING", "7"),
                 ("MAILLEDGER__LIMITS__MAX_RECIPIENTS", "3"),
+                ("MAILLEDGER_DELIVERY_BACKOFF", "1s, 2m,1h"),
+                ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "9"),
             ]),
         )
         .unwrap();
@@ -350,6 +414,8 @@ mod tests {
         assert_eq!(s.metrics.addr.port(), 0);
         assert_eq!(s.nats.max_ack_pending, 7);
         assert_eq!(s.limits.max_recipients, 3);
+        assert_eq!(s.delivery.backoff, [Duration::from_secs(1), Duration::from_secs(120), Duration::from_secs(3600)]);
+        assert_eq!(s.delivery.max_attempts, 9);
     }
 
     #[test]
@@ -365,6 +431,10 @@ mod tests {
             ("MAILLEDGER__NATS__MAX_ACK_PENDING", "lots"),
             ("MAILLEDGER__NATS__ACK_WAIT", "soon"),
             ("MAILLEDGER__NATS__MAX_ACK_PENDING", "0"),
+            ("MAILLEDGER_DELIVERY_BACKOFF", "30s,soon"),
+            ("MAILLEDGER_DELIVERY_BACKOFF", ""),
+            ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "0"),
+            ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "-1"),
         ] {
             let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
             let line = err.to_string();

@@ -133,6 +133,17 @@ impl Ledger {
         Ok(Accepted { id: email_id })
     }
 
+    /// Queues a dead-lettered email again, recording who asked.
+    pub async fn redrive(
+        &self,
+        email_id: Uuid,
+        by: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), LedgerError> {
+        let command = EmailCommand::Redrive(crate::command::RedriveCommand { by: by.to_owned(), at: now() });
+        self.execute(email_id, command, metadata).await
+    }
+
     /// Runs any command on one email. A concurrent writer to the same email (two
     /// retries of one request racing) is resolved by re-running on the fresh state.
     pub async fn execute(

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod projections;
 pub mod query;
 pub mod render;
+pub mod saga;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -49,9 +49,18 @@ pub static PROJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_projection_events_total", "Events applied, by projection", &["projection"])
 });
 
+/// `mailledger_delivery_attempts_total{outcome}`: SMTP attempts (sent, transient_failure, permanent_failure).
+pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_delivery_attempts_total",
+        "Delivery attempts, by outcome (sent, transient_failure, permanent_failure)",
+        &["outcome"],
+    )
+});
+
 /// The `/metrics` route.
 pub fn router() -> Router {
-    for metric in [&COMMANDS, &NATS_MESSAGES, &CACHE, &PROJECTED] {
+    for metric in [&COMMANDS, &NATS_MESSAGES, &CACHE, &PROJECTED, &DELIVERIES] {
         LazyLock::force(metric);
     }
     Router::new().route("/metrics", get(render))

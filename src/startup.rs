@@ -21,10 +21,15 @@ use crate::ledger::Ledger;
 use crate::projections::Projection;
 use crate::projections::cache::CacheProjection;
 use crate::projections::emails::EmailsProjection;
+use crate::projections::notify::Notifier;
+use crate::projections::publisher::EventPublisher;
 use crate::projections::runner::{Runner, RunnerOptions};
 use crate::query::ReadSide;
 use crate::query::cache::Cache;
 use crate::query::repository::Repository;
+use crate::saga::Sender;
+use crate::saga::mailer::Mailer;
+use crate::saga::schedule::ScheduleProjection;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::{metrics, store, transport};
@@ -60,11 +65,21 @@ impl Application {
 
         let cache = Cache::new(&settings.redis);
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
-        let projections: Vec<Arc<dyn Projection>> =
-            vec![Arc::new(EmailsProjection::new()), Arc::new(CacheProjection::new(cache.clone()))];
+        let projections: Vec<Arc<dyn Projection>> = vec![
+            Arc::new(EmailsProjection::new()),
+            Arc::new(CacheProjection::new(cache.clone())),
+            Arc::new(ScheduleProjection),
+        ];
+        let notifier = Notifier::start(&pool, shutdown.clone());
         for projection in projections {
-            let runner = Runner::new(pool.clone(), projection, RunnerOptions::default());
+            let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
             tracker.spawn(runner.run(shutdown.clone()));
+        }
+
+        if settings.delivery.enabled {
+            let mailer = Mailer::new(&settings.smtp)?;
+            let sender = Sender::new(pool.clone(), ledger.clone(), mailer, settings.delivery.clone());
+            tracker.spawn(sender.run(shutdown.clone(), Some(notifier.deliveries())));
         }
 
         let state = HttpState {
@@ -115,11 +130,15 @@ impl Application {
         let js = jetstream::new(nats.clone());
         let stop = shutdown.clone();
         let nats_settings = settings.nats.clone();
+        let pool_for_nats = pool.clone();
+        let events = notifier.events();
         tracker.spawn(async move {
             let mut attempt = 0u32;
+            let publisher = EventPublisher::new(js.clone(), &nats_settings);
             let intake = loop {
                 let ready = async {
                     transport::nats::ensure_streams(&js, &nats_settings).await?;
+                    publisher.ensure_stream(&nats_settings).await?;
                     NatsIntake::setup(js.clone(), &nats_settings, ledger.clone()).await
                 };
                 match ready.await {
@@ -136,7 +155,8 @@ impl Application {
                 }
             };
             tracing::info!("NATS command intake running");
-            intake.run(stop).await;
+            let runner = Runner::new(pool_for_nats, Arc::new(publisher), RunnerOptions::default()).wake_on(events);
+            tokio::join!(intake.run(stop.clone()), runner.run(stop));
         });
         tracker.close();
 

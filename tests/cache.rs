@@ -16,15 +16,19 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 #[tokio::test]
 async fn views_are_cached_by_version_read_first_and_refilled() {
-    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = format!("file://{}", dir.path().display());
+    let app = TestApp::spawn_with(&[("MAILLEDGER__DELIVERY__ENABLED", "true"), ("MAILLEDGER_SMTP_URL", &outbox)]).await;
     let id = app.create(&original_payload("cached")).await;
+    // Requested, Persisted, then Sent (to the outbox directory).
+    eventually(Duration::from_secs(10), || async { app.event_count(Some(&id)).await == 3 }).await;
     app.wait_projected(1).await;
     let key = format!("t{}:email:{id}", app.iso.suffix);
     let mut redis = redis_conn("redis://127.0.0.1:6379").await;
     eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
         let key = key.clone();
-        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(2) }
+        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(3) }
     })
     .await;
     let ttl: i64 = redis.pttl(&key).await.unwrap();
@@ -36,14 +40,14 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     let mut view = cache.get(id.parse().unwrap()).await.unwrap();
     assert_eq!(view.subject, "cached");
     view.subject = "from the cache".into();
-    view.version = 3;
+    view.version = 4;
     cache.put_many(std::slice::from_ref(&view)).await.unwrap();
     let (_, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
     assert_eq!(body["subject"], "from the cache");
 
     // An older version never overwrites a newer one.
     view.subject = "stale".into();
-    view.version = 2;
+    view.version = 3;
     cache.put_many(std::slice::from_ref(&view)).await.unwrap();
     assert_eq!(cache.get(view.id).await.unwrap().subject, "from the cache");
 
@@ -52,7 +56,7 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
     assert_eq!((status, body["subject"].as_str()), (200, Some("cached")));
     let refilled: Option<i64> = redis.hget(&key, "v").await.unwrap();
-    assert_eq!(refilled, Some(2));
+    assert_eq!(refilled, Some(3));
     let _: () = redis.del(&key).await.unwrap();
 }
 

@@ -79,6 +79,8 @@ pub struct Email {
     pub attempts: u32,
     /// Attempts made since it was last queued by a request or a redrive.
     pub round_attempts: u32,
+    /// When the next attempt is due, after a transient failure.
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// The `Message-ID` of an email: stable, unique, and in the sender's domain.
@@ -122,16 +124,22 @@ impl Aggregate for Email {
                 self.status = EmailStatus::Sent;
                 self.attempts = e.attempt;
                 self.round_attempts += 1;
+                self.next_attempt_at = None;
             }
             EmailEvent::Failed(e) => {
                 self.status = EmailStatus::Failed;
                 self.attempts = e.attempt;
                 self.round_attempts += 1;
+                self.next_attempt_at = e.next_attempt_at;
             }
-            EmailEvent::DeadLettered(_) => self.status = EmailStatus::DeadLettered,
+            EmailEvent::DeadLettered(_) => {
+                self.status = EmailStatus::DeadLettered;
+                self.next_attempt_at = None;
+            }
             EmailEvent::Redriven(_) => {
                 self.status = EmailStatus::Queued;
                 self.round_attempts = 0;
+                self.next_attempt_at = None;
             }
         }
     }

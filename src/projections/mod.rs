@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | [`emails`] | transactional | the `emails` read model (rows and checkpoint commit together: exactly-once effect) |
 //! | [`cache`] | side-effecting, idempotent by version | the Redis view cache (at-least-once; older views never overwrite newer ones) |
+//! | `schedule` ([`crate::saga::schedule`]) | transactional | the delivery schedule the sender claims from |
+//! | [`publisher`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
 //!
 //! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);
 //! the others stand by and take over when the holder's session ends.
@@ -12,6 +14,8 @@
 pub mod cache;
 pub mod emails;
 pub mod feed;
+pub mod notify;
+pub mod publisher;
 pub mod runner;
 
 use async_trait::async_trait;

@@ -1,12 +1,13 @@
 //! Runs one projection: take its advisory lock (or stand by), then catch up on the
-//! feed, and after that wake on `NOTIFY mailledger_events` with a polling fallback.
+//! feed, and after that wake on `NOTIFY mailledger_events` (through the process's
+//! [`super::notify::Notifier`]) with a polling fallback.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{self, Checkpoint};
@@ -38,12 +39,19 @@ pub struct Runner {
     pool: PgPool,
     projection: Arc<dyn Projection>,
     options: RunnerOptions,
+    wake: Option<watch::Receiver<u64>>,
 }
 
 impl Runner {
     /// A runner for `projection` on `pool`.
     pub fn new(pool: PgPool, projection: Arc<dyn Projection>, options: RunnerOptions) -> Self {
-        Self { pool, projection, options }
+        Self { pool, projection, options, wake: None }
+    }
+
+    /// Wakes on these ticks (see [`super::notify::Notifier::events`]) besides polling.
+    pub fn wake_on(mut self, wake: watch::Receiver<u64>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// The projection's name.
@@ -137,8 +145,7 @@ impl Runner {
             return Ok(false);
         }
         tracing::info!(projection = name, "projection leading");
-        let mut listener = PgListener::connect_with(&self.pool).await.context("listener")?;
-        listener.listen("mailledger_events").await?;
+        let mut wake = self.wake.clone();
         let mut failures = 0u32;
         loop {
             if shutdown.is_cancelled() {
@@ -160,8 +167,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                n = listener.recv() => { n.context("listener")?; }
-                _ = tokio::time::sleep(self.options.poll_interval) => {}
+                _ = super::notify::wait(&mut wake, self.options.poll_interval) => {}
             }
         }
         let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")

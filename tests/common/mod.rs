@@ -3,6 +3,8 @@
 //! stream names, Redis key prefix), and cleans up after itself.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -78,6 +80,8 @@ pub struct TestApp {
     pub js: jetstream::Context,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Whether dropping this app deletes the isolation (false for a second instance).
+    owns: bool,
 }
 
 impl TestApp {
@@ -104,8 +108,37 @@ impl TestApp {
         let pool = PgPool::connect(&iso.database_url()).await.expect("test pool");
         let nats = async_nats::connect(nats_url).await.expect("test NATS client");
         let js = jetstream::new(nats.clone());
-        let app = Self { iso, http, grpc, client: reqwest::Client::new(), pool, nats, js, stop, handle: Some(handle) };
+        let app = Self {
+            iso,
+            http,
+            grpc,
+            client: reqwest::Client::new(),
+            pool,
+            nats,
+            js,
+            stop,
+            handle: Some(handle),
+            owns: true,
+        };
         app.wait_for_intake().await;
+        app
+    }
+
+    /// Spawns with the sender on, delivering to `smtp_url`, polling every 100 ms.
+    pub async fn delivering_to(smtp_url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut env = vec![
+            ("MAILLEDGER_SMTP_URL", smtp_url),
+            ("MAILLEDGER__DELIVERY__ENABLED", "true"),
+            ("MAILLEDGER__DELIVERY__POLL_INTERVAL", "100ms"),
+        ];
+        env.extend_from_slice(extra);
+        Self::spawn_with(&env).await
+    }
+
+    /// A second instance of the same service (same database, streams and consumer).
+    pub async fn sibling(&self, extra: &[(&str, &str)]) -> TestApp {
+        let mut app = Self::spawn_in(self.iso.clone(), extra).await;
+        app.owns = false;
         app
     }
 
@@ -236,6 +269,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
+        if !self.owns {
+            return;
+        }
         let iso = self.iso.clone();
         // Clean up on a thread of its own: Drop cannot await.
         let _ = std::thread::spawn(move || {
@@ -317,6 +353,8 @@ impl Isolation {
             ("MAILLEDGER__NATS__STREAM_PREFIX".into(), self.stream_prefix.clone()),
             ("MAILLEDGER__NATS__CONSUMER".into(), format!("intake-{}", self.suffix)),
             ("MAILLEDGER__LOG__FORMAT".into(), "json".into()),
+            // Tests that deliver turn the sender on themselves.
+            ("MAILLEDGER__DELIVERY__ENABLED".into(), "false".into()),
             ("MAILLEDGER__LOG__FILTER".into(), "info".into()),
         ]
     }

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::proto::email_service_server::EmailService;
 use super::proto::{
-    CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, SearchReq, SearchRes,
+    CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, RedriveReq, RedriveRes,
+    SearchReq, SearchRes,
 };
 use crate::command::{EmailDraft, Source, address::split_list};
 use crate::ledger::{CreateEmail, Ledger};
@@ -181,5 +182,27 @@ impl EmailService for EmailGrpc {
             })
             .collect();
         Ok(Response::new(HistoryRes { events }))
+    }
+
+    async fn redrive(&self, request: Request<RedriveReq>) -> Result<Response<RedriveRes>, Status> {
+        let peer = request.remote_addr();
+        let req = request.into_inner();
+        let id = parse_id(&req.email_id)?;
+        let by = present(req.by)
+            .unwrap_or_else(|| format!("grpc@{}", peer.map_or("unknown".into(), |p| p.ip().to_string())));
+        if by.len() > 256 || by.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("By: give 1 to 256 printable characters"));
+        }
+        let mut metadata = HashMap::from([("transport".to_owned(), "grpc".to_owned())]);
+        if let Some(p) = peer {
+            metadata.insert("caller".into(), p.to_string());
+        }
+        match self.ledger.redrive(id, &by, metadata).await {
+            Ok(()) => Ok(Response::new(RedriveRes { status: "queued".into() })),
+            Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
+                Err(Status::not_found(format!("no email {id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -109,3 +109,60 @@ pub async fn create_email(
     }
     Ok(response)
 }
+
+/// Who asks for a redrive.
+#[derive(Debug, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveBody {
+    /// Operator name, recorded in the `Redriven` event (default: the `X-Operator` header,
+    /// else `api@<caller address>`).
+    pub by: Option<String>,
+}
+
+/// Queue a dead-lettered email for delivery again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/emails/{id}/redrive",
+    tag = "operations",
+    params(("id" = Uuid, Path, description = "Email id")),
+    request_body(content = Option<RedriveBody>, description = "Optional: who asks"),
+    responses(
+        (status = 202, description = "Queued again", body = CreatedBody),
+        (status = 400, description = "Malformed id or body", body = ErrorBody),
+        (status = 404, description = "No such email", body = ErrorBody),
+        (status = 409, description = "The email is not dead-lettered", body = ErrorBody),
+    )
+)]
+pub async fn redrive(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = super::read::parse_id(&id)?;
+    let body: RedriveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?
+    };
+    let by = body
+        .by
+        .or_else(|| headers.get("x-operator").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| format!("api@{}", peer.ip()));
+    if by.is_empty() || by.len() > 256 || by.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("by: give 1 to 256 printable characters".into()));
+    }
+    let metadata = HashMap::from([
+        ("transport".to_owned(), "rest".to_owned()),
+        ("correlation_id".to_owned(), super::correlation_id(&headers)),
+        ("caller".to_owned(), peer.to_string()),
+    ]);
+    match state.ledger.redrive(id, &by, metadata).await {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(CreatedBody { id })).into_response()),
+        Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
+            Err(ApiError::NotFound(format!("no email {id}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -33,11 +33,11 @@ pub struct HttpState {
 #[openapi(
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
     paths(
-        emails::create_email, read::search, read::get_email, read::history,
+        emails::create_email, emails::redrive, read::search, read::get_email, read::history,
         read::get_email_original, read::search_original, health, ready
     ),
-    components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, error::ErrorBody, ReadinessReport)),
-    tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health"))
+    components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody, error::ErrorBody, ReadinessReport)),
+    tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"))
 )]
 pub struct ApiDoc;
 
@@ -55,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .route("/api/v1/emails/{id}", get(read::get_email))
         .route("/api/v1/emails/{id}/events", get(read::history))
+        .route("/api/v1/emails/{id}/redrive", post(emails::redrive))
         .route("/api/v1/email/search", get(read::search_original))
         .route("/api/v1/email/{id}", get(read::get_email_original));
     Router::new()

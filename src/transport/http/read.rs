@@ -91,7 +91,8 @@ pub struct AsOfQuery {
     as_of: Option<String>,
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+/// Parses an email id from a path, or answers 400.
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an email id (a UUID)")))
 }
 

@@ -9,7 +9,8 @@
 //!   survives a restart of the service, of PostgreSQL or of NATS.
 //!
 //! The email id comes from the payload's `idempotency_key`, else the `Nats-Msg-Id`
-//! header, else the stream sequence: a redelivery always lands on the same email.
+//! header, else the stream sequence (with the stream's creation time): a redelivery
+//! always lands on the same email.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,13 +49,17 @@ pub struct NatsIntake {
     ledger: Ledger,
     names: Arc<Names>,
     in_flight: usize,
+    /// When the commands stream was created: part of the fallback idempotency key, so a
+    /// recreated stream (whose sequences start again at 1) never reuses an old key.
+    epoch: String,
 }
 
 impl NatsIntake {
     /// Ensures the durable consumer exists (updating its limits to the settings).
     pub async fn setup(js: jetstream::Context, settings: &NatsSettings, ledger: Ledger) -> anyhow::Result<Self> {
         let names = Names::new(settings);
-        let stream = js.get_stream(&names.commands_stream).await?;
+        let mut stream = js.get_stream(&names.commands_stream).await?;
+        let epoch = stream.info().await?.created.unix_timestamp_nanos().to_string();
         let config = pull::Config {
             durable_name: Some(names.consumer.clone()),
             description: Some("mailledger command intake, shared by every instance".into()),
@@ -76,7 +81,7 @@ impl NatsIntake {
             }
         };
         let in_flight = settings.max_ack_pending as usize;
-        Ok(Self { js, consumer, ledger, names: Arc::new(names), in_flight })
+        Ok(Self { js, consumer, ledger, names: Arc::new(names), in_flight, epoch })
     }
 
     /// Pulls and handles commands until `shutdown`; then stops pulling, hands back what
@@ -217,8 +222,9 @@ impl NatsIntake {
             Err(PayloadError::Invalid(v)) => return self.dead_letter(invalid(letter, &v), delivered).await,
         };
         let (draft, body_key) = payload.into_draft();
-        let idempotency_key =
-            Some(body_key.or_else(|| msg_id.clone()).unwrap_or_else(|| format!("nats:{stream}:{sequence}")));
+        let idempotency_key = Some(
+            body_key.or_else(|| msg_id.clone()).unwrap_or_else(|| format!("nats:{stream}:{}:{sequence}", self.epoch)),
+        );
         let mut metadata = HashMap::new();
         metadata.insert("transport".to_owned(), "nats".to_owned());
         metadata.insert("nats_subject".into(), subject.clone());

@@ -1,0 +1,134 @@
+//! Domain events out to NATS (side-effecting, at-least-once, idempotent by message id):
+//! every event goes to `<ns>.events.<kind>` (`mail.events.sent`, …) in the
+//! `<prefix>_EVENTS` stream with `Nats-Msg-Id: <email id>:<sequence>`, so a republish
+//! within the duplicate window is dropped by JetStream. A `DeadLettered` event is also
+//! published to `<ns>.dlq.emails` with the email id and the reason.
+//!
+//! Outside subscribers replay the stream with an ordinary JetStream consumer: from the
+//! start (`DeliverPolicy::All`), from a sequence (`ByStartSequence`), from a time
+//! (`ByStartTime`) or the last event of each kind (`LastPerSubject`).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::feed::FeedEvent;
+use super::{Projection, ProjectionKind};
+use crate::command::EmailEvent;
+use crate::config::NatsSettings;
+
+/// The publisher.
+pub struct EventPublisher {
+    js: jetstream::Context,
+    namespace: String,
+}
+
+/// `Sent` → `sent`, `DeadLettered` → `dead_lettered`.
+pub fn subject_kind(event_type: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in event_type.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+impl EventPublisher {
+    /// Publishes with `js` under the settings' namespace.
+    pub fn new(js: jetstream::Context, settings: &NatsSettings) -> Self {
+        Self { js, namespace: settings.namespace.clone() }
+    }
+
+    /// Creates the events stream if it does not exist.
+    pub async fn ensure_stream(&self, settings: &NatsSettings) -> anyhow::Result<()> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("{}_EVENTS", settings.stream_prefix),
+                description: Some("mailledger domain events".into()),
+                subjects: vec![format!("{}.events.>", self.namespace)],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Projection for EventPublisher {
+    fn name(&self) -> &'static str {
+        "nats_events"
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        ProjectionKind::SideEffecting
+    }
+
+    async fn apply(&self, _conn: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        // Publish the whole batch, then wait for every ack: pipelined, not one by one.
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
+            let payload = match serde_json::to_value(&e.event)? {
+                serde_json::Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or_default(),
+                other => other,
+            };
+            let body = json!({
+                "email_id": e.email_id,
+                "sequence": e.sequence,
+                "position": e.checkpoint.position,
+                "type": e.event_type,
+                "version": e.event_version,
+                "recorded_at": e.recorded_at,
+                "payload": payload,
+                "metadata": e.metadata,
+            });
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{}:{}", e.email_id, e.sequence).as_str());
+            headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
+            headers.insert("Mailledger-Event-Type", e.event_type.as_str());
+            let subject = format!("{}.events.{}", self.namespace, subject_kind(&e.event_type));
+            acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into()).await?);
+            if let EmailEvent::DeadLettered(d) = &e.event {
+                let letter = json!({
+                    "email_id": e.email_id,
+                    "reason": d.reason,
+                    "attempts": d.attempts,
+                    "dead_lettered_at": d.dead_lettered_at,
+                });
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{}:{}:dlq", e.email_id, e.sequence).as_str());
+                headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
+                let reason: String = d
+                    .reason
+                    .chars()
+                    .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                    .take(1024)
+                    .collect();
+                headers.insert("Mailledger-Error", reason.as_str());
+                let subject = format!("{}.dlq.emails", self.namespace);
+                acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&letter)?.into()).await?);
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kinds_are_snake_case() {
+        assert_eq!(super::subject_kind("Sent"), "sent");
+        assert_eq!(super::subject_kind("DeadLettered"), "dead_lettered");
+    }
+}

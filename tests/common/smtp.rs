@@ -1,0 +1,203 @@
+//! A real SMTP server for tests: speaks enough RFC 5321 for lettre (EHLO, MAIL, RCPT,
+//! DATA with dot-unstuffing, RSET, NOOP, QUIT) over TCP, answers the end of each DATA
+//! with the next scripted reply (250 when the script is empty), and records every
+//! transaction it saw. It can be stopped and started again on the same port.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// One DATA transaction.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub data: String,
+    /// The code the sink answered with.
+    pub code: u16,
+}
+
+impl Received {
+    /// A header's value (first occurrence, unfolded).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next()?;
+        let mut value: Option<String> = None;
+        for line in head.split("\r\n") {
+            if let Some(v) = value.as_mut() {
+                if line.starts_with([' ', '\t']) {
+                    v.push_str(line);
+                    continue;
+                }
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':')
+                && n.eq_ignore_ascii_case(name)
+            {
+                value = Some(v.trim().to_owned());
+            }
+        }
+        value
+    }
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<(u16, String)>,
+    /// Reply used when the script is empty.
+    default: Option<(u16, String)>,
+    received: Vec<Received>,
+}
+
+pub struct SmtpSink {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut sink = Self { port, state: Arc::default(), tasks: None };
+        sink.serve(listener);
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Replies for the next DATA transactions, in order.
+    pub fn script(&self, replies: &[(u16, &str)]) {
+        let mut s = self.state.lock().unwrap();
+        s.script.extend(replies.iter().map(|(c, t)| (*c, t.to_string())));
+    }
+
+    /// The reply when the script runs out (250 unless set).
+    pub fn always(&self, code: u16, text: &str) {
+        self.state.lock().unwrap().default = Some((code, text.to_owned()));
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Transactions it accepted (2xx).
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| (200..300).contains(&r.code)).collect()
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.abort_all();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {}: {e}", self.port),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let mut tasks = JoinSet::new();
+        let state = self.state.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let state = state.clone();
+                conns.spawn(async move {
+                    let _ = session(stream, state).await;
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 sink.test ESMTP ready\r\n").await?;
+    let (mut from, mut rcpt) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".into()
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            "250 OK\r\n".into()
+        } else if upper.starts_with("RSET") {
+            (from, rcpt) = (String::new(), Vec::new());
+            "250 OK\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = address(&cmd[10..]);
+            rcpt.clear();
+            "250 OK\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            rcpt.push(address(&cmd[8..]));
+            "250 OK\r\n".into()
+        } else if upper == "DATA" {
+            write.write_all(b"354 go ahead\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                data.push_str(line.strip_prefix('.').unwrap_or(&line));
+            }
+            let (code, text) = {
+                let mut s = state.lock().unwrap();
+                let (code, text) =
+                    s.script.pop_front().or_else(|| s.default.clone()).unwrap_or((250, "2.0.0 queued".into()));
+                s.received.push(Received { mail_from: from.clone(), rcpt_to: rcpt.clone(), data, code });
+                (code, text)
+            };
+            format!("{code} {text}\r\n")
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 command not implemented\r\n".into()
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn address(arg: &str) -> String {
+    let arg = arg.trim();
+    let inner = arg.strip_prefix('<').and_then(|a| a.split_once('>')).map_or(arg, |(a, _)| a);
+    inner.to_owned()
+}

@@ -1,0 +1,271 @@
+//! The sender saga against a real SMTP server (started by each test, replies scripted):
+//! delivery with the right envelope and message, retries with back-off, dead letters,
+//! an SMTP outage, exactly-once under volume and with two instances, and redrive.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::smtp::SmtpSink;
+use common::{TestApp, eventually, original_payload};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn app_with(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
+    let mut env: Vec<(&str, &str)> = vec![
+        ("MAILLEDGER_DELIVERY_BACKOFF", "100ms"),
+        ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "3"),
+        ("MAILLEDGER__DELIVERY__JITTER", "0"),
+    ];
+    env.extend_from_slice(extra);
+    TestApp::delivering_to(&sink.url(), &env).await
+}
+
+async fn types(app: &TestApp, id: &str) -> Vec<String> {
+    let (_, body) = app.get_json(&format!("/api/v1/emails/{id}/events")).await;
+    body.as_array().map(|a| a.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+}
+
+async fn history(app: &TestApp, id: &str) -> Vec<Value> {
+    app.get_json(&format!("/api/v1/emails/{id}/events")).await.1.as_array().cloned().unwrap_or_default()
+}
+
+async fn wait_types(app: &TestApp, id: &str, want: &[&str]) {
+    eventually(WAIT, || async { types(app, id).await == want }).await;
+}
+
+#[tokio::test]
+async fn delivered_once_with_the_right_envelope_headers_and_body() {
+    let sink = SmtpSink::start().await;
+    let app = app_with(&sink, &[]).await;
+    let id = app
+        .create(&json!({
+            "from": "Ann Lee <ann@example.com>",
+            "to": ["bob@example.org"],
+            "cc": "carol@example.org",
+            "bcc": "audit@example.net",
+            "reply_to": "replies@example.com",
+            "subject": "Quarterly report",
+            "message": "Plain text body",
+            "html": "<p>HTML body</p>",
+            "headers": {"X-Campaign": "q3"}
+        }))
+        .await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Sent"]).await;
+    let got = sink.delivered();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.mail_from, "ann@example.com");
+    let mut rcpt = m.rcpt_to.clone();
+    rcpt.sort();
+    assert_eq!(rcpt, ["audit@example.net", "bob@example.org", "carol@example.org"]);
+    let (_, view) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(m.header("Message-ID").as_deref(), view["message_id"].as_str());
+    assert_eq!(m.header("Subject").as_deref(), Some("Quarterly report"));
+    assert!(m.header("From").unwrap().contains("ann@example.com"));
+    assert!(m.header("Date").is_some());
+    assert_eq!(m.header("X-Campaign").as_deref(), Some("q3"));
+    assert!(m.header("Reply-To").unwrap().contains("replies@example.com"));
+    assert!(m.header("Bcc").is_none(), "bcc only in the envelope");
+    assert!(m.header("Content-Type").unwrap().starts_with("multipart/alternative"));
+    assert!(m.data.contains("Plain text body") && m.data.contains("<p>HTML body</p>"));
+    eventually(WAIT, || async { app.get_json(&format!("/api/v1/emails/{id}")).await.1["status"] == "sent" }).await;
+    let sent = history(&app, &id).await[2].clone();
+    assert_eq!(sent["payload"]["attempt"], 1);
+    assert_eq!(sent["payload"]["reply_code"], 250);
+    assert_eq!(sent["metadata"]["transport"], "saga");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_the_same_message_id() {
+    let sink = SmtpSink::start().await;
+    sink.script(&[(451, "4.3.0 try again later"), (451, "4.3.0 try again later")]);
+    let app = app_with(&sink, &[]).await;
+    let id = app.create(&original_payload("retried")).await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Failed", "Failed", "Sent"]).await;
+    let h = history(&app, &id).await;
+    for (i, attempt) in [(2, 1), (3, 2)] {
+        assert_eq!(h[i]["payload"]["attempt"], attempt);
+        assert_eq!(h[i]["payload"]["reply_code"], 451);
+        assert_eq!(h[i]["payload"]["permanent"], false);
+        assert!(h[i]["payload"]["next_attempt_at"].is_string());
+    }
+    assert_eq!(h[4]["payload"]["attempt"], 3);
+    let received = sink.received();
+    assert_eq!(received.iter().map(|r| r.code).collect::<Vec<_>>(), [451, 451, 250]);
+    let ids: Vec<_> = received.iter().map(|r| r.header("Message-ID").unwrap()).collect();
+    assert!(ids.iter().all(|m| *m == ids[0]), "one Message-ID on every attempt: {ids:?}");
+    let (_, view) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(view["attempts"], 3);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_dead_letters_at_once_and_publishes_a_dead_letter() {
+    let sink = SmtpSink::start().await;
+    sink.script(&[(550, "5.1.1 no such user")]);
+    let app = app_with(&sink, &[]).await;
+    let id = app.create(&original_payload("bounced")).await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Failed", "DeadLettered"]).await;
+    let h = history(&app, &id).await;
+    assert_eq!(h[2]["payload"]["permanent"], true);
+    assert!(h[3]["payload"]["reason"].as_str().unwrap().contains("550"));
+    assert_eq!(sink.received().len(), 1);
+    // The dead letter on NATS.
+    let stream = format!("{}_DLQ", app.iso.stream_prefix);
+    let subject = format!("{}.dlq.emails", app.iso.namespace);
+    eventually(WAIT, || async {
+        let Ok(mut s) = app.js.get_stream(&stream).await else { return false };
+        let last = s.info().await.unwrap().state.last_sequence;
+        for seq in 1..=last {
+            if let Ok(m) = s.get_raw_message(seq).await
+                && m.subject.as_str() == subject
+            {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                return v["email_id"] == id.as_str() && v["reason"].as_str().unwrap().contains("550");
+            }
+        }
+        false
+    })
+    .await;
+    let (_, view) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(view["status"], "dead_lettered");
+}
+
+#[tokio::test]
+async fn transient_failures_forever_dead_letter_after_the_maximum() {
+    let sink = SmtpSink::start().await;
+    sink.always(451, "4.7.1 greylisted");
+    let app = app_with(&sink, &[]).await;
+    let id = app.create(&original_payload("greylisted")).await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Failed", "Failed", "Failed", "DeadLettered"]).await;
+    assert_eq!(sink.received().len(), 3, "max_attempts = 3");
+    let h = history(&app, &id).await;
+    assert!(h[4]["payload"]["next_attempt_at"].is_null(), "no next attempt after the last");
+    assert!(h[5]["payload"]["reason"].as_str().unwrap().contains("gave up after 3 attempts"));
+}
+
+#[tokio::test]
+async fn an_smtp_outage_delays_delivery_it_does_not_lose_it() {
+    let mut sink = SmtpSink::start().await;
+    sink.stop();
+    let app = app_with(&sink, &[("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "50")]).await;
+    let id = app.create(&original_payload("during the outage")).await;
+    eventually(WAIT, || async { types(&app, &id).await.iter().filter(|t| *t == "Failed").count() >= 2 }).await;
+    let h = history(&app, &id).await;
+    assert_eq!(h[2]["payload"]["permanent"], false, "a refused connection is transient");
+    assert!(h[2]["payload"]["reply_code"].is_null());
+    sink.restart().await;
+    eventually(WAIT, || async { types(&app, &id).await.last().map(String::as_str) == Some("Sent") }).await;
+    assert_eq!(sink.delivered().len(), 1);
+}
+
+async fn exactly_once(sink: &SmtpSink, expected: usize) {
+    eventually(WAIT, || async { sink.delivered().len() >= expected }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // room for a duplicate to show up
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for m in sink.delivered() {
+        *by_id.entry(m.header("Message-ID").unwrap()).or_default() += 1;
+    }
+    assert_eq!(by_id.len(), expected);
+    assert!(
+        by_id.values().all(|&n| n == 1),
+        "duplicates: {:?}",
+        by_id.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_emails_are_each_delivered_exactly_once() {
+    let sink = SmtpSink::start().await;
+    let app = app_with(&sink, &[]).await;
+    let bodies: Vec<Value> = (0..100).map(|i| original_payload(&format!("bulk {i}"))).collect();
+    let posts = bodies.iter().map(|b| app.post_json("/api/v1/emails", b));
+    for r in futures::future::join_all(posts).await {
+        assert_eq!(r.status(), 202);
+    }
+    exactly_once(&sink, 100).await;
+    let sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'Sent'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(sent, 100);
+}
+
+#[tokio::test]
+async fn two_instances_share_the_work_and_still_deliver_exactly_once() {
+    let sink = SmtpSink::start().await;
+    let url = sink.url();
+    let extra = [
+        ("MAILLEDGER_SMTP_URL", url.as_str()),
+        ("MAILLEDGER__DELIVERY__ENABLED", "true"),
+        ("MAILLEDGER__DELIVERY__POLL_INTERVAL", "100ms"),
+        ("MAILLEDGER__DELIVERY__CONCURRENCY", "4"),
+    ];
+    let a = TestApp::delivering_to(&url, &extra[3..]).await;
+    let b = a.sibling(&extra).await;
+    let bodies: Vec<Value> = (0..100).map(|i| original_payload(&format!("shared {i}"))).collect();
+    let posts = bodies.iter().enumerate().map(|(i, body)| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.post_json("/api/v1/emails", body)
+    });
+    for r in futures::future::join_all(posts).await {
+        assert_eq!(r.status(), 202);
+    }
+    exactly_once(&sink, 100).await;
+    let workers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT metadata->>'worker') FROM events WHERE event_type = 'Sent'")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+    assert!(workers >= 1);
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_dead_letter_can_be_redriven_over_rest_and_grpc() {
+    use mailledger::transport::grpc::proto::RedriveReq;
+    use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
+    let sink = SmtpSink::start().await;
+    sink.script(&[(550, "5.1.1 no such user"), (550, "5.1.1 no such user")]);
+    let app = app_with(&sink, &[]).await;
+    let id = app.create(&original_payload("redriven")).await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Failed", "DeadLettered"]).await;
+
+    let r = app
+        .client
+        .post(app.url(&format!("/api/v1/emails/{id}/redrive")))
+        .json(&json!({"by": "ops@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_types(&app, &id, &["Requested", "Persisted", "Failed", "DeadLettered", "Redriven", "Failed", "DeadLettered"])
+        .await;
+    let mut grpc = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    grpc.redrive(RedriveReq { email_id: id.clone(), by: "grpc-ops".into() }).await.unwrap();
+    eventually(WAIT, || async { types(&app, &id).await.last().map(String::as_str) == Some("Sent") }).await;
+    let h = history(&app, &id).await;
+    assert_eq!(h[4]["payload"]["by"], "ops@example.com");
+    assert_eq!(h[7]["payload"]["by"], "grpc-ops");
+    assert_eq!(h[8]["payload"]["attempt"], 3, "attempt numbers go on across rounds");
+
+    let again = app.client.post(app.url(&format!("/api/v1/emails/{id}/redrive"))).send().await.unwrap();
+    assert_eq!(again.status(), 409, "only a dead letter can be redriven");
+    let missing =
+        app.client.post(app.url("/api/v1/emails/00000000-0000-0000-0000-000000000000/redrive")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let malformed = app.client.post(app.url(&format!("/api/v1/emails/{id}/redrive"))).body("{").send().await.unwrap();
+    assert_eq!(malformed.status(), 400);
+}
+
+#[tokio::test]
+async fn the_file_transport_writes_one_eml_per_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let app = TestApp::delivering_to(&url, &[]).await;
+    let id = app.create(&original_payload("to a file")).await;
+    wait_types(&app, &id, &["Requested", "Persisted", "Sent"]).await;
+    let text = std::fs::read_to_string(dir.path().join(format!("{id}.eml"))).unwrap();
+    assert!(text.contains("Subject: to a file"));
+    assert!(text.contains("body of to a file"));
+}
