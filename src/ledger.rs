@@ -79,7 +79,8 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger on `pool` (already migrated).
     pub fn new(pool: PgPool, limits: Limits) -> Self {
-        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool));
+        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
+            .with_upcasters(crate::store::upcast::for_cqrs());
         let services = EmailServices { renderer: Arc::new(LettreRenderer) };
         let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services);
         Self { cqrs: Arc::new(cqrs), limits }

@@ -68,7 +68,7 @@ impl Application {
         let projections: Vec<Arc<dyn Projection>> = vec![
             Arc::new(EmailsProjection::new()),
             Arc::new(CacheProjection::new(cache.clone())),
-            Arc::new(ScheduleProjection),
+            Arc::new(ScheduleProjection::new()),
         ];
         let notifier = Notifier::start(&pool, shutdown.clone());
         for projection in projections {

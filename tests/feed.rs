@@ -247,3 +247,36 @@ async fn a_leader_whose_session_is_killed_loses_the_lead_to_the_standby() {
     a.await.unwrap();
     b.await.unwrap();
 }
+
+#[tokio::test]
+async fn commit_order_is_numeric_across_a_digit_boundary() {
+    // Transaction ids sort as numbers, not as text: 9998 comes before 10001.
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let (late, early) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, txid) in [(late, "10001"), (early, "9998")] {
+        for (s, e) in accepted_events(id, "x").iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, txid) \
+                 VALUES ('Email', $1, $2, $3, '1.0', $4, '{}', $5::text::xid8)",
+            )
+            .bind(id.to_string())
+            .bind(s as i64 + 1)
+            .bind(&e.0)
+            .bind(&e.1)
+            .bind(txid)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    let recorder = Arc::new(Recorder::default());
+    let runner = Runner::new(pool.clone(), recorder.clone(), options(1));
+    assert_eq!(runner.try_execute_once().await.unwrap(), 1);
+    assert_eq!(runner.checkpoint().await.unwrap().txid, 9998);
+    assert_eq!(runner.catch_up().await.unwrap(), 3);
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.values().all(|&n| n == 1));
+}

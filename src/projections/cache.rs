@@ -34,7 +34,7 @@ pub async fn views_from_store(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::
     let rows = sqlx::query(sql).bind(&keys).fetch_all(conn).await?;
     let mut by_email: HashMap<Uuid, Vec<FeedEvent>> = HashMap::new();
     for row in &rows {
-        let e = feed::decode_row(row)?;
+        let e = feed::decode_row(row, crate::store::upcast::UPCASTERS)?;
         by_email.entry(e.email_id).or_default().push(e);
     }
     Ok(by_email

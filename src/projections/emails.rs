@@ -22,7 +22,12 @@ pub struct EmailsProjection {
 impl EmailsProjection {
     /// The live projection, into `emails`.
     pub fn new() -> Self {
-        Self { table: "emails".into() }
+        Self::into_table("emails")
+    }
+
+    /// The same projection into another table with the same shape (a shadow).
+    pub fn into_table(table: &str) -> Self {
+        Self { table: table.into() }
     }
 }
 

@@ -14,6 +14,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::command::EmailEvent;
+use crate::store::upcast::Upcaster;
 
 /// A position in the feed: the last event a reader has applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,18 +66,25 @@ pub enum FeedError {
     },
 }
 
+/// Selected columns. (`txid` is also the name of a text output column here, so an
+/// ORDER BY must name `events.txid` to sort numerically.)
 const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, recorded_at FROM events";
 
 /// Reads up to `limit` events after `after`, in commit order, below the horizon.
-pub async fn read_after(conn: &mut PgConnection, after: Checkpoint, limit: i64) -> Result<Vec<FeedEvent>, FeedError> {
+pub async fn read_after(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+    upcasters: &[Upcaster],
+) -> Result<Vec<FeedEvent>, FeedError> {
     let sql = format!(
         "{SELECT} WHERE (txid, position) > ($1::text::xid8, $2) \
          AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-         AND aggregate_type = 'Email' ORDER BY txid, position LIMIT $3"
+         AND aggregate_type = 'Email' ORDER BY events.txid, events.position LIMIT $3"
     );
     let rows = sqlx::query(&sql).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(conn).await?;
-    rows.iter().map(decode_row).collect()
+    rows.iter().map(|r| decode_row(r, upcasters)).collect()
 }
 
 /// Every event of one email, in sequence order (optionally only up to an instant).
@@ -90,11 +98,11 @@ pub async fn read_email(
          AND ($2::timestamptz IS NULL OR recorded_at <= $2) ORDER BY sequence"
     );
     let rows = sqlx::query(&sql).bind(email_id.to_string()).bind(until).fetch_all(conn).await?;
-    rows.iter().map(decode_row).collect()
+    rows.iter().map(|r| decode_row(r, crate::store::upcast::UPCASTERS)).collect()
 }
 
-/// Decodes one `events` row selected with [`SELECT`]'s columns.
-pub fn decode_row(row: &sqlx::postgres::PgRow) -> Result<FeedEvent, FeedError> {
+/// Decodes one `events` row selected with [`SELECT`]'s columns, upcasting old versions.
+pub fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result<FeedEvent, FeedError> {
     let position: i64 = row.try_get("position")?;
     let event_type: String = row.try_get("event_type")?;
     let event_version: String = row.try_get("event_version")?;
@@ -109,7 +117,8 @@ pub fn decode_row(row: &sqlx::postgres::PgRow) -> Result<FeedEvent, FeedError> {
     let aggregate_id: String = row.try_get("aggregate_id")?;
     let email_id = aggregate_id.parse().map_err(|e| undecodable(format!("aggregate id {aggregate_id:?}: {e}")))?;
     let payload: Value = row.try_get("payload")?;
-    let event = crate::store::upcast::decode(&event_type, &event_version, payload).map_err(undecodable)?;
+    let event =
+        crate::store::upcast::decode_with(upcasters, &event_type, &event_version, payload).map_err(undecodable)?;
     Ok(FeedEvent {
         checkpoint: Checkpoint { txid, position },
         email_id,
@@ -122,10 +131,12 @@ pub fn decode_row(row: &sqlx::postgres::PgRow) -> Result<FeedEvent, FeedError> {
     })
 }
 
-/// The checkpoint of projection `name` (the start of the feed when it has none).
+/// The checkpoint of projection `name` (the start of the feed when it has none), locked
+/// until the end of the transaction so that one batch at a time moves it (a re-projection's
+/// swap waits on this lock).
 pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
     let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT txid::text, position FROM projection_checkpoints WHERE name = $1")
+        sqlx::query_as("SELECT txid::text, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
             .bind(name)
             .fetch_optional(conn)
             .await?;

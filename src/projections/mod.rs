@@ -16,6 +16,7 @@ pub mod emails;
 pub mod feed;
 pub mod notify;
 pub mod publisher;
+pub mod reproject;
 pub mod runner;
 
 use async_trait::async_trait;

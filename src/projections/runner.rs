@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::{self, Checkpoint};
 use super::{Projection, ProjectionKind};
+use crate::store::upcast::{UPCASTERS, Upcaster};
 
 /// Namespace of mailledger's advisory locks (first key of the two-key form).
 const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
@@ -40,12 +41,19 @@ pub struct Runner {
     projection: Arc<dyn Projection>,
     options: RunnerOptions,
     wake: Option<watch::Receiver<u64>>,
+    upcasters: &'static [Upcaster],
 }
 
 impl Runner {
     /// A runner for `projection` on `pool`.
     pub fn new(pool: PgPool, projection: Arc<dyn Projection>, options: RunnerOptions) -> Self {
-        Self { pool, projection, options, wake: None }
+        Self { pool, projection, options, wake: None, upcasters: UPCASTERS }
+    }
+
+    /// Reads old event versions with these upcasters (the production set by default).
+    pub fn with_upcasters(mut self, upcasters: &'static [Upcaster]) -> Self {
+        self.upcasters = upcasters;
+        self
     }
 
     /// Wakes on these ticks (see [`super::notify::Notifier::events`]) besides polling.
@@ -65,7 +73,7 @@ impl Runner {
         let name = self.projection.name();
         let mut tx = self.pool.begin().await?;
         let at = feed::load_checkpoint(&mut tx, name).await?;
-        let events = feed::read_after(&mut tx, at, self.options.batch_size).await?;
+        let events = feed::read_after(&mut tx, at, self.options.batch_size, self.upcasters).await?;
         let Some(last) = events.last().map(|e| e.checkpoint) else {
             tx.commit().await?;
             return Ok(0);

@@ -13,8 +13,28 @@ use crate::command::EmailEvent;
 use crate::projections::feed::FeedEvent;
 use crate::projections::{Projection, ProjectionKind};
 
-/// The schedule projection.
-pub struct ScheduleProjection;
+/// The schedule projection, writing into `deliveries` (or a shadow of it).
+pub struct ScheduleProjection {
+    table: String,
+}
+
+impl ScheduleProjection {
+    /// The live projection.
+    pub fn new() -> Self {
+        Self::into_table("deliveries")
+    }
+
+    /// The same projection into a table of the same shape.
+    pub fn into_table(table: &str) -> Self {
+        Self { table: table.into() }
+    }
+}
+
+impl Default for ScheduleProjection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[async_trait]
 impl Projection for ScheduleProjection {
@@ -37,24 +57,18 @@ impl Projection for ScheduleProjection {
             };
             match due {
                 Some(due) => {
-                    sqlx::query(
-                        "INSERT INTO deliveries (email_id, due_at, last_sequence) VALUES ($1, $2, $3) \
+                    let sql = format!(
+                        "INSERT INTO {t} (email_id, due_at, last_sequence) VALUES ($1, $2, $3) \
                          ON CONFLICT (email_id) DO UPDATE SET due_at = EXCLUDED.due_at, lease_owner = NULL, \
                          lease_until = NULL, last_sequence = EXCLUDED.last_sequence \
-                         WHERE deliveries.last_sequence < EXCLUDED.last_sequence",
-                    )
-                    .bind(e.email_id)
-                    .bind(due)
-                    .bind(e.sequence)
-                    .execute(&mut *tx)
-                    .await?;
+                         WHERE {t}.last_sequence < EXCLUDED.last_sequence",
+                        t = self.table
+                    );
+                    sqlx::query(&sql).bind(e.email_id).bind(due).bind(e.sequence).execute(&mut *tx).await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM deliveries WHERE email_id = $1 AND last_sequence < $2")
-                        .bind(e.email_id)
-                        .bind(e.sequence)
-                        .execute(&mut *tx)
-                        .await?;
+                    let sql = format!("DELETE FROM {} WHERE email_id = $1 AND last_sequence < $2", self.table);
+                    sqlx::query(&sql).bind(e.email_id).bind(e.sequence).execute(&mut *tx).await?;
                 }
             }
         }

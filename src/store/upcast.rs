@@ -44,3 +44,23 @@ pub fn decode_with(
     }
     serde_json::from_value(payload).map_err(|e| e.to_string())
 }
+
+/// An [`Upcaster`] as cqrs-es wants it, so commands on emails with old events work too.
+pub struct CqrsUpcaster(pub &'static Upcaster);
+
+impl cqrs_es::persist::EventUpcaster for CqrsUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        self.0.event_type == event_type && self.0.from_version == event_version
+    }
+
+    fn upcast(&self, mut event: cqrs_es::persist::SerializedEvent) -> cqrs_es::persist::SerializedEvent {
+        event.payload = (self.0.convert)(event.payload);
+        event.event_version = self.0.to_version.to_owned();
+        event
+    }
+}
+
+/// The production upcasters, for cqrs-es.
+pub fn for_cqrs() -> Vec<Box<dyn cqrs_es::persist::EventUpcaster>> {
+    UPCASTERS.iter().map(|u| Box::new(CqrsUpcaster(u)) as Box<dyn cqrs_es::persist::EventUpcaster>).collect()
+}

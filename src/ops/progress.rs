@@ -1,0 +1,44 @@
+//! A progress bar on stderr (only when stderr is a terminal), with events/s and ETA.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::projections::reproject::Progress;
+
+/// An indicatif bar; hidden when stderr is not a terminal.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar labelled `what`.
+    pub fn new(what: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if !std::io::stderr().is_terminal() {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{what} {{bar:40}} {{human_pos}}/{{human_len}} events  {{per_sec}}  ETA {{eta}}  {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self(bar)
+    }
+
+    /// Ends the bar.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn message(&self, text: &str) {
+        self.0.set_message(text.to_owned());
+    }
+}

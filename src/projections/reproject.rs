@@ -1,0 +1,240 @@
+//! Re-projection without downtime: rebuild a projection from position zero into a
+//! shadow table while the live one keeps serving (and its projection keeps running),
+//! then catch up and swap the two atomically.
+//!
+//! 1. `<table>_shadow` is created like the live table, with only its primary key.
+//! 2. The feed is applied from the start in large batches (multi-row upserts), the
+//!    shadow's checkpoint kept as `<name>__shadow`.
+//! 3. The live table's other indexes are built on the shadow.
+//! 4. One transaction: lock the live projection's checkpoint row (its runner waits
+//!    between two batches), apply what is left of the feed to the shadow, take over
+//!    active delivery leases, rename live → old and shadow → live, drop old, give the
+//!    indexes their names back, and move the live checkpoint to the shadow's.
+//!
+//! Readers wait a moment on the final lock and then see the new table: never an empty
+//! or half-built one. The Redis cache needs no shadow: its views are written by
+//! version, so re-projecting it rewrites every view in place.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::Projection;
+use super::cache::CacheProjection;
+use super::emails::EmailsProjection;
+use super::feed::{self, Checkpoint};
+use crate::query::cache::Cache;
+use crate::saga::schedule::ScheduleProjection;
+use crate::store::upcast::Upcaster;
+
+/// What can be re-projected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The `emails` read model.
+    Emails,
+    /// The delivery schedule.
+    Schedule,
+    /// The Redis view cache.
+    Cache,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "emails" => Ok(Target::Emails),
+            "schedule" | "deliveries" => Ok(Target::Schedule),
+            "cache" => Ok(Target::Cache),
+            other => Err(format!("no projection {other:?}; choose emails, schedule or cache")),
+        }
+    }
+}
+
+/// How a rebuild went.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// Events applied.
+    pub events: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Told about progress (events applied so far, out of about how many).
+pub trait Progress: Send + Sync {
+    /// The total is known.
+    fn start(&self, total: u64);
+    /// `n` more events were applied.
+    fn advance(&self, n: u64);
+    /// The rebuild is in its final phase.
+    fn message(&self, text: &str);
+}
+
+/// No progress reporting.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
+
+struct Shape {
+    name: &'static str,
+    table: &'static str,
+    key: &'static str,
+}
+
+fn shape(target: Target) -> Shape {
+    match target {
+        Target::Emails => Shape { name: "emails", table: "emails", key: "id" },
+        Target::Schedule => Shape { name: "schedule", table: "deliveries", key: "email_id" },
+        Target::Cache => Shape { name: "cache", table: "", key: "" },
+    }
+}
+
+/// Rebuilds `target` while everything keeps running.
+pub async fn reproject(
+    pool: &PgPool,
+    target: Target,
+    cache: Option<Cache>,
+    batch: i64,
+    upcasters: &'static [Upcaster],
+    progress: &dyn Progress,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut *conn).await?;
+    progress.start(total.max(0) as u64);
+    if target == Target::Cache {
+        let cache = cache.context("the cache needs Redis settings")?;
+        let projection = CacheProjection::new(cache);
+        let events = apply_all(&mut conn, &projection, Checkpoint::default(), batch, upcasters, progress, None).await?;
+        return Ok(Report { events, seconds: started.elapsed().as_secs_f64() });
+    }
+    let s = shape(target);
+    let shadow = format!("{}_shadow", s.table);
+    let shadow_checkpoint = format!("{}__shadow", s.name);
+    let projection: Box<dyn Projection> = match target {
+        Target::Emails => Box::new(EmailsProjection::into_table(&shadow)),
+        _ => Box::new(ScheduleProjection::into_table(&shadow)),
+    };
+
+    // 1. An empty shadow with the live table's columns, defaults and primary key.
+    sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {shadow} (LIKE {live} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS)",
+        live = s.table
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("ALTER TABLE {shadow} ADD PRIMARY KEY ({})", s.key)).execute(&mut *conn).await?;
+
+    // 2. Everything from position zero, in big batches.
+    let mut events = apply_all(
+        &mut conn,
+        projection.as_ref(),
+        Checkpoint::default(),
+        batch,
+        upcasters,
+        progress,
+        Some(&shadow_checkpoint),
+    )
+    .await?;
+
+    // 3. The other indexes, built once on the full table.
+    progress.message("building indexes");
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1 \
+         AND indexname <> $2",
+    )
+    .bind(s.table)
+    .bind(format!("{}_pkey", s.table))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, def) in &indexes {
+        let def = def.replacen(&format!("INDEX {name} ON"), &format!("INDEX {name}__shadow ON"), 1).replacen(
+            &format!(".{} USING", s.table),
+            &format!(".{shadow} USING"),
+            1,
+        );
+        sqlx::query(&def).execute(&mut *conn).await.with_context(|| format!("building {def}"))?;
+    }
+
+    // 4. Catch up and swap, in one transaction.
+    progress.message("swapping");
+    let mut tx = conn.begin().await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(s.name)
+        .execute(&mut *tx)
+        .await?;
+    feed::load_checkpoint(&mut tx, s.name).await?; // waits for the live runner's batch, then holds it off
+    let at = feed::load_checkpoint(&mut tx, &shadow_checkpoint).await?;
+    events += apply_all(&mut tx, projection.as_ref(), at, batch, upcasters, progress, Some(&shadow_checkpoint)).await?;
+    if target == Target::Schedule {
+        // Leases held by senders right now stay held.
+        sqlx::query(&format!(
+            "UPDATE {shadow} s SET lease_owner = d.lease_owner, lease_until = d.lease_until FROM deliveries d \
+             WHERE d.email_id = s.email_id AND d.lease_until > now()"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let live = s.table;
+    sqlx::query(&format!("LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")).execute(&mut *tx).await?;
+    sqlx::query(&format!("ALTER TABLE {live} RENAME TO {live}__old")).execute(&mut *tx).await?;
+    sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {live}")).execute(&mut *tx).await?;
+    sqlx::query(&format!("DROP TABLE {live}__old")).execute(&mut *tx).await?;
+    sqlx::query(&format!("ALTER INDEX {shadow}_pkey RENAME TO {live}_pkey")).execute(&mut *tx).await?;
+    for (name, _) in &indexes {
+        sqlx::query(&format!("ALTER INDEX {name}__shadow RENAME TO {name}")).execute(&mut *tx).await?;
+    }
+    if target == Target::Schedule {
+        sqlx::query(
+            "CREATE TRIGGER deliveries_notify AFTER INSERT OR UPDATE OF due_at ON deliveries \
+             FOR EACH STATEMENT EXECUTE FUNCTION mailledger_deliveries_notify()",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    let done = feed::load_checkpoint(&mut tx, &shadow_checkpoint).await?;
+    feed::save_checkpoint(&mut tx, s.name, done).await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Report { events, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Applies the feed after `from` until nothing is left below the horizon; with a
+/// checkpoint name, keeps that checkpoint (in the same transaction as each batch).
+async fn apply_all(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    from: Checkpoint,
+    batch: i64,
+    upcasters: &'static [Upcaster],
+    progress: &dyn Progress,
+    checkpoint: Option<&str>,
+) -> anyhow::Result<u64> {
+    let mut at = from;
+    let mut applied = 0u64;
+    loop {
+        let mut tx = conn.begin().await?;
+        let events = feed::read_after(&mut tx, at, batch, upcasters).await?;
+        let Some(last) = events.last().map(|e| e.checkpoint) else { break };
+        projection.apply(&mut tx, &events).await?;
+        if let Some(name) = checkpoint {
+            feed::save_checkpoint(&mut tx, name, last).await?;
+        }
+        tx.commit().await?;
+        at = last;
+        applied += events.len() as u64;
+        progress.advance(events.len() as u64);
+        if (events.len() as i64) < batch {
+            break;
+        }
+    }
+    Ok(applied)
+}
