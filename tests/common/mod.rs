@@ -3,6 +3,7 @@
 //! stream names, Redis key prefix), and cleans up after itself.
 #![allow(dead_code)]
 
+#[path = "../../benches/support/smtp_sink.rs"]
 pub mod smtp;
 
 use std::time::{Duration, Instant};

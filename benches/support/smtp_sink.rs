@@ -1,4 +1,4 @@
-//! A real SMTP server for tests: speaks enough RFC 5321 for lettre (EHLO, MAIL, RCPT,
+//! A real SMTP server for tests and the benchmark (shared: tests include it by path): speaks enough RFC 5321 for lettre (EHLO, MAIL, RCPT,
 //! DATA with dot-unstuffing, RSET, NOOP, QUIT) over TCP, answers the end of each DATA
 //! with the next scripted reply (250 when the script is empty), and records every
 //! transaction it saw. It can be stopped and started again on the same port.
@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 /// One DATA transaction.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the DATA ended.
+    pub at: std::time::Instant,
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     pub data: String,
@@ -84,6 +86,16 @@ impl SmtpSink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// How many DATA transactions it has seen (cheaper than `received`).
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().received.len()
+    }
+
+    /// Forgets what it has seen.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().received.clear();
     }
 
     /// Transactions it accepted (2xx).
@@ -182,7 +194,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                 let mut s = state.lock().unwrap();
                 let (code, text) =
                     s.script.pop_front().or_else(|| s.default.clone()).unwrap_or((250, "2.0.0 queued".into()));
-                s.received.push(Received { mail_from: from.clone(), rcpt_to: rcpt.clone(), data, code });
+                s.received.push(Received { at: std::time::Instant::now(), mail_from: from.clone(), rcpt_to: rcpt.clone(), data, code });
                 (code, text)
             };
             format!("{code} {text}\r\n")

@@ -1,0 +1,690 @@
+//! `make bench`: every figure beside the limit its dependencies allow on this machine,
+//! both measured in the same run (limit first, then the figure, round after round).
+//! Prints a table and writes `target/bench/report.json`.
+//!
+//! Scale: `--scale` (or `BENCH_SCALE`) multiplies every count, including the size of
+//! the search/re-projection data set (1,000,000 emails at scale 1). `--rounds` sets the
+//! rounds per figure (3). `--only a,b` runs some figures (intake, e2e, reads, million).
+
+#[path = "support/service.rs"]
+mod service;
+#[path = "support/smtp_sink.rs"]
+mod smtp;
+#[path = "support/stats.rs"]
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::json;
+use service::Service;
+use sqlx::{Connection, PgPool};
+use stats::{Figure, figure, percentile};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Multiplies every count (1 = 1,000,000 emails for search and re-projection).
+    #[arg(long, env = "BENCH_SCALE", default_value_t = 1.0)]
+    scale: f64,
+    /// Rounds per figure.
+    #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
+    rounds: usize,
+    /// Only these groups: intake, reads, e2e, million.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn server_url() -> String {
+    let url = std::env::var("MAILLEDGER_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/mailledger".into());
+    let mut url = url::Url::parse(&url).unwrap();
+    url.set_path("");
+    url.to_string().trim_end_matches('/').to_owned()
+}
+
+fn nats_url() -> String {
+    std::env::var("MAILLEDGER_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+async fn recreate_database(name: &str) -> String {
+    let admin = PgPool::connect(&format!("{}/postgres", server_url())).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    format!("{}/{name}", server_url())
+}
+
+async fn reset_streams() {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    for s in ["BENCH_COMMANDS", "BENCH_DLQ", "BENCH_EVENTS"] {
+        let _ = js.delete_stream(s).await;
+    }
+}
+
+fn payload(key: &str, i: usize) -> Vec<u8> {
+    json!({
+        "from": "bench@example.com",
+        "to": "rcpt@example.org",
+        "subject": format!("Benchmark message {i}"),
+        "message": format!("Hello, this is benchmark message {i}. Lorem ipsum dolor sit amet."),
+        "idempotency_key": key,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn count_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.unwrap()
+}
+
+async fn wait_events(pool: &PgPool, target: i64) {
+    let started = Instant::now();
+    while count_events(pool).await < target {
+        assert!(started.elapsed() < Duration::from_secs(600), "events never reached {target}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The limit for intake: `conns` connections committing the same two event rows per
+/// email into a table shaped like `events` (durable commits).
+async fn insert_limit(pool: &PgPool, conns: usize, n: usize, round: usize) -> f64 {
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_events (LIKE events INCLUDING ALL)").execute(pool).await.unwrap();
+    sqlx::query("TRUNCATE bench_events").execute(pool).await.unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..conns {
+        let (pool, next) = (pool.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let id = uuid::Uuid::now_v7().to_string();
+                let body = String::from_utf8(payload(&format!("limit-{round}-{i}"), i)).unwrap();
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                     VALUES ('Email', $1, 1, 'Requested', '1.0', jsonb_build_object('Requested', $2::jsonb), '{}'), \
+                            ('Email', $1, 2, 'Persisted', '1.0', jsonb_build_object('Persisted', $2::jsonb), '{}')",
+                )
+                .bind(&id)
+                .bind(&body)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usize, round: usize) -> f64 {
+    let base = count_events(pool).await;
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let ack = js.publish("bench.mail.commands.create", payload(&format!("nats-{round}-{i}"), i).into()).await.unwrap();
+        acks.push(ack.into_future());
+        while acks.len() >= 256 {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+    wait_events(pool, base + 2 * n as i64).await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn intake_rest(pool: &PgPool, base_url: &str, n: usize, round: usize, concurrency: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let url = format!("{base_url}/api/v1/emails");
+    let before = count_events(pool).await;
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(concurrency, |i| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(payload(&format!("rest-{round}-{i}"), i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+            }
+        })
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(count_events(pool).await, before + 2 * n as i64);
+    n as f64 / elapsed
+}
+
+/// Runs `call` from `concurrency` tasks for `seconds`; returns (req/s, p99 ms).
+async fn load<F, Fut>(concurrency: usize, seconds: f64, call: F) -> (f64, f64)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for t in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            let mut i = t;
+            while Instant::now() < deadline {
+                let s = Instant::now();
+                call(i).await;
+                lat.push(s.elapsed().as_secs_f64() * 1000.0);
+                i += concurrency;
+            }
+            lat
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    (rate, percentile(&mut all, 99.0))
+}
+
+/// A trivial handler on the same axum stack, in this process.
+async fn trivial_http() -> String {
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { axum::Json(json!({"id": "00000000-0000-0000-0000-000000000000", "status": "ok"})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/hello")
+}
+
+/// A trivial unary RPC (the standard health check) on the same tonic stack, in this process.
+async fn trivial_grpc() -> String {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0} %", v * 100.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let wants = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
+    let scale = args.scale;
+    let n = |base: f64| ((base * scale).round() as usize).max(10);
+    let rounds = args.rounds.max(1);
+    let mut figures: Vec<Figure> = vec![];
+    println!("mailledger benchmark: scale {scale}, {rounds} rounds per figure, {} cores", num_cpus());
+
+    if wants("intake") || wants("reads") {
+        reset_streams().await;
+        let db = recreate_database("mailledger_bench_live").await;
+        let svc = Service::start(&db, &[("MAILLEDGER__DELIVERY__ENABLED", "false".into())]).await;
+        let pool = PgPool::connect(&db).await.unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let pool_size = 16;
+        if wants("intake") {
+            let (mut fig, mut lim) = (vec![], vec![]);
+            for r in 0..rounds {
+                lim.push(insert_limit(&pool, pool_size, n(3000.0), r).await);
+                fig.push(intake_nats(&pool, &js, n(5000.0), r).await);
+                eprintln!("  intake_nats round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
+            }
+            let notes = format!("{} emails a round, max_ack_pending 256, pool 16; limit: {pool_size} connections, BEGIN; INSERT 2 rows; COMMIT", n(5000.0));
+            figures.push(figure("intake_nats", "emails/s", fig, "plain INSERTs, same rows and connections", lim, true, notes));
+            let (mut fig, mut lim) = (vec![], vec![]);
+            for r in 0..rounds {
+                lim.push(insert_limit(&pool, pool_size, n(3000.0), r + 100).await);
+                fig.push(intake_rest(&pool, &svc.http, n(3000.0), r, 32).await);
+                eprintln!("  intake_rest round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
+            }
+            let notes = format!("{} emails a round from 32 concurrent HTTP/1.1 clients", n(3000.0));
+            figures.push(figure("intake_rest", "emails/s", fig, "plain INSERTs, same rows and connections", lim, true, notes));
+            let rss = svc.rss_peak_mib();
+            figures.push(figure("rss_peak", "MiB", vec![rss], "—", vec![], true, "VmHWM of the service after the intake load".into()));
+        }
+        if wants("reads") {
+            // Make sure there is something to read, all projected.
+            if count_events(&pool).await < 2000 {
+                intake_nats(&pool, &js, 1000, 999).await;
+            }
+            let ids: Vec<uuid::Uuid> = loop {
+                let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM emails ORDER BY random() LIMIT 1000").fetch_all(&pool).await.unwrap();
+                if ids.len() >= 500 {
+                    break ids;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let ids = Arc::new(ids);
+            let client = reqwest::Client::new();
+            let hello = trivial_http().await;
+            let (hits0, misses0) = (svc.counter("mailledger_cache_requests_total", "hit").await, svc.counter("mailledger_cache_requests_total", "miss").await);
+            let (mut fig, mut lim, mut p99, mut lim_p99) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..rounds {
+                let (c, url) = (client.clone(), hello.clone());
+                let (rate, p) = load(32, 5.0 * scale.min(1.0), move |_| {
+                    let (c, url) = (c.clone(), url.clone());
+                    async move {
+                        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+                    }
+                })
+                .await;
+                lim.push(rate);
+                lim_p99.push(p);
+                let (c, base, ids) = (client.clone(), svc.http.clone(), ids.clone());
+                let (rate, p) = load(32, 5.0 * scale.min(1.0), move |i| {
+                    let (c, url) = (c.clone(), format!("{base}/api/v1/emails/{}", ids[i % ids.len()]));
+                    async move {
+                        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+                    }
+                })
+                .await;
+                fig.push(rate);
+                p99.push(p);
+            }
+            let (hits, misses) = (
+                svc.counter("mailledger_cache_requests_total", "hit").await - hits0,
+                svc.counter("mailledger_cache_requests_total", "miss").await - misses0,
+            );
+            let notes = format!(
+                "32 clients; p99 {:.2} ms (trivial handler p99 {:.2} ms); cache hits {}",
+                stats::median(&p99),
+                stats::median(&lim_p99),
+                pct(hits / (hits + misses).max(1.0))
+            );
+            figures.push(figure("get_by_id_rest", "req/s", fig, "trivial axum handler, same client", lim, true, notes));
+
+            let grpc_hello = trivial_grpc().await;
+            let channel = tonic::transport::Channel::from_shared(svc.grpc.clone()).unwrap().connect().await.unwrap();
+            let hello_channel = tonic::transport::Channel::from_shared(grpc_hello).unwrap().connect().await.unwrap();
+            let (mut fig, mut lim, mut p99, mut lim_p99) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..rounds {
+                let ch = hello_channel.clone();
+                let (rate, p) = load(32, 5.0 * scale.min(1.0), move |_| {
+                    let mut c = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                    async move {
+                        c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+                    }
+                })
+                .await;
+                lim.push(rate);
+                lim_p99.push(p);
+                let (ch, ids) = (channel.clone(), ids.clone());
+                let (rate, p) = load(32, 5.0 * scale.min(1.0), move |i| {
+                    use mailledger::transport::grpc::proto::{GetByIdReq, email_service_client::EmailServiceClient};
+                    let mut c = EmailServiceClient::new(ch.clone());
+                    let id = ids[i % ids.len()].to_string();
+                    async move {
+                        c.get_by_id(GetByIdReq { email_id: id, as_of: None }).await.unwrap();
+                    }
+                })
+                .await;
+                fig.push(rate);
+                p99.push(p);
+            }
+            let notes = format!("32 concurrent calls on one HTTP/2 channel; p99 {:.2} ms (trivial RPC p99 {:.2} ms)", stats::median(&p99), stats::median(&lim_p99));
+            figures.push(figure("get_by_id_grpc", "req/s", fig, "trivial unary RPC (health), same stack", lim, true, notes));
+        }
+        svc.stop();
+        pool.close().await;
+    }
+
+    if wants("e2e") {
+        reset_streams().await;
+        let db = recreate_database("mailledger_bench_e2e").await;
+        let sink = smtp::SmtpSink::start().await;
+        let svc = Service::start(
+            &db,
+            &[
+                ("MAILLEDGER_SMTP_URL", sink.url()),
+                ("MAILLEDGER__DELIVERY__ENABLED", "true".into()),
+                ("MAILLEDGER__DELIVERY__POLL_INTERVAL", "50ms".into()),
+            ],
+        )
+        .await;
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let (mut fig, mut lim, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
+        let count = n(2000.0);
+        for r in 0..rounds {
+            lim.push(smtp_limit(&sink, count).await);
+            sink.clear();
+            let mut published = std::collections::HashMap::with_capacity(count);
+            let started = Instant::now();
+            let mut acks = futures::stream::FuturesUnordered::new();
+            for i in 0..count {
+                let key = format!("e2e-{r}-{i}");
+                let id = mailledger::command::email_id_for_key(&key);
+                published.insert(format!("<{}@example.com>", id.simple()), Instant::now());
+                acks.push(js.publish("bench.mail.commands.create", payload(&key, i).into()).await.unwrap().into_future());
+                while acks.len() >= 256 {
+                    acks.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(a) = acks.next().await {
+                a.unwrap();
+            }
+            while sink.count() < count {
+                assert!(started.elapsed() < Duration::from_secs(600), "end-to-end never finished");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let received = sink.received();
+            let last = received.iter().map(|m| m.at).max().unwrap();
+            fig.push(count as f64 / (last - started).as_secs_f64());
+            let mut lat: Vec<f64> = received
+                .iter()
+                .filter_map(|m| Some((m.at - *published.get(&m.header("Message-ID")?)?).as_secs_f64() * 1000.0))
+                .collect();
+            p50s.push(percentile(&mut lat, 50.0));
+            p99s.push(percentile(&mut lat, 99.0));
+            eprintln!("  end_to_end round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
+        }
+        let notes = format!(
+            "{count} emails a round, NATS publish → SMTP 250; latency p50 {:.0} ms, p99 {:.0} ms; limit: lettre pool of 8, 16 concurrent senders",
+            stats::median(&p50s),
+            stats::median(&p99s)
+        );
+        figures.push(figure("end_to_end", "emails/s", fig, "SMTP sink acceptance over pooled connections", lim, true, notes));
+        svc.stop();
+    }
+
+    if wants("million") {
+        million(&mut figures, scale, rounds).await;
+    }
+
+    stats::print_table(&figures);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    println!("\nreport: {}", path.display());
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The sink's own acceptance rate: lettre's pooled transport sending `n` rendered
+/// messages straight to it, 16 at a time.
+async fn smtp_limit(sink: &smtp::SmtpSink, n: usize) -> f64 {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    sink.clear();
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&sink.url())
+        .unwrap()
+        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(8))
+        .build();
+    let draft = mailledger::command::EmailDraft {
+        from: Some("bench@example.com".into()),
+        to: vec!["rcpt@example.org".into()],
+        subject: Some("limit".into()),
+        text: Some("Hello, this is benchmark message. Lorem ipsum dolor sit amet.".into()),
+        ..Default::default()
+    };
+    let email = draft.validate(&mailledger::command::Limits::default()).unwrap();
+    let message = mailledger::render::LettreRenderer::message(&email, "<limit@example.com>", chrono::Utc::now()).unwrap();
+    let (envelope, bytes) = (message.envelope().clone(), message.formatted());
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |_| {
+            let (t, e, b) = (transport.clone(), envelope.clone(), bytes.clone());
+            async move {
+                t.send_raw(&e, &b).await.unwrap();
+            }
+        })
+        .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    sink.clear();
+    rate
+}
+
+/// The 1,000,000-email figures: re-projection, replay and search.
+async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
+    let emails = ((1_000_000.0 * scale) as i64).max(1000);
+    let db = ensure_million(emails).await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db).await.unwrap();
+    let events = count_events(&pool).await;
+
+    // reproject vs COPY of the same rows (with the same indexes built after).
+    let (mut fig, mut lim) = (vec![], vec![]);
+    let reproject_rounds = rounds.min(2);
+    for r in 0..reproject_rounds {
+        lim.push(copy_limit(&pool, events).await);
+        let report = mailledger::projections::reproject::reproject(
+            &pool,
+            mailledger::projections::reproject::Target::Emails,
+            None,
+            5000,
+            mailledger::store::upcast::UPCASTERS,
+            &mailledger::projections::reproject::Silent,
+        )
+        .await
+        .unwrap();
+        fig.push(report.events as f64 / report.seconds);
+        eprintln!("  reproject round {r}: {:.0} events/s (limit {:.0} events/s)", fig[r], lim[r]);
+    }
+    let notes = format!("{events} events → {emails} rows; limit: COPY of the resulting rows into an empty table + the same indexes, as events/s");
+    figures.push(figure("reproject", "events/s", fig, "COPY of the same rows (events/s)", lim, true, notes));
+
+    // replay vs COPY TO STDOUT.
+    let (mut fig, mut lim) = (vec![], vec![]);
+    for r in 0..rounds.min(2) {
+        let started = Instant::now();
+        let status = std::process::Command::new("psql")
+            .arg(&db)
+            .args(["-q", "-c", "COPY (SELECT aggregate_id, sequence, position, event_type, event_version, recorded_at, payload, metadata FROM events ORDER BY txid, position) TO STDOUT"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("psql runs");
+        assert!(status.success());
+        lim.push(events as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .arg("replay")
+            .env("MAILLEDGER_DATABASE_URL", &db)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fig.push(events as f64 / started.elapsed().as_secs_f64());
+        eprintln!("  replay round {r}: {:.0} events/s (limit {:.0} events/s)", fig[r], lim[r]);
+    }
+    figures.push(figure("replay", "events/s", fig, "COPY ... TO STDOUT of the same rows", lim, true, format!("{events} events to /dev/null")));
+
+    // search p95 at the API vs the same SQL's execution time.
+    let svc = Service::start(&db, &[("MAILLEDGER__DELIVERY__ENABLED", "false".into())]).await;
+    let client = reqwest::Client::new();
+    for (name, word) in [("search_common", "hello"), ("search_medium", "invoice"), ("search_rare", "zanzibar")] {
+        let (mut api, mut sql) = (vec![], vec![]);
+        let mut matches = 0;
+        for _ in 0..(20 * rounds) {
+            let started = Instant::now();
+            let r = client.get(format!("{}/api/v1/emails?q={word}&size=10", svc.http)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body: serde_json::Value = r.json().await.unwrap();
+            api.push(started.elapsed().as_secs_f64() * 1000.0);
+            matches = body["total_count"].as_i64().unwrap_or(0);
+            sql.push(explain_ms(&pool, word).await);
+        }
+        let (p_api, p_sql) = (percentile(&mut api, 95.0), percentile(&mut sql, 95.0));
+        let notes = format!("q={word}: {matches}{} matches of {emails}; page 1, size 10, newest first, count capped at 10,000", if matches >= 10_000 { "+" } else { "" });
+        figures.push(figure(name, "ms p95", vec![p_api], "the same SQL (page + count), EXPLAIN ANALYZE", vec![p_sql], false, notes));
+    }
+    svc.stop();
+    pool.close().await;
+}
+
+async fn explain_ms(pool: &PgPool, word: &str) -> f64 {
+    let mut total = 0.0;
+    for sql in [
+        format!("SELECT {} FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') ORDER BY created_at DESC, id DESC LIMIT 11 OFFSET 0", mailledger::projections::emails::COLUMNS),
+        format!("SELECT count(*) FROM (SELECT 1 FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') LIMIT 10001) AS capped"),
+    ] {
+        let plan: serde_json::Value =
+            sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}")).fetch_one(pool).await.unwrap();
+        total += plan[0]["Planning Time"].as_f64().unwrap_or(0.0) + plan[0]["Execution Time"].as_f64().unwrap_or(0.0);
+    }
+    total
+}
+
+/// COPY the current read model out to a file (untimed), then time COPY of it into an
+/// empty table with the same primary key, and building the same indexes; returns the
+/// equivalent events/s.
+async fn copy_limit(pool: &PgPool, events: i64) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = pool.acquire().await.unwrap();
+    let file = std::env::temp_dir().join(format!("mailledger-bench-{}.copy", std::process::id()));
+    let cols = mailledger::projections::emails::COLUMNS;
+    {
+        let mut out = tokio::fs::File::create(&file).await.unwrap();
+        let mut stream = conn.copy_out_raw(&format!("COPY (SELECT {cols} FROM emails) TO STDOUT")).await.unwrap();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.unwrap()).await.unwrap();
+        }
+        out.flush().await.unwrap();
+    }
+    sqlx::query("DROP TABLE IF EXISTS bench_copy").execute(&mut *conn).await.unwrap();
+    sqlx::query("CREATE TABLE bench_copy (LIKE emails INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE bench_copy ADD PRIMARY KEY (id)").execute(&mut *conn).await.unwrap();
+    let started = Instant::now();
+    let mut copy = conn.copy_in_raw(&format!("COPY bench_copy ({cols}) FROM STDIN")).await.unwrap();
+    let mut input = tokio::fs::File::open(&file).await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        copy.send(&buf[..n]).await.unwrap();
+    }
+    copy.finish().await.unwrap();
+    for (i, def) in [
+        "USING gin (search)",
+        "(created_at DESC, id DESC)",
+        "(status, created_at DESC, id DESC)",
+        "(from_address, created_at DESC, id DESC)",
+        "USING gin (recipients)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        sqlx::query(&format!("CREATE INDEX bench_copy_{i} ON bench_copy {def}")).execute(&mut *conn).await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_copy").execute(&mut *conn).await.unwrap();
+    let _ = std::fs::remove_file(&file);
+    events as f64 / seconds
+}
+
+/// A database with `emails` emails (two events each) and a caught-up read model; kept
+/// between runs when it already has that many.
+async fn ensure_million(emails: i64) -> String {
+    let name = "mailledger_bench_million";
+    let url = format!("{}/{name}", server_url());
+    if let Ok(pool) = PgPool::connect(&url).await {
+        let have: Option<i64> = sqlx::query_scalar("SELECT emails FROM bench_meta WHERE version = 1").fetch_optional(&pool).await.ok().flatten();
+        pool.close().await;
+        if have == Some(emails) {
+            eprintln!("  reusing {name} ({emails} emails)");
+            return url;
+        }
+    }
+    eprintln!("  generating {emails} emails ({} events) in {name} ...", emails * 2);
+    let url = recreate_database(name).await;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger")).arg("migrate").env("MAILLEDGER_DATABASE_URL", &url).status().unwrap();
+    assert!(status.success());
+    let pool = PgPool::connect(&url).await.unwrap();
+    let chunk = 100_000i64;
+    let mut start = 1i64;
+    let started = Instant::now();
+    while start <= emails {
+        let end = (start + chunk - 1).min(emails);
+        // Words: "hello" in every email, "invoice" in 1 %, "zanzibar" in 1 of 100,000.
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             SELECT 'Email', e.id::text, s.seq, s.kind, '1.0', s.payload, '{\"transport\":\"bench\"}' FROM ( \
+               SELECT g, gen_random_uuid() AS id, 'user' || (g % 1000) || '@example.com' AS f, \
+                 'rcpt' || (g % 5000) || '@example.org' AS t, \
+                 CASE WHEN g % 100 = 0 THEN 'Invoice ' || g ELSE 'Hello number ' || g END AS subj, \
+                 'Hello there, this is message ' || g || CASE WHEN g % 100000 = 0 THEN ' zanzibar' ELSE '' END || \
+                 ' with a few more words, lorem ipsum dolor sit amet.' AS body, \
+                 to_char((now() - make_interval(secs => $3 - g)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS ts \
+               FROM generate_series($1::bigint, $2::bigint) g) e \
+             CROSS JOIN LATERAL (VALUES \
+               (1, 'Requested', jsonb_build_object('Requested', jsonb_build_object('email_id', e.id, 'source', 'rest', \
+                  'request', jsonb_build_object('from', e.f, 'to', jsonb_build_array(e.t), 'subject', e.subj, 'text', e.body), \
+                  'requested_at', e.ts))), \
+               (2, 'Persisted', jsonb_build_object('Persisted', jsonb_build_object('message_id', \
+                  '<' || replace(e.id::text, '-', '') || '@example.com>', 'date', e.ts, \
+                  'from', jsonb_build_object('address', e.f), 'to', jsonb_build_array(jsonb_build_object('address', e.t)), \
+                  'subject', e.subj, 'size_bytes', 400, 'sha256', '', 'request_digest', ''))) \
+             ) AS s(seq, kind, payload) ORDER BY e.g, s.seq",
+        )
+        .bind(start)
+        .bind(end)
+        .bind(emails as f64)
+        .execute(&pool)
+        .await
+        .unwrap();
+        start = end + 1;
+    }
+    eprintln!("  events written in {:.0} s; projecting ...", started.elapsed().as_secs_f64());
+    mailledger::projections::reproject::reproject(
+        &pool,
+        mailledger::projections::reproject::Target::Emails,
+        None,
+        5000,
+        mailledger::store::upcast::UPCASTERS,
+        &mailledger::projections::reproject::Silent,
+    )
+    .await
+    .unwrap();
+    // The other projections start at the head: the service started on this database
+    // for the search figures must not re-deliver, re-cache or re-publish a million emails.
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, txid, position) \
+         SELECT n, e.txid, e.position FROM unnest(ARRAY['schedule', 'cache', 'nats_events']) AS n, \
+           (SELECT txid, position FROM events ORDER BY txid DESC, position DESC LIMIT 1) AS e \
+         ON CONFLICT (name) DO UPDATE SET txid = EXCLUDED.txid, position = EXCLUDED.position",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE emails").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE bench_meta (version int, emails bigint)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO bench_meta VALUES (1, $1)").bind(emails).execute(&pool).await.unwrap();
+    eprintln!("  ready in {:.0} s", started.elapsed().as_secs_f64());
+    pool.close().await;
+    url
+}
