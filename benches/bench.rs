@@ -21,7 +21,7 @@ use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
 use service::Service;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use stats::{Figure, figure, percentile};
 
 #[derive(Parser, Debug)]
@@ -83,6 +83,25 @@ async fn count_events(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.unwrap()
 }
 
+/// Waits until every projection has applied every event: each measurement starts quiet.
+async fn wait_quiet(pool: &PgPool) {
+    let started = Instant::now();
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM projection_checkpoints c, \
+               (SELECT txid, position FROM events ORDER BY txid DESC, position DESC LIMIT 1) AS head \
+             WHERE (c.txid, c.position) < (head.txid, head.position)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if behind == 0 || started.elapsed() > Duration::from_secs(300) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_events(pool: &PgPool, target: i64) {
     let started = Instant::now();
     while count_events(pool).await < target {
@@ -92,7 +111,8 @@ async fn wait_events(pool: &PgPool, target: i64) {
 }
 
 /// The limit for intake: `conns` connections committing the same two event rows per
-/// email into a table shaped like `events` (durable commits).
+/// email into a table shaped like `events`, one multi-row INSERT per email (autocommit,
+/// durable): the cheapest plain way to store them.
 async fn insert_limit(pool: &PgPool, conns: usize, n: usize, round: usize) -> f64 {
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_events (LIKE events INCLUDING ALL)").execute(pool).await.unwrap();
     sqlx::query("TRUNCATE bench_events").execute(pool).await.unwrap();
@@ -110,7 +130,6 @@ async fn insert_limit(pool: &PgPool, conns: usize, n: usize, round: usize) -> f6
                 }
                 let id = uuid::Uuid::now_v7().to_string();
                 let body = String::from_utf8(payload(&format!("limit-{round}-{i}"), i)).unwrap();
-                let mut tx = conn.begin().await.unwrap();
                 sqlx::query(
                     "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                      VALUES ('Email', $1, 1, 'Requested', '1.0', jsonb_build_object('Requested', $2::jsonb), '{}'), \
@@ -118,10 +137,9 @@ async fn insert_limit(pool: &PgPool, conns: usize, n: usize, round: usize) -> f6
                 )
                 .bind(&id)
                 .bind(&body)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .unwrap();
-                tx.commit().await.unwrap();
             }
         }));
     }
@@ -136,7 +154,8 @@ async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usiz
     let started = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let ack = js.publish("bench.mail.commands.create", payload(&format!("nats-{round}-{i}"), i).into()).await.unwrap();
+        let ack =
+            js.publish("bench.mail.commands.create", payload(&format!("nats-{round}-{i}"), i).into()).await.unwrap();
         acks.push(ack.into_future());
         while acks.len() >= 256 {
             acks.next().await.unwrap().unwrap();
@@ -209,7 +228,9 @@ where
 async fn trivial_http() -> String {
     let app = axum::Router::new().route(
         "/hello",
-        axum::routing::get(|| async { axum::Json(json!({"id": "00000000-0000-0000-0000-000000000000", "status": "ok"})) }),
+        axum::routing::get(|| async {
+            axum::Json(json!({"id": "00000000-0000-0000-0000-000000000000", "status": "ok"}))
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -256,22 +277,53 @@ async fn main() {
         if wants("intake") {
             let (mut fig, mut lim) = (vec![], vec![]);
             for r in 0..rounds {
+                wait_quiet(&pool).await;
                 lim.push(insert_limit(&pool, pool_size, n(3000.0), r).await);
+                wait_quiet(&pool).await;
                 fig.push(intake_nats(&pool, &js, n(5000.0), r).await);
                 eprintln!("  intake_nats round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
             }
-            let notes = format!("{} emails a round, max_ack_pending 256, pool 16; limit: {pool_size} connections, BEGIN; INSERT 2 rows; COMMIT", n(5000.0));
-            figures.push(figure("intake_nats", "emails/s", fig, "plain INSERTs, same rows and connections", lim, true, notes));
+            let notes = format!(
+                "{} emails a round, max_ack_pending 256, pool 16; limit: {pool_size} connections, one 2-row INSERT each (autocommit)",
+                n(5000.0)
+            );
+            figures.push(figure(
+                "intake_nats",
+                "emails/s",
+                fig,
+                "plain INSERTs, same rows and connections",
+                lim,
+                true,
+                notes,
+            ));
             let (mut fig, mut lim) = (vec![], vec![]);
             for r in 0..rounds {
+                wait_quiet(&pool).await;
                 lim.push(insert_limit(&pool, pool_size, n(3000.0), r + 100).await);
+                wait_quiet(&pool).await;
                 fig.push(intake_rest(&pool, &svc.http, n(3000.0), r, 32).await);
                 eprintln!("  intake_rest round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
             }
             let notes = format!("{} emails a round from 32 concurrent HTTP/1.1 clients", n(3000.0));
-            figures.push(figure("intake_rest", "emails/s", fig, "plain INSERTs, same rows and connections", lim, true, notes));
+            figures.push(figure(
+                "intake_rest",
+                "emails/s",
+                fig,
+                "plain INSERTs, same rows and connections",
+                lim,
+                true,
+                notes,
+            ));
             let rss = svc.rss_peak_mib();
-            figures.push(figure("rss_peak", "MiB", vec![rss], "—", vec![], true, "VmHWM of the service after the intake load".into()));
+            figures.push(figure(
+                "rss_peak",
+                "MiB",
+                vec![rss],
+                "—",
+                vec![],
+                true,
+                "VmHWM of the service after the intake load".into(),
+            ));
         }
         if wants("reads") {
             // Make sure there is something to read, all projected.
@@ -279,16 +331,23 @@ async fn main() {
                 intake_nats(&pool, &js, 1000, 999).await;
             }
             let ids: Vec<uuid::Uuid> = loop {
-                let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM emails ORDER BY random() LIMIT 1000").fetch_all(&pool).await.unwrap();
+                let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM emails ORDER BY random() LIMIT 1000")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
                 if ids.len() >= 500 {
                     break ids;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
+            wait_quiet(&pool).await;
             let ids = Arc::new(ids);
             let client = reqwest::Client::new();
             let hello = trivial_http().await;
-            let (hits0, misses0) = (svc.counter("mailledger_cache_requests_total", "hit").await, svc.counter("mailledger_cache_requests_total", "miss").await);
+            let (hits0, misses0) = (
+                svc.counter("mailledger_cache_requests_total", "hit").await,
+                svc.counter("mailledger_cache_requests_total", "miss").await,
+            );
             let (mut fig, mut lim, mut p99, mut lim_p99) = (vec![], vec![], vec![], vec![]);
             for _ in 0..rounds {
                 let (c, url) = (client.clone(), hello.clone());
@@ -352,8 +411,20 @@ async fn main() {
                 fig.push(rate);
                 p99.push(p);
             }
-            let notes = format!("32 concurrent calls on one HTTP/2 channel; p99 {:.2} ms (trivial RPC p99 {:.2} ms)", stats::median(&p99), stats::median(&lim_p99));
-            figures.push(figure("get_by_id_grpc", "req/s", fig, "trivial unary RPC (health), same stack", lim, true, notes));
+            let notes = format!(
+                "32 concurrent calls on one HTTP/2 channel; p99 {:.2} ms (trivial RPC p99 {:.2} ms)",
+                stats::median(&p99),
+                stats::median(&lim_p99)
+            );
+            figures.push(figure(
+                "get_by_id_grpc",
+                "req/s",
+                fig,
+                "trivial unary RPC (health), same stack",
+                lim,
+                true,
+                notes,
+            ));
         }
         svc.stop();
         pool.close().await;
@@ -385,7 +456,9 @@ async fn main() {
                 let key = format!("e2e-{r}-{i}");
                 let id = mailledger::command::email_id_for_key(&key);
                 published.insert(format!("<{}@example.com>", id.simple()), Instant::now());
-                acks.push(js.publish("bench.mail.commands.create", payload(&key, i).into()).await.unwrap().into_future());
+                acks.push(
+                    js.publish("bench.mail.commands.create", payload(&key, i).into()).await.unwrap().into_future(),
+                );
                 while acks.len() >= 256 {
                     acks.next().await.unwrap().unwrap();
                 }
@@ -413,7 +486,15 @@ async fn main() {
             stats::median(&p50s),
             stats::median(&p99s)
         );
-        figures.push(figure("end_to_end", "emails/s", fig, "SMTP sink acceptance over pooled connections", lim, true, notes));
+        figures.push(figure(
+            "end_to_end",
+            "emails/s",
+            fig,
+            "SMTP sink acceptance over pooled connections",
+            lim,
+            true,
+            notes,
+        ));
         svc.stop();
     }
 
@@ -450,7 +531,8 @@ async fn smtp_limit(sink: &smtp::SmtpSink, n: usize) -> f64 {
         ..Default::default()
     };
     let email = draft.validate(&mailledger::command::Limits::default()).unwrap();
-    let message = mailledger::render::LettreRenderer::message(&email, "<limit@example.com>", chrono::Utc::now()).unwrap();
+    let message =
+        mailledger::render::LettreRenderer::message(&email, "<limit@example.com>", chrono::Utc::now()).unwrap();
     let (envelope, bytes) = (message.envelope().clone(), message.formatted());
     let started = Instant::now();
     futures::stream::iter(0..n)
@@ -491,7 +573,9 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
         fig.push(report.events as f64 / report.seconds);
         eprintln!("  reproject round {r}: {:.0} events/s (limit {:.0} events/s)", fig[r], lim[r]);
     }
-    let notes = format!("{events} events → {emails} rows; limit: COPY of the resulting rows into an empty table + the same indexes, as events/s");
+    let notes = format!(
+        "{events} events → {emails} rows; limit: COPY of the resulting rows into an empty table + the same indexes, as events/s"
+    );
     figures.push(figure("reproject", "events/s", fig, "COPY of the same rows (events/s)", lim, true, notes));
 
     // replay vs COPY TO STDOUT.
@@ -517,7 +601,15 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
         fig.push(events as f64 / started.elapsed().as_secs_f64());
         eprintln!("  replay round {r}: {:.0} events/s (limit {:.0} events/s)", fig[r], lim[r]);
     }
-    figures.push(figure("replay", "events/s", fig, "COPY ... TO STDOUT of the same rows", lim, true, format!("{events} events to /dev/null")));
+    figures.push(figure(
+        "replay",
+        "events/s",
+        fig,
+        "COPY ... TO STDOUT of the same rows",
+        lim,
+        true,
+        format!("{events} events to /dev/null"),
+    ));
 
     // search p95 at the API vs the same SQL's execution time.
     let svc = Service::start(&db, &[("MAILLEDGER__DELIVERY__ENABLED", "false".into())]).await;
@@ -535,8 +627,19 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
             sql.push(explain_ms(&pool, word).await);
         }
         let (p_api, p_sql) = (percentile(&mut api, 95.0), percentile(&mut sql, 95.0));
-        let notes = format!("q={word}: {matches}{} matches of {emails}; page 1, size 10, newest first, count capped at 10,000", if matches >= 10_000 { "+" } else { "" });
-        figures.push(figure(name, "ms p95", vec![p_api], "the same SQL (page + count), EXPLAIN ANALYZE", vec![p_sql], false, notes));
+        let notes = format!(
+            "q={word}: {matches}{} matches of {emails}; page 1, size 10, newest first, count capped at 10,000",
+            if matches >= 10_000 { "+" } else { "" }
+        );
+        figures.push(figure(
+            name,
+            "ms p95",
+            vec![p_api],
+            "the same SQL (page + count), EXPLAIN ANALYZE",
+            vec![p_sql],
+            false,
+            notes,
+        ));
     }
     svc.stop();
     pool.close().await;
@@ -545,8 +648,13 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
 async fn explain_ms(pool: &PgPool, word: &str) -> f64 {
     let mut total = 0.0;
     for sql in [
-        format!("SELECT {} FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') ORDER BY created_at DESC, id DESC LIMIT 11 OFFSET 0", mailledger::projections::emails::COLUMNS),
-        format!("SELECT count(*) FROM (SELECT 1 FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') LIMIT 10001) AS capped"),
+        format!(
+            "SELECT {} FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') ORDER BY created_at DESC, id DESC LIMIT 11 OFFSET 0",
+            mailledger::projections::emails::COLUMNS
+        ),
+        format!(
+            "SELECT count(*) FROM (SELECT 1 FROM emails WHERE search @@ to_tsquery('simple', '{word}:*') LIMIT 10001) AS capped"
+        ),
     ] {
         let plan: serde_json::Value =
             sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}")).fetch_one(pool).await.unwrap();
@@ -613,7 +721,11 @@ async fn ensure_million(emails: i64) -> String {
     let name = "mailledger_bench_million";
     let url = format!("{}/{name}", server_url());
     if let Ok(pool) = PgPool::connect(&url).await {
-        let have: Option<i64> = sqlx::query_scalar("SELECT emails FROM bench_meta WHERE version = 1").fetch_optional(&pool).await.ok().flatten();
+        let have: Option<i64> = sqlx::query_scalar("SELECT emails FROM bench_meta WHERE version = 1")
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten();
         pool.close().await;
         if have == Some(emails) {
             eprintln!("  reusing {name} ({emails} emails)");
@@ -622,7 +734,11 @@ async fn ensure_million(emails: i64) -> String {
     }
     eprintln!("  generating {emails} emails ({} events) in {name} ...", emails * 2);
     let url = recreate_database(name).await;
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger")).arg("migrate").env("MAILLEDGER_DATABASE_URL", &url).status().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+        .arg("migrate")
+        .env("MAILLEDGER_DATABASE_URL", &url)
+        .status()
+        .unwrap();
     assert!(status.success());
     let pool = PgPool::connect(&url).await.unwrap();
     let chunk = 100_000i64;

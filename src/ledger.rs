@@ -17,6 +17,7 @@ use crate::command::{
     Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
     ValidationErrors, email_id_for_key,
 };
+use crate::projections::notify::Announcer;
 use crate::render::LettreRenderer;
 
 /// Longest idempotency key accepted.
@@ -74,16 +75,31 @@ impl LedgerError {
 pub struct Ledger {
     cqrs: Arc<PostgresCqrs<Email>>,
     limits: Limits,
+    pool: PgPool,
+    services: EmailServices,
+    announcer: Option<Announcer>,
 }
 
 impl Ledger {
     /// A ledger on `pool` (already migrated).
     pub fn new(pool: PgPool, limits: Limits) -> Self {
-        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
+        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
             .with_upcasters(crate::store::upcast::for_cqrs());
         let services = EmailServices { renderer: Arc::new(LettreRenderer) };
-        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services);
-        Self { cqrs: Arc::new(cqrs), limits }
+        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
+        Self { cqrs: Arc::new(cqrs), limits, pool, services, announcer: None }
+    }
+
+    /// Announces every commit (so projections here and elsewhere wake at once).
+    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
+    fn committed(&self) {
+        if let Some(a) = &self.announcer {
+            a.committed();
+        }
     }
 
     /// The limits requests are checked against.
@@ -130,8 +146,63 @@ impl Ledger {
             email,
             received_at: now(),
         };
-        self.execute(email_id, EmailCommand::Request(Box::new(command)), metadata).await?;
+        let command = EmailCommand::Request(Box::new(command));
+        if !self.try_append_new(email_id, command.clone(), &metadata).await? {
+            // The id exists: a retry (no-op) or a reused key (conflict). The aggregate decides.
+            self.execute(email_id, command, metadata).await?;
+        }
         Ok(Accepted { id: email_id })
+    }
+
+    /// The fast path for a new email: the aggregate handles the command from its empty
+    /// state, and its events go in with one multi-row INSERT — one round trip, atomic —
+    /// instead of cqrs-es's load-then-append. `Ok(false)` when the email already exists
+    /// (the primary key refused the first event), so the caller takes the general path.
+    async fn try_append_new(
+        &self,
+        email_id: Uuid,
+        command: EmailCommand,
+        metadata: &HashMap<String, String>,
+    ) -> Result<bool, LedgerError> {
+        let mut aggregate = Email::default();
+        let sink = cqrs_es::event_sink::EventSink::<Email>::default();
+        cqrs_es::Aggregate::handle(&mut aggregate, command, &self.services, &sink)
+            .await
+            .map_err(|e| classify(AggregateError::UserError(e)))?;
+        let events = sink.collect().await;
+        let metadata = serde_json::to_value(metadata).map_err(|e| LedgerError::Internal(Box::new(e)))?;
+        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
+        );
+        let id = email_id.to_string();
+        let mut rows = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let payload = serde_json::to_value(event).map_err(|e| LedgerError::Internal(Box::new(e)))?;
+            rows.push((
+                i as i64 + 1,
+                cqrs_es::DomainEvent::event_type(event),
+                cqrs_es::DomainEvent::event_version(event),
+                payload,
+            ));
+        }
+        insert.push_values(rows, |mut b, (sequence, kind, version, payload)| {
+            b.push_bind(<Email as cqrs_es::Aggregate>::TYPE)
+                .push_bind(&id)
+                .push_bind(sequence)
+                .push_bind(kind)
+                .push_bind(version)
+                .push_bind(payload)
+                .push_bind(&metadata);
+        });
+        match insert.build().execute(&self.pool).await {
+            Ok(_) => {
+                self.committed();
+                Ok(true)
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(false),
+            Err(e) if crate::store::is_unavailable(&e) => Err(LedgerError::Unavailable(Box::new(e))),
+            Err(e) => Err(LedgerError::Internal(Box::new(e))),
+        }
     }
 
     /// Queues a dead-lettered email again, recording who asked.
@@ -158,7 +229,10 @@ impl Ledger {
         loop {
             tries += 1;
             match self.cqrs.execute_with_metadata(&id, command.clone(), metadata.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.committed();
+                    return Ok(());
+                }
                 Err(AggregateError::AggregateConflict) if tries < 3 => continue,
                 Err(e) => return Err(classify(e)),
             }

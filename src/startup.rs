@@ -53,8 +53,9 @@ impl Application {
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
-        let ledger = Ledger::new(pool.clone(), settings.limits);
         let shutdown = CancellationToken::new();
+        let notifier = Notifier::start(&pool, shutdown.clone());
+        let ledger = Ledger::new(pool.clone(), settings.limits).with_announcer(notifier.announcer());
         let tracker = TaskTracker::new();
 
         let http_listener = bind(settings.http.addr, "MAILLEDGER_HTTP_ADDR").await?;
@@ -70,7 +71,6 @@ impl Application {
             Arc::new(CacheProjection::new(cache.clone())),
             Arc::new(ScheduleProjection::new()),
         ];
-        let notifier = Notifier::start(&pool, shutdown.clone());
         for projection in projections {
             let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
             tracker.spawn(runner.run(shutdown.clone()));

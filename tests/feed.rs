@@ -50,6 +50,7 @@ fn options(batch: i64) -> RunnerOptions {
         batch_size: batch,
         poll_interval: Duration::from_millis(50),
         standby_interval: Duration::from_millis(100),
+        coalesce: Duration::ZERO,
     }
 }
 

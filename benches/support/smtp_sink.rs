@@ -134,6 +134,7 @@ impl SmtpSink {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { break };
+                let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 conns.spawn(async move {
                     let _ = session(stream, state).await;
@@ -194,7 +195,13 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                 let mut s = state.lock().unwrap();
                 let (code, text) =
                     s.script.pop_front().or_else(|| s.default.clone()).unwrap_or((250, "2.0.0 queued".into()));
-                s.received.push(Received { at: std::time::Instant::now(), mail_from: from.clone(), rcpt_to: rcpt.clone(), data, code });
+                s.received.push(Received {
+                    at: std::time::Instant::now(),
+                    mail_from: from.clone(),
+                    rcpt_to: rcpt.clone(),
+                    data,
+                    code,
+                });
                 (code, text)
             };
             format!("{code} {text}\r\n")

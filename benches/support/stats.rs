@@ -76,7 +76,10 @@ pub fn figure(
 
 pub fn print_table(figures: &[Figure]) {
     println!();
-    println!("{:<16} {:>12} {:<10} {:>9}  {:<44} {:>12} {:>7}", "name", "value", "unit", "spread", "limit", "limit value", "ratio");
+    println!(
+        "{:<16} {:>12} {:<10} {:>9}  {:<44} {:>12} {:>7}",
+        "name", "value", "unit", "spread", "limit", "limit value", "ratio"
+    );
     println!("{}", "-".repeat(118));
     for f in figures {
         println!(

@@ -1,6 +1,7 @@
 //! The Redis view cache (side-effecting, at-least-once, idempotent by version): for
-//! every email a batch touches, fold all its events from the store and write the view
-//! with its version. Replaying a batch rewrites the same versions, which Redis ignores.
+//! every email a batch touches, fold all its events (from the batch when it holds the
+//! email's whole history, else from the store) and write the view with its version.
+//! Replaying a batch rewrites the same versions, which Redis ignores.
 
 use std::collections::HashMap;
 
@@ -54,10 +55,26 @@ impl Projection for CacheProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let views = views_from_store(conn, &ids).await?;
+        // An email whose whole history is in the batch (it starts at sequence 1) folds
+        // from the batch; only the others are read back from the store.
+        let mut in_batch: HashMap<Uuid, Vec<&FeedEvent>> = HashMap::new();
+        for e in events {
+            in_batch.entry(e.email_id).or_default().push(e);
+        }
+        let (mut views, mut elsewhere) = (Vec::new(), Vec::new());
+        for (id, list) in &in_batch {
+            let complete = list.iter().enumerate().all(|(i, e)| e.sequence == i as i64 + 1);
+            match complete
+                .then(|| EmailView::fold(list.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
+                .flatten()
+            {
+                Some(view) => views.push(view),
+                None => elsewhere.push(*id),
+            }
+        }
+        if !elsewhere.is_empty() {
+            views.extend(views_from_store(conn, &elsewhere).await?);
+        }
         self.cache.put_many(&views).await?;
         Ok(())
     }

@@ -3,12 +3,18 @@
 //! mailledger_deliveries` (a delivery was scheduled) become ticks on watch channels.
 //! A lost connection is re-established; after it, every waiter is woken once, since
 //! notifications sent meanwhile are gone.
+//!
+//! Writers announce their own commits with an [`Announcer`]: local waiters wake at once,
+//! and other instances get one `NOTIFY mailledger_events`, sent outside any transaction
+//! and at most every 20 ms. (A NOTIFY inside the writing transaction would hold a
+//! cluster-wide lock through its commit and serialise every writer.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Channel on which the event store announces commits.
@@ -21,14 +27,45 @@ pub const DELIVERIES: &str = "mailledger_deliveries";
 pub struct Notifier {
     events: watch::Receiver<u64>,
     deliveries: watch::Receiver<u64>,
+    announcer: Announcer,
+}
+
+/// Tells local projections and other instances that events were committed.
+#[derive(Clone)]
+pub struct Announcer {
+    local: Arc<watch::Sender<u64>>,
+    remote: Arc<Notify>,
+}
+
+impl Announcer {
+    /// Events were committed just now.
+    pub fn committed(&self) {
+        self.local.send_modify(|n| *n = n.wrapping_add(1));
+        self.remote.notify_one();
+    }
 }
 
 impl Notifier {
     /// Starts listening on a connection of its own (outside `pool`'s limit).
     pub fn start(pool: &PgPool, shutdown: CancellationToken) -> Self {
         let (events_tx, events) = watch::channel(0u64);
+        let events_tx = Arc::new(events_tx);
         let (deliveries_tx, deliveries) = watch::channel(0u64);
         let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
+        let announcer = Announcer { local: events_tx.clone(), remote: Arc::new(Notify::new()) };
+        let (remote, writer_pool, stop) = (announcer.remote.clone(), pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = remote.notified() => {}
+                }
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS).execute(&writer_pool).await {
+                    tracing::debug!(error = %e, "cannot announce commits; other instances will poll");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
         tokio::spawn(async move {
             let tick = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
             'connect: while !shutdown.is_cancelled() {
@@ -71,7 +108,12 @@ impl Notifier {
                 }
             }
         });
-        Self { events, deliveries }
+        Self { events, deliveries, announcer }
+    }
+
+    /// What writers call after a commit.
+    pub fn announcer(&self) -> Announcer {
+        self.announcer.clone()
     }
 
     /// Ticks when events are committed.
