@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SERVICES := scripts/ensure-services.sh
 
-.PHONY: run test lint fmt migrate services check-toolchain build release clean
+.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -26,7 +26,17 @@ run: check-toolchain services
 
 ## Run every test against the local PostgreSQL, NATS and Redis.
 test: check-toolchain services
+	@bash scripts/ensure-test-tools.sh
 	$(CARGO) test --all-targets --no-fail-fast
+
+## The benchmark: every figure beside its limit, measured in the same run (release build).
+## BENCH_SCALE=0.1 for a quick look, BENCH_SCALE=2 for 2,000,000 emails; BENCH_ROUNDS=5.
+bench: check-toolchain services
+	$(CARGO) bench --bench bench
+
+## A local CA and a server certificate for nginx (nginx/certs).
+cert:
+	@bash scripts/make-cert.sh
 
 ## Formatting and lints, as CI expects them.
 lint:

@@ -11,12 +11,13 @@ use utoipa::ToSchema;
 pub struct Readiness {
     pool: PgPool,
     nats: async_nats::Client,
+    cache: crate::query::cache::Cache,
 }
 
 /// One dependency's state.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DependencyStatus {
-    /// `postgres` or `nats`.
+    /// `postgres`, `nats` or `redis`.
     pub name: &'static str,
     /// Reachable now.
     pub ok: bool,
@@ -36,8 +37,8 @@ pub struct ReadinessReport {
 
 impl Readiness {
     /// Checks these dependencies.
-    pub fn new(pool: PgPool, nats: async_nats::Client) -> Self {
-        Self { pool, nats }
+    pub fn new(pool: PgPool, nats: async_nats::Client, cache: crate::query::cache::Cache) -> Self {
+        Self { pool, nats, cache }
     }
 
     /// Checks every dependency (each within a second).
@@ -52,7 +53,11 @@ impl Readiness {
             async_nats::connection::State::Connected => DependencyStatus { name: "nats", ok: true, error: None },
             state => DependencyStatus { name: "nats", ok: false, error: Some(format!("{state:?}").to_lowercase()) },
         };
-        let dependencies = vec![postgres, nats];
+        let redis = match self.cache.ping().await {
+            Ok(()) => DependencyStatus { name: "redis", ok: true, error: None },
+            Err(e) => DependencyStatus { name: "redis", ok: false, error: Some(e.to_string()) },
+        };
+        let dependencies = vec![postgres, nats, redis];
         ReadinessReport { ready: dependencies.iter().all(|d| d.ok), dependencies }
     }
 }

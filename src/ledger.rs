@@ -110,6 +110,7 @@ impl Ledger {
     /// Validates and records a request. Returns only after the events are committed.
     /// The same idempotency key with the same email returns the same id and records
     /// nothing new; with another email it is a [`LedgerError::Conflict`].
+    #[tracing::instrument(name = "ledger.create", skip_all, fields(source = request.source.as_str()))]
     pub async fn create(&self, request: CreateEmail) -> Result<Accepted, LedgerError> {
         let source = request.source;
         let result = self.create_inner(request).await;
@@ -135,6 +136,7 @@ impl Ledger {
         };
         let mut metadata = request.metadata;
         metadata.insert("source".into(), request.source.as_str().into());
+        crate::telemetry::inject_current(&mut metadata);
         if let Some(key) = &request.idempotency_key {
             metadata.insert("idempotency_key".into(), key.clone());
         }

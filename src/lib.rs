@@ -7,6 +7,7 @@ pub mod config;
 pub mod health;
 pub mod ledger;
 pub mod metrics;
+pub mod observe;
 pub mod ops;
 pub mod projections;
 pub mod query;

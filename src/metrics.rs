@@ -1,4 +1,7 @@
 //! Prometheus metrics, served on their own port (`MAILLEDGER_METRICS_ADDR`) at `/metrics`.
+//! Every name starts with `mailledger_`; counters end in `_total`, durations are
+//! histograms in seconds. `monitor` refreshes the gauges that describe state (lag,
+//! queue depth, pending commands, pool usage) every few seconds.
 
 use std::sync::LazyLock;
 
@@ -6,15 +9,36 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// The registry every mailledger metric lives in.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     REGISTRY.register(Box::new(c.clone())).expect("registered once");
     c
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register(IntGauge::new(name, help).expect("valid metric"))
+}
+
+/// Latency buckets from 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    register(HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels).expect("valid metric"))
 }
 
 /// `mailledger_commands_total{source, outcome}`: create-email commands handled.
@@ -26,6 +50,35 @@ pub static COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `mailledger_events_appended_total{type}`: events applied to the `emails` read model,
+/// by type (counted once, by the instance leading that projection).
+pub static EVENTS_APPENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("mailledger_events_appended_total", "Events appended to the ledger, by type", &["type"])
+});
+
+/// `mailledger_http_requests_total{method, route, status}`.
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_http_requests_total",
+        "HTTP requests, by method, route and status",
+        &["method", "route", "status"],
+    )
+});
+
+/// `mailledger_http_request_duration_seconds{method, route}`.
+pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec("mailledger_http_request_duration_seconds", "HTTP request latency", &["method", "route"])
+});
+
+/// `mailledger_grpc_requests_total{method, code}`.
+pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("mailledger_grpc_requests_total", "gRPC calls, by method and status code", &["method", "code"])
+});
+
+/// `mailledger_grpc_request_duration_seconds{method}`.
+pub static GRPC_DURATION: LazyLock<HistogramVec> =
+    LazyLock::new(|| histogram_vec("mailledger_grpc_request_duration_seconds", "gRPC call latency", &["method"]));
+
 /// `mailledger_nats_messages_total{outcome}`: command messages consumed, by what became of them.
 pub static NATS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -34,6 +87,15 @@ pub static NATS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["outcome"],
     )
 });
+
+/// `mailledger_nats_consumer_pending`: commands in the stream not yet delivered.
+pub static NATS_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge("mailledger_nats_consumer_pending", "Commands waiting in JetStream for the intake consumer")
+});
+
+/// `mailledger_nats_consumer_ack_pending`: commands delivered and not yet acknowledged.
+pub static NATS_ACK_PENDING: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_nats_consumer_ack_pending", "Commands delivered and not yet acknowledged"));
 
 /// `mailledger_cache_requests_total{result}`: cache lookups (hit, miss, error).
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -49,6 +111,24 @@ pub static PROJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_projection_events_total", "Events applied, by projection", &["projection"])
 });
 
+/// `mailledger_projection_lag_events{projection}`: events not yet applied.
+pub static PROJECTION_LAG_EVENTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "mailledger_projection_lag_events",
+        "Events in the store a projection has not applied yet",
+        &["projection"],
+    )
+});
+
+/// `mailledger_projection_lag_seconds{projection}`: age of the oldest event not yet applied.
+pub static PROJECTION_LAG_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "mailledger_projection_lag_seconds",
+        "Age of the oldest event a projection has not applied yet",
+        &["projection"],
+    )
+});
+
 /// `mailledger_delivery_attempts_total{outcome}`: SMTP attempts (sent, transient_failure, permanent_failure).
 pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -58,11 +138,60 @@ pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `mailledger_smtp_send_duration_seconds`: time from connecting to the server's reply.
+pub static SMTP_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new("mailledger_smtp_send_duration_seconds", "SMTP send latency").buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `mailledger_delivery_queue_depth`: deliveries due now and not yet made.
+pub static QUEUE_DEPTH: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_delivery_queue_depth", "Deliveries due now and not yet made"));
+
+/// `mailledger_emails_dead_lettered_total`: emails given up on by this instance's sender.
+pub static DEAD_LETTERED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("mailledger_emails_dead_lettered_total", "Emails dead-lettered").expect("valid metric"))
+});
+
+/// `mailledger_db_pool_connections{state}`: pool connections idle and in use.
+pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec("mailledger_db_pool_connections", "PostgreSQL pool connections, by state (idle, in_use)", &["state"])
+});
+
+/// `mailledger_db_pool_max_connections`: the pool's size limit.
+pub static POOL_MAX: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_db_pool_max_connections", "PostgreSQL pool size limit"));
+
+/// Registers every metric (so each is exported from the start).
+pub fn init() {
+    LazyLock::force(&COMMANDS);
+    LazyLock::force(&EVENTS_APPENDED);
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_DURATION);
+    LazyLock::force(&GRPC_REQUESTS);
+    LazyLock::force(&GRPC_DURATION);
+    LazyLock::force(&NATS_MESSAGES);
+    LazyLock::force(&NATS_PENDING);
+    LazyLock::force(&NATS_ACK_PENDING);
+    LazyLock::force(&CACHE);
+    LazyLock::force(&PROJECTED);
+    LazyLock::force(&PROJECTION_LAG_EVENTS);
+    LazyLock::force(&PROJECTION_LAG_SECONDS);
+    LazyLock::force(&DELIVERIES);
+    LazyLock::force(&SMTP_DURATION);
+    LazyLock::force(&QUEUE_DEPTH);
+    LazyLock::force(&DEAD_LETTERED);
+    LazyLock::force(&POOL);
+    LazyLock::force(&POOL_MAX);
+}
+
 /// The `/metrics` route.
 pub fn router() -> Router {
-    for metric in [&COMMANDS, &NATS_MESSAGES, &CACHE, &PROJECTED, &DELIVERIES] {
-        LazyLock::force(metric);
-    }
+    init();
     Router::new().route("/metrics", get(render))
 }
 

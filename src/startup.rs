@@ -50,6 +50,7 @@ impl Application {
     /// Connects, migrates, binds and spawns. Fails if PostgreSQL is unreachable or a
     /// port cannot be bound; NATS may come later (the intake waits for it).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        metrics::init();
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
@@ -85,7 +86,7 @@ impl Application {
         let state = HttpState {
             ledger: ledger.clone(),
             reads: reads.clone(),
-            readiness: Readiness::new(pool.clone(), nats.clone()),
+            readiness: Readiness::new(pool.clone(), nats.clone(), cache.clone()),
             max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
         };
         let app = transport::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -103,6 +104,7 @@ impl Application {
         tracker.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             let served = tonic::transport::Server::builder()
+                .layer(crate::observe::grpc::ObserveLayer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     stop.cancelled().await;
@@ -126,6 +128,13 @@ impl Application {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
+
+        tracker.spawn(crate::observe::monitor::run(
+            pool.clone(),
+            nats.clone(),
+            crate::transport::nats::Names::new(&settings.nats),
+            shutdown.clone(),
+        ));
 
         let js = jetstream::new(nats.clone());
         let stop = shutdown.clone();
@@ -205,6 +214,7 @@ impl Application {
         }
         self.pool.close().await;
         tracing::info!("mailledger stopped");
+        crate::telemetry::shutdown();
         Ok(())
     }
 }

@@ -1,20 +1,159 @@
-//! Logging: `tracing` to stderr, as text or JSON, filtered by `RUST_LOG` or the settings.
+//! Logs and traces.
+//!
+//! Logs: `tracing` to stderr, as text or JSON (`log.format`), filtered by `RUST_LOG` or
+//! `log.filter`; JSON lines carry the current span's fields, `trace_id` included.
+//!
+//! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, spans are
+//! exported over OTLP/HTTP (protobuf) in batches; the standard `OTEL_*` variables apply
+//! (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`,
+//! `OTEL_BSP_SCHEDULE_DELAY`, …). W3C trace context (`traceparent`, `tracestate`) is read
+//! from HTTP headers, gRPC metadata and NATS headers, kept in each event's metadata, and
+//! written to NATS headers of the events mailledger publishes.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, global};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber (once; later calls are no-ops). Commands other than
-/// `serve` log only warnings unless RUST_LOG says otherwise, so their output stays clean.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static OTEL: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (and so worth creating for every event).
+pub fn otel_enabled() -> bool {
+    OTEL.load(Ordering::Relaxed)
+}
+
+/// Installs logging (and tracing export when configured). Commands other than `serve`
+/// log only warnings unless RUST_LOG says otherwise, so their output stays clean.
 pub fn init(settings: &LogSettings, serving: bool) {
+    global::set_text_map_propagator(TraceContextPropagator::new());
     let default = if serving { settings.filter.as_str() } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE));
-    let _ = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let otlp = serving
+        && ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
+    let otel_layer = if otlp {
+        match exporter() {
+            Ok(provider) => {
+                let tracer = provider.tracer("mailledger");
+                global::set_tracer_provider(provider.clone());
+                let _ = PROVIDER.set(provider);
+                OTEL.store(true, Ordering::Relaxed);
+                Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            }
+            Err(e) => {
+                eprintln!("mailledger: OTLP export disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
     };
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let _ = match settings.format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+    };
+}
+
+fn exporter() -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("mailledger");
+    }
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+}
+
+/// Flushes and stops the exporter (at the end of `serve`).
+pub fn shutdown() {
+    if let Some(p) = PROVIDER.get() {
+        let _ = p.shutdown();
+    }
+}
+
+/// The trace id of `span`, when it is being traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Makes `span` a child of the trace context `fields` carry (traceparent, tracestate),
+/// and records its `trace_id` field.
+pub fn continue_trace(span: &Span, fields: &dyn Extractor) {
+    let cx = global::get_text_map_propagator(|p| p.extract(fields));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id.as_str());
+    }
+}
+
+/// The current span's trace context as `traceparent` / `tracestate` entries.
+pub fn inject_current(into: &mut HashMap<String, String>) {
+    let cx: Context = Span::current().context();
+    if cx.span().span_context().is_valid() {
+        global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MapInjector(into)));
+    }
+}
+
+/// HTTP headers (and gRPC metadata, which travel as HTTP/2 headers) as a carrier.
+pub struct HeaderCarrier<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.to_str().ok()
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// NATS message headers as a carrier.
+pub struct NatsCarrier<'a>(pub Option<&'a async_nats::HeaderMap>);
+
+impl Extractor for NatsCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0?.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// Event metadata (a JSON object) as a carrier.
+pub struct MetadataCarrier<'a>(pub &'a serde_json::Value);
+
+impl Extractor for MetadataCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.as_str()
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+struct MapInjector<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
 }

@@ -191,6 +191,11 @@ impl Projection for EmailsProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        if self.table == "emails" {
+            for e in events {
+                crate::metrics::EVENTS_APPENDED.with_label_values(&[&e.event_type]).inc();
+            }
+        }
         let current = self.load(tx, events).await?;
         let views = fold_batch(current, events);
         self.upsert(tx, &views).await?;

@@ -94,6 +94,11 @@ impl Projection for EventPublisher {
             headers.insert("Nats-Msg-Id", format!("{}:{}", e.email_id, e.sequence).as_str());
             headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
             headers.insert("Mailledger-Event-Type", e.event_type.as_str());
+            for key in ["traceparent", "tracestate"] {
+                if let Some(v) = e.metadata.get(key).and_then(|v| v.as_str()) {
+                    headers.insert(key, v);
+                }
+            }
             let subject = format!("{}.events.{}", self.namespace, subject_kind(&e.event_type));
             acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into()).await?);
             if let EmailEvent::DeadLettered(d) = &e.event {

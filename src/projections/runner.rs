@@ -107,6 +107,13 @@ impl Runner {
             }
         }
         crate::metrics::PROJECTED.with_label_values(&[name]).inc_by(events.len() as u64);
+        if crate::telemetry::otel_enabled() {
+            // One short span per event, in the trace that caused it.
+            for e in &events {
+                let span = tracing::info_span!("projection.applied", projection = name, event = %e.event_type, trace_id = tracing::field::Empty);
+                crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&e.metadata));
+            }
+        }
         Ok(events.len())
     }
 

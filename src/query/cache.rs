@@ -106,6 +106,17 @@ impl Cache {
         }
     }
 
+    /// Whether Redis answers (for readiness).
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut conn = self.connection().await?;
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(Duration::from_millis(500), cmd.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(CacheError(e.to_string())),
+            Err(_) => Err(CacheError("timed out".into())),
+        }
+    }
+
     /// The cached view, if Redis has it and answers in time.
     pub async fn get(&self, id: Uuid) -> Option<EmailView> {
         let result: Result<Option<String>, CacheError> = async {

@@ -65,6 +65,8 @@ struct Parts {
     date: DateTime<Utc>,
     state: Email,
     correlation_id: Option<String>,
+    /// The request's metadata (its trace context continues into the delivery).
+    metadata: serde_json::Value,
 }
 
 fn parts(events: &[FeedEvent]) -> Option<Parts> {
@@ -91,7 +93,7 @@ fn parts(events: &[FeedEvent]) -> Option<Parts> {
         headers: p.headers,
     };
     let correlation_id = metadata.get("correlation_id").and_then(|v| v.as_str()).map(str::to_owned);
-    Some(Parts { email, message_id: p.message_id, date: p.date, state, correlation_id })
+    Some(Parts { email, message_id: p.message_id, date: p.date, state, correlation_id, metadata })
 }
 
 impl Sender {
@@ -135,12 +137,23 @@ impl Sender {
             return Ok(Delivery::Skipped);
         }
         let attempt = state.attempts + 1;
+        let span = tracing::info_span!("smtp.deliver", email_id = %id, attempt, trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&parts.metadata));
         let started = std::time::Instant::now();
-        let result = match LettreRenderer::message(&parts.email, &parts.message_id, parts.date) {
-            Ok(message) => self.mailer.send(id, message.envelope(), &message.formatted()).await,
-            Err(e) => Err(mailer::Rejected { code: None, message: format!("cannot render: {e}"), permanent: true }),
-        };
+        let result = tracing::Instrument::instrument(
+            async {
+                match LettreRenderer::message(&parts.email, &parts.message_id, parts.date) {
+                    Ok(message) => self.mailer.send(id, message.envelope(), &message.formatted()).await,
+                    Err(e) => {
+                        Err(mailer::Rejected { code: None, message: format!("cannot render: {e}"), permanent: true })
+                    }
+                }
+            },
+            span.clone(),
+        )
+        .await;
         let elapsed = started.elapsed();
+        crate::metrics::SMTP_DURATION.observe(elapsed.as_secs_f64());
         let at = now();
         let (command, outcome) = match result {
             Ok(accepted) => {
@@ -161,6 +174,9 @@ impl Sender {
                     retry_at: at + chrono::Duration::from_std(delay).unwrap_or_default(),
                     max_attempts: self.settings.max_attempts,
                 };
+                if rejected.permanent || state.round_attempts + 1 >= self.settings.max_attempts {
+                    crate::metrics::DEAD_LETTERED.inc();
+                }
                 (EmailCommand::RecordFailure(c), Delivery::Failed { permanent: rejected.permanent })
             }
         };
@@ -176,7 +192,10 @@ impl Sender {
         if let Some(c) = parts.correlation_id {
             metadata.insert("correlation_id".into(), c);
         }
-        self.record(id, command, metadata).await?;
+        let _entered = span.enter();
+        crate::telemetry::inject_current(&mut metadata);
+        drop(_entered);
+        tracing::Instrument::instrument(self.record(id, command, metadata), span).await?;
         Ok(outcome)
     }
 

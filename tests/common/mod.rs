@@ -75,6 +75,7 @@ pub struct TestApp {
     pub iso: Isolation,
     pub http: String,
     pub grpc: String,
+    pub metrics: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub nats: async_nats::Client,
@@ -104,6 +105,7 @@ impl TestApp {
         let app = Application::build(settings).await.expect("application starts");
         let http = format!("http://{}", app.http_addr());
         let grpc = format!("http://{}", app.grpc_addr());
+        let metrics = format!("http://{}/metrics", app.metrics_addr());
         let stop = app.stopper();
         let handle = tokio::spawn(app.run_until_stopped());
         let pool = PgPool::connect(&iso.database_url()).await.expect("test pool");
@@ -113,6 +115,7 @@ impl TestApp {
             iso,
             http,
             grpc,
+            metrics,
             client: reqwest::Client::new(),
             pool,
             nats,

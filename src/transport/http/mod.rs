@@ -57,11 +57,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/emails/{id}/events", get(read::history))
         .route("/api/v1/emails/{id}/redrive", post(emails::redrive))
         .route("/api/v1/email/search", get(read::search_original))
-        .route("/api/v1/email/{id}", get(read::get_email_original));
-    Router::new()
-        .merge(api)
+        .route("/api/v1/email/{id}", get(read::get_email_original))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route_layer(axum::middleware::from_fn(crate::observe::http::observe));
+    Router::new()
+        .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .with_state(state)
 }
@@ -82,7 +83,7 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-/// Readiness: PostgreSQL and NATS reachable (each named when not).
+/// Readiness: PostgreSQL, NATS and Redis reachable (each named when not).
 #[utoipa::path(get, path = "/ready", tag = "operations", responses(
     (status = 200, description = "Every dependency reachable", body = ReadinessReport),
     (status = 503, description = "A dependency is unreachable", body = ReadinessReport),

@@ -175,7 +175,9 @@ impl NatsIntake {
 
     /// Handles one message: the single step a test can drive.
     pub async fn handle(&self, message: Message) -> Outcome {
-        let outcome = self.decide(&message).await;
+        let span = tracing::info_span!("nats.command", messaging.destination = %message.subject, trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, &crate::telemetry::NatsCarrier(message.headers.as_ref()));
+        let outcome = tracing::Instrument::instrument(self.decide(&message), span).await;
         let label = match &outcome {
             Outcome::Acked => "acked",
             Outcome::DeadLettered(_) => "dead_lettered",

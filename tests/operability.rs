@@ -1,0 +1,303 @@
+//! Operating mailledger: every metric the dashboard and the alert rules name is exported
+//! and moves under traffic; a producer's trace crosses NATS into the handling, the
+//! events and the delivery; the compose file names the whole stack; nginx terminates TLS
+//! for REST and gRPC in front of a running service.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::smtp::SmtpSink;
+use common::{Cleanup, Isolation, TestApp, eventually, original_payload};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Every `mailledger_*` metric a file names (histogram series folded into their base name).
+fn metric_names(path: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("mailledger_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_' || bytes[end].is_ascii_digit())
+        {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        names.insert(base.to_owned());
+        i = end;
+    }
+    names
+}
+
+fn exported(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn value(scrape: &str, series: &str) -> f64 {
+    scrape.lines().filter(|l| l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
+    let sink = SmtpSink::start().await;
+    sink.script(&[(550, "5.1.1 no such user")]);
+    let app = TestApp::delivering_to(&sink.url(), &[("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "1")]).await;
+    let before = app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap();
+
+    let id = app.create(&original_payload("observed")).await;
+    app.create(&original_payload("bounced")).await;
+    app.publish(original_payload("via nats").to_string(), None).await;
+    app.wait_projected(3).await;
+    eventually(WAIT, || async { sink.received().len() >= 3 }).await;
+    app.get_json(&format!("/api/v1/emails/{id}")).await;
+    let mut grpc =
+        mailledger::transport::grpc::proto::email_service_client::EmailServiceClient::connect(app.grpc.clone())
+            .await
+            .unwrap();
+    grpc.get_by_id(mailledger::transport::grpc::proto::GetByIdReq { email_id: id.clone(), as_of: None }).await.unwrap();
+
+    let mut wanted = metric_names("monitoring/grafana/dashboards/mailledger.json");
+    wanted.extend(metric_names("monitoring/alerts.yml"));
+    assert!(wanted.len() >= 15, "{wanted:?}");
+    // State gauges come from the monitor (every 5 s).
+    let scrape_now = || async { app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap() };
+    eventually(Duration::from_secs(15), || async {
+        let scrape = scrape_now().await;
+        wanted.is_subset(&exported(&scrape)) && scrape.contains("mailledger_projection_lag_seconds{")
+    })
+    .await;
+    let scrape = scrape_now().await;
+    let names = exported(&scrape);
+    let missing: Vec<_> = wanted.difference(&names).collect();
+    assert!(missing.is_empty(), "named but not exported: {missing:?}");
+
+    for series in [
+        "mailledger_commands_total{outcome=\"accepted\",source=\"rest\"}",
+        "mailledger_http_requests_total",
+        "mailledger_grpc_requests_total",
+        "mailledger_nats_messages_total{outcome=\"acked\"}",
+        "mailledger_delivery_attempts_total{outcome=\"sent\"}",
+        "mailledger_delivery_attempts_total{outcome=\"permanent_failure\"}",
+        "mailledger_emails_dead_lettered_total",
+        "mailledger_smtp_send_duration_seconds_count",
+        "mailledger_events_appended_total{type=\"Persisted\"}",
+    ] {
+        assert!(value(&scrape, series) > value(&before, series), "{series} did not move");
+    }
+    assert!(scrape.contains("mailledger_http_requests_total{method=\"POST\",route=\"/api/v1/emails\",status=\"202\"}"));
+    assert!(scrape.contains("route=\"/api/v1/emails/{id}\""), "routes are templates, not raw paths");
+}
+
+#[test]
+fn the_compose_file_names_the_whole_stack() {
+    let text = std::fs::read_to_string(format!("{ROOT}/compose/docker-compose.yml")).unwrap();
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    doc.apply_merge().unwrap(); // `<<: *mailledger`
+    let services = doc["services"].as_mapping().unwrap();
+    for name in [
+        "postgres",
+        "nats",
+        "redis",
+        "mailpit",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "nginx",
+        "mailledger-1",
+        "mailledger-2",
+    ] {
+        assert!(services.contains_key(name), "compose lacks {name}");
+    }
+    for instance in ["mailledger-1", "mailledger-2"] {
+        assert_eq!(services[instance]["build"]["dockerfile"].as_str(), Some("Dockerfile"));
+    }
+    let nats = serde_yaml_ng::to_string(&services["nats"]).unwrap();
+    assert!(nats.contains("-js") && nats.contains("/data"), "JetStream on a persistent volume: {nats}");
+    let prometheus = std::fs::read_to_string(format!("{ROOT}/monitoring/prometheus.yml")).unwrap();
+    assert!(
+        prometheus.contains("mailledger-1:9090") && prometheus.contains("mailledger-2:9090"),
+        "every instance is scraped"
+    );
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("USER 10001"), "the runtime image is not root");
+}
+
+/// An OTLP/HTTP receiver: keeps every span it is sent.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let store = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let mut s = store.lock().unwrap();
+                for rs in request.resource_spans {
+                    for ss in rs.scope_spans {
+                        for span in ss.spans {
+                            s.push((hex::encode(&span.trace_id), span.name));
+                        }
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_producers_trace_crosses_nats_into_handling_events_and_delivery() {
+    let (endpoint, spans) = otlp_receiver().await;
+    let sink = SmtpSink::start().await;
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _service = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .arg("serve")
+            .envs(iso.env())
+            .env("MAILLEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("MAILLEDGER_SMTP_URL", sink.url())
+            .env("MAILLEDGER__DELIVERY__ENABLED", "true")
+            .env("MAILLEDGER__DELIVERY__POLL_INTERVAL", "100ms")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream = format!("{}_COMMANDS", iso.stream_prefix);
+    eventually(WAIT, || async { js.get_stream(&stream).await.is_ok() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the consumer, too
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").as_str());
+    let subject = format!("{}.commands.create", iso.namespace);
+    js.publish_with_headers(subject, headers, original_payload("traced").to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, || async { sink.delivered().len() == 1 }).await;
+
+    let want = ["nats.command", "ledger.create", "projection.applied", "smtp.deliver"];
+    eventually(WAIT, || async {
+        let s = spans.lock().unwrap();
+        want.iter().all(|name| s.iter().any(|(t, n)| t == trace_id && n == name))
+    })
+    .await;
+
+    // The trace id is in the event metadata, and on the events published to NATS.
+    let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
+    let traceparents: Vec<String> = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(traceparents.len() >= 3, "{traceparents:?}");
+    assert!(traceparents.iter().all(|t| t.contains(trace_id)), "{traceparents:?}");
+    let events_stream = format!("{}_EVENTS", iso.stream_prefix);
+    eventually(WAIT, || async {
+        let Ok(mut s) = js.get_stream(&events_stream).await else { return false };
+        s.info().await.unwrap().state.messages >= 3
+    })
+    .await;
+    let first = js.get_stream(&events_stream).await.unwrap().get_raw_message(1).await.unwrap();
+    assert!(first.headers.get("traceparent").unwrap().as_str().contains(trace_id));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn nginx_terminates_tls_for_rest_and_grpc() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let status = Command::new("bash")
+        .arg(format!("{ROOT}/scripts/make-cert.sh"))
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = app.http.rsplit(':').next().unwrap().to_owned();
+    let grpc_port = app.grpc.rsplit(':').next().unwrap().to_owned();
+    let conf = std::fs::read_to_string(format!("{ROOT}/nginx/nginx.local.conf"))
+        .unwrap()
+        .replace("__CERT_DIR__", certs.to_str().unwrap())
+        .replace("127.0.0.1:18080", &format!("127.0.0.1:{http_port}"))
+        .replace("127.0.0.1:15051", &format!("127.0.0.1:{grpc_port}"))
+        .replace("127.0.0.1:18443", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let nginx =
+        ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nginx");
+    let prefix = format!("{}/", dir.path().display());
+    let check = Command::new(nginx).args(["-t", "-p", &prefix, "-c", "nginx.conf"]).output().unwrap();
+    assert!(check.status.success(), "nginx -t: {}", String::from_utf8_lossy(&check.stderr));
+    let _nginx = Killed(
+        Command::new(nginx)
+            .args(["-p", &prefix, "-c", "nginx.conf", "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(10), || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }).await;
+
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let client =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
+    let base = format!("https://localhost:{port}");
+    let r = client.post(format!("{base}/api/v1/emails")).json(&original_payload("through nginx")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    app.wait_projected(1).await;
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let channel =
+        tonic::transport::Channel::from_shared(base).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut grpc = mailledger::transport::grpc::proto::email_service_client::EmailServiceClient::new(channel);
+    let email = grpc
+        .get_by_id(mailledger::transport::grpc::proto::GetByIdReq { email_id: id, as_of: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .email
+        .unwrap();
+    assert_eq!(email.subject, "through nginx");
+}
