@@ -781,6 +781,7 @@ async fn ensure_million(emails: i64) -> String {
         .unwrap();
         start = end + 1;
     }
+    sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
     eprintln!("  events written in {:.0} s; projecting ...", started.elapsed().as_secs_f64());
     mailledger::projections::reproject::reproject(
         &pool,

@@ -37,7 +37,9 @@ pub fn event_type_name(kind: &str) -> String {
 }
 
 fn filtered<'a>(q: &mut QueryBuilder<'a, Postgres>, f: &'a Filter) {
-    q.push(" WHERE aggregate_type = 'Email'");
+    // Every aggregate in the store is an Email; no filter on the type, which would steer
+    // the planner off the (txid, position) index.
+    q.push(" WHERE true");
     if let Some(since) = f.since {
         q.push(" AND recorded_at >= ").push_bind(since);
     }
