@@ -143,11 +143,18 @@ pub fn fold_batch(mut current: HashMap<Uuid, EmailView>, events: &[FeedEvent]) -
 }
 
 impl EmailsProjection {
-    /// Loads the current rows of the emails touched by `events`.
+    /// Loads the current rows of the emails touched by `events` — except those whose
+    /// history starts in this batch (their `Requested` is here, so no row exists yet):
+    /// new emails, the bulk of any busy batch and of every rebuild, cost no read.
     async fn load(&self, conn: &mut PgConnection, events: &[FeedEvent]) -> sqlx::Result<HashMap<Uuid, EmailView>> {
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
+        let starts_here: std::collections::HashSet<Uuid> =
+            events.iter().filter(|e| e.sequence == 1).map(|e| e.email_id).collect();
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.email_id).filter(|id| !starts_here.contains(id)).collect();
         ids.sort_unstable();
         ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = ANY($1)", self.table);
         let rows: Vec<EmailRow> = sqlx::query_as(&sql).bind(&ids).fetch_all(conn).await?;
         Ok(rows.into_iter().map(|r| (r.id, EmailView::from(r))).collect())
