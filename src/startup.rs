@@ -34,6 +34,10 @@ use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::{metrics, store, transport};
 
+/// The gRPC service whose health is reported.
+type EmailService =
+    transport::grpc::proto::email_service_server::EmailServiceServer<transport::grpc::service::EmailGrpc>;
+
 /// A running mailledger.
 pub struct Application {
     http_addr: SocketAddr,
@@ -99,7 +103,7 @@ impl Application {
         });
 
         let (routes, health) = transport::grpc::routes(ledger.clone(), reads)?;
-        health.set_serving::<transport::grpc::proto::email_service_server::EmailServiceServer<transport::grpc::service::EmailGrpc>>().await;
+        health.set_serving::<EmailService>().await;
         let stop = shutdown.clone();
         tracker.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
@@ -108,11 +112,7 @@ impl Application {
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     stop.cancelled().await;
-                    health
-                        .set_not_serving::<transport::grpc::proto::email_service_server::EmailServiceServer<
-                            transport::grpc::service::EmailGrpc,
-                        >>()
-                        .await;
+                    health.set_not_serving::<EmailService>().await;
                 })
                 .await;
             if let Err(e) = served {

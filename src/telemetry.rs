@@ -39,7 +39,7 @@ pub fn otel_enabled() -> bool {
 /// log only warnings unless RUST_LOG says otherwise, so their output stays clean.
 pub fn init(settings: &LogSettings, serving: bool) {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let default = if serving { settings.filter.as_str() } else { "warn" };
+    let default = if serving { settings.filter.as_str() } else { "warn,sqlx=error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let otlp = serving
         && ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]

@@ -15,11 +15,13 @@ pub async fn print(
     writeln!(out, "event store: {} events (head position {})", count(pool).await?, head.unwrap_or(0))?;
     writeln!(out, "projections:")?;
     let rows: Vec<(String, i64, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT c.name, c.position, \
-           (SELECT count(*) FROM events e WHERE (e.txid, e.position) > (c.txid, c.position)), \
-           (SELECT extract(epoch FROM now() - min(e.recorded_at))::float8 FROM events e \
-             WHERE (e.txid, e.position) > (c.txid, c.position)) \
-         FROM projection_checkpoints c ORDER BY c.name",
+        "SELECT c.name, c.position, greatest(h.head - c.position, 0), \
+           extract(epoch FROM now() - n.recorded_at)::float8 \
+         FROM projection_checkpoints c \
+         CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h \
+         LEFT JOIN LATERAL (SELECT e.recorded_at FROM events e WHERE (e.txid, e.position) > (c.txid, c.position) \
+                            ORDER BY e.txid, e.position LIMIT 1) n ON true \
+         ORDER BY c.name",
     )
     .fetch_all(pool)
     .await?;

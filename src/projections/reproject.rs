@@ -161,6 +161,9 @@ pub async fn reproject(
         sqlx::query(&def).execute(&mut *conn).await.with_context(|| format!("building {def}"))?;
     }
 
+    // The planner needs statistics for the new table from its first query on.
+    sqlx::query(&format!("ANALYZE {shadow}")).execute(&mut *conn).await?;
+
     // 4. Catch up and swap, in one transaction.
     progress.message("swapping");
     let mut tx = conn.begin().await?;
