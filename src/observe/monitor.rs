@@ -28,21 +28,12 @@ async fn refresh(pool: &PgPool, js: &async_nats::jetstream::Context, names: &Nam
     let idle = pool.num_idle() as i64;
     metrics::POOL.with_label_values(&["idle"]).set(idle);
     metrics::POOL.with_label_values(&["in_use"]).set(i64::from(pool.size()) - idle);
-    // Cheap at any size: the lag in events is the distance in positions (gaps from rolled
-    // back inserts make it an upper bound), the lag in time the age of the next event.
-    let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT c.name, greatest(h.head - c.position, 0), extract(epoch FROM now() - n.recorded_at)::float8 \
-         FROM projection_checkpoints c \
-         CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h \
-         LEFT JOIN LATERAL (SELECT e.recorded_at FROM events e WHERE (e.txid, e.position) > (c.txid, c.position) \
-                            ORDER BY e.txid, e.position LIMIT 1) n ON true \
-         WHERE c.name NOT LIKE '%\\_\\_shadow'",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (name, lag, seconds) in rows {
-        metrics::PROJECTION_LAG_EVENTS.with_label_values(&[&name]).set(lag);
-        metrics::PROJECTION_LAG_SECONDS.with_label_values(&[&name]).set(seconds.unwrap_or(0.0).max(0.0) as i64);
+    for lag in crate::projections::feed::lags(pool).await? {
+        if lag.name.ends_with("__shadow") {
+            continue;
+        }
+        metrics::PROJECTION_LAG_EVENTS.with_label_values(&[&lag.name]).set(lag.events);
+        metrics::PROJECTION_LAG_SECONDS.with_label_values(&[&lag.name]).set(lag.seconds.unwrap_or(0.0).max(0.0) as i64);
     }
     metrics::QUEUE_DEPTH.set(crate::saga::schedule::depth(pool).await?);
     if let Ok(stream) = js.get_stream(&names.commands_stream).await {

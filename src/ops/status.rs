@@ -14,20 +14,9 @@ pub async fn print(
     let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(pool).await?;
     writeln!(out, "event store: {} events (head position {})", count(pool).await?, head.unwrap_or(0))?;
     writeln!(out, "projections:")?;
-    let rows: Vec<(String, i64, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT c.name, c.position, greatest(h.head - c.position, 0), \
-           extract(epoch FROM now() - n.recorded_at)::float8 \
-         FROM projection_checkpoints c \
-         CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h \
-         LEFT JOIN LATERAL (SELECT e.recorded_at FROM events e WHERE (e.txid, e.position) > (c.txid, c.position) \
-                            ORDER BY e.txid, e.position LIMIT 1) n ON true \
-         ORDER BY c.name",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (name, position, lag, seconds) in rows {
-        let behind = seconds.map(|s| format!(", oldest unapplied {s:.1} s old")).unwrap_or_default();
-        writeln!(out, "  {name:<16} at position {position:<10} {lag} events behind{behind}")?;
+    for lag in crate::projections::feed::lags(pool).await? {
+        let behind = lag.seconds.map(|s| format!(", oldest unapplied {s:.1} s old")).unwrap_or_default();
+        writeln!(out, "  {:<16} at position {:<10} {} events behind{behind}", lag.name, lag.position, lag.events)?;
     }
     let (due, scheduled, leased): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE due_at <= now()), count(*), count(*) FILTER (WHERE lease_until > now()) FROM deliveries",

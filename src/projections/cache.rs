@@ -28,11 +28,12 @@ impl CacheProjection {
 
 /// Folds every event of each email in `ids`, from the store.
 pub async fn views_from_store(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<Vec<EmailView>> {
-    let sql = "SELECT txid::text AS txid, position, aggregate_id, sequence, event_type, event_version, payload, \
-               metadata, recorded_at FROM events WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) \
-               ORDER BY aggregate_id, sequence";
+    let sql = format!(
+        "{} WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence",
+        feed::SELECT
+    );
     let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-    let rows = sqlx::query(sql).bind(&keys).fetch_all(conn).await?;
+    let rows = sqlx::query(&sql).bind(&keys).fetch_all(conn).await?;
     let mut by_email: HashMap<Uuid, Vec<FeedEvent>> = HashMap::new();
     for row in &rows {
         let e = feed::decode_row(row, crate::store::upcast::UPCASTERS)?;

@@ -68,7 +68,7 @@ pub enum FeedError {
 
 /// Selected columns. (`txid` is also the name of a text output column here, so an
 /// ORDER BY must name `events.txid` to sort numerically.)
-const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
+pub(crate) const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, recorded_at FROM events";
 
 /// Reads up to `limit` events after `after`, in commit order, below the horizon.
@@ -138,6 +138,35 @@ pub fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result
         event,
         metadata: row.try_get("metadata")?,
     })
+}
+
+/// How far one projection is behind the head of the store.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Lag {
+    /// The projection (or a re-projection's `<name>__shadow`).
+    pub name: String,
+    /// The position of its checkpoint.
+    pub position: i64,
+    /// Events not yet applied: the distance in positions (gaps left by rolled-back
+    /// inserts make it an upper bound).
+    pub events: i64,
+    /// Age in seconds of the next event to apply; `None` when caught up.
+    pub seconds: Option<f64>,
+}
+
+/// Every checkpoint's lag. Cheap at any size: no counting of the store.
+pub async fn lags(pool: &sqlx::PgPool) -> Result<Vec<Lag>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.name, c.position, greatest(h.head - c.position, 0) AS events, \
+           extract(epoch FROM now() - n.recorded_at)::float8 AS seconds \
+         FROM projection_checkpoints c \
+         CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h \
+         LEFT JOIN LATERAL (SELECT e.recorded_at FROM events e WHERE (e.txid, e.position) > (c.txid, c.position) \
+                            ORDER BY e.txid, e.position LIMIT 1) n ON true \
+         ORDER BY c.name",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// The checkpoint of projection `name` (the start of the feed when it has none), locked

@@ -111,13 +111,7 @@ impl Projection for EventPublisher {
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{}:{}:dlq", e.email_id, e.sequence).as_str());
                 headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
-                let reason: String = d
-                    .reason
-                    .chars()
-                    .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-                    .take(1024)
-                    .collect();
-                headers.insert("Mailledger-Error", reason.as_str());
+                headers.insert("Mailledger-Error", crate::transport::nats::dlq::header_safe(&d.reason).as_str());
                 let subject = format!("{}.dlq.emails", self.namespace);
                 acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&letter)?.into()).await?);
             }

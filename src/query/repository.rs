@@ -155,13 +155,16 @@ impl Repository {
         filters(&mut q, p);
         q.push(order).push_bind(i64::from(p.size) + 1);
         q.push(" OFFSET ").push_bind(offset);
-        let mut tx = self.pool.begin().await?;
-        if dense {
+        let mut rows: Vec<EmailRow> = if dense {
             // Matches are everywhere: walk the order index (a bitmap of them all is slow).
+            let mut tx = self.pool.begin().await?;
             sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
-        }
-        let mut rows: Vec<EmailRow> = q.build_query_as().fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+            let rows = q.build_query_as().fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            q.build_query_as().fetch_all(&self.pool).await?
+        };
         let has_more = rows.len() > p.size as usize;
         rows.truncate(p.size as usize);
         let total_count = counted.min(COUNT_CAP).max(offset + rows.len() as i64);

@@ -5,3 +5,16 @@ pub mod grpc;
 pub mod http;
 pub mod nats;
 pub mod payload;
+
+/// A request carried two different idempotency keys (header and body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysDisagree;
+
+/// The idempotency key of a request that can carry it in a header (or gRPC metadata)
+/// and in the body: either one, or both when they agree.
+pub fn idempotency_key(header: Option<String>, body: Option<String>) -> Result<Option<String>, KeysDisagree> {
+    match (header, body) {
+        (Some(h), Some(b)) if h != b => Err(KeysDisagree),
+        (h, b) => Ok(h.or(b)),
+    }
+}

@@ -103,14 +103,9 @@ impl EmailService for EmailGrpc {
         let header_key = metadata_str(&request, "idempotency-key").map(str::to_owned);
         let req = request.into_inner();
         let body_key = present(req.idempotency_key);
-        let idempotency_key = match (header_key, body_key) {
-            (Some(h), Some(b)) if h != b => {
-                return Err(Status::invalid_argument(
-                    "the idempotency-key metadata and the IdempotencyKey field disagree",
-                ));
-            }
-            (h, b) => h.or(b),
-        };
+        let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
+            Status::invalid_argument("the idempotency-key metadata and the IdempotencyKey field disagree")
+        })?;
         let draft = EmailDraft {
             from: present(req.from),
             to: split_list(&req.to),

@@ -86,14 +86,9 @@ pub async fn create_email(
     };
     let payload = CreateEmailPayload::from_json(&body)?;
     let (draft, body_key) = payload.into_draft();
-    let idempotency_key = match (header_key, body_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::BadRequest(
-                "the Idempotency-Key header and the idempotency_key field disagree".into(),
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
+        ApiError::BadRequest("the Idempotency-Key header and the idempotency_key field disagree".into())
+    })?;
     let mut metadata = HashMap::new();
     metadata.insert("transport".into(), "rest".into());
     metadata.insert("correlation_id".into(), super::correlation_id(&headers));

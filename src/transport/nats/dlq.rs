@@ -34,7 +34,7 @@ pub struct DeadLetter {
 }
 
 /// Makes a header value safe: one line, visible ASCII and spaces, at most 1 KiB.
-fn header_safe(text: &str) -> String {
+pub fn header_safe(text: &str) -> String {
     let mut out: String =
         text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).take(1024).collect();
     out.truncate(out.trim_end().len());
