@@ -97,8 +97,10 @@ async fn transient_failures_are_retried_with_the_same_message_id() {
     assert_eq!(received.iter().map(|r| r.code).collect::<Vec<_>>(), [451, 451, 250]);
     let ids: Vec<_> = received.iter().map(|r| r.header("Message-ID").unwrap()).collect();
     assert!(ids.iter().all(|m| *m == ids[0]), "one Message-ID on every attempt: {ids:?}");
-    let (_, view) = app.get_json(&format!("/api/v1/emails/{id}")).await;
-    assert_eq!(view["attempts"], 3);
+    // The view follows the events a moment later (projections, then the cache).
+    let view_of = || async { app.get_json(&format!("/api/v1/emails/{id}")).await.1 };
+    eventually(WAIT, || async { view_of().await["version"] == 5 }).await;
+    assert_eq!(view_of().await["attempts"], 3);
 }
 
 #[tokio::test]
