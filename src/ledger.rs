@@ -19,6 +19,9 @@ use crate::command::{
 };
 use crate::projections::notify::Announcer;
 use crate::render::LettreRenderer;
+use append::{Appended, Appender, EventRow, NewEmail};
+
+mod append;
 
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -75,19 +78,20 @@ impl LedgerError {
 pub struct Ledger {
     cqrs: Arc<PostgresCqrs<Email>>,
     limits: Limits,
-    pool: PgPool,
+    appender: Appender,
     services: EmailServices,
     announcer: Option<Announcer>,
 }
 
 impl Ledger {
-    /// A ledger on `pool` (already migrated).
+    /// A ledger on `pool` (already migrated). Starts the group-commit writers, so it
+    /// must be called inside a Tokio runtime.
     pub fn new(pool: PgPool, limits: Limits) -> Self {
         let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
             .with_upcasters(crate::store::upcast::for_cqrs());
         let services = EmailServices { renderer: Arc::new(LettreRenderer) };
         let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
-        Self { cqrs: Arc::new(cqrs), limits, pool, services, announcer: None }
+        Self { cqrs: Arc::new(cqrs), limits, appender: Appender::start(pool), services, announcer: None }
     }
 
     /// Announces every commit (so projections here and elsewhere wake at once).
@@ -157,9 +161,9 @@ impl Ledger {
     }
 
     /// The fast path for a new email: the aggregate handles the command from its empty
-    /// state, and its events go in with one multi-row INSERT — one round trip, atomic —
-    /// instead of cqrs-es's load-then-append. `Ok(false)` when the email already exists
-    /// (the primary key refused the first event), so the caller takes the general path.
+    /// state, and its events are group-committed with other new emails' (see
+    /// [`append`]) instead of cqrs-es's load-then-append. `Ok(false)` when the email
+    /// already exists, so the caller takes the general path.
     async fn try_append_new(
         &self,
         email_id: Uuid,
@@ -171,39 +175,27 @@ impl Ledger {
         cqrs_es::Aggregate::handle(&mut aggregate, command, &self.services, &sink)
             .await
             .map_err(|e| classify(AggregateError::UserError(e)))?;
-        let events = sink.collect().await;
-        let metadata = serde_json::to_value(metadata).map_err(|e| LedgerError::Internal(Box::new(e)))?;
-        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
-        );
-        let id = email_id.to_string();
-        let mut rows = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let payload = serde_json::to_value(event).map_err(|e| LedgerError::Internal(Box::new(e)))?;
-            rows.push((
-                i as i64 + 1,
-                cqrs_es::DomainEvent::event_type(event),
-                cqrs_es::DomainEvent::event_version(event),
-                payload,
-            ));
-        }
-        insert.push_values(rows, |mut b, (sequence, kind, version, payload)| {
-            b.push_bind(<Email as cqrs_es::Aggregate>::TYPE)
-                .push_bind(&id)
-                .push_bind(sequence)
-                .push_bind(kind)
-                .push_bind(version)
-                .push_bind(payload)
-                .push_bind(&metadata);
-        });
-        match insert.build().execute(&self.pool).await {
-            Ok(_) => {
+        let internal = |e: serde_json::Error| LedgerError::Internal(Box::new(e));
+        let events = sink
+            .collect()
+            .await
+            .iter()
+            .map(|event| {
+                Ok(EventRow {
+                    event_type: cqrs_es::DomainEvent::event_type(event),
+                    event_version: cqrs_es::DomainEvent::event_version(event),
+                    payload: serde_json::to_value(event).map_err(internal)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let email =
+            NewEmail { id: email_id.to_string(), events, metadata: serde_json::to_value(metadata).map_err(internal)? };
+        match self.appender.append(email).await? {
+            Appended::Inserted => {
                 self.committed();
                 Ok(true)
             }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(false),
-            Err(e) if crate::store::is_unavailable(&e) => Err(LedgerError::Unavailable(Box::new(e))),
-            Err(e) => Err(LedgerError::Internal(Box::new(e))),
+            Appended::Exists => Ok(false),
         }
     }
 

@@ -50,6 +50,18 @@ pub static COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `mailledger_append_batch_emails`: new emails per group-commit INSERT (how much the
+/// write side is batching: 1 when idle, growing under load).
+pub static APPEND_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new("mailledger_append_batch_emails", "New emails appended per INSERT (group commit)")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// `mailledger_events_appended_total{type}`: events applied to the `emails` read model,
 /// by type (counted once, by the instance leading that projection).
 pub static EVENTS_APPENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -169,6 +181,7 @@ pub static POOL_MAX: LazyLock<IntGauge> =
 /// Registers every metric (so each is exported from the start).
 pub fn init() {
     LazyLock::force(&COMMANDS);
+    LazyLock::force(&APPEND_BATCH);
     LazyLock::force(&EVENTS_APPENDED);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);

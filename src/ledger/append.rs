@@ -1,0 +1,186 @@
+//! Group commit for new emails.
+//!
+//! A new email's events are appended without loading anything (its history is empty by
+//! definition). Requests queue here; each of a few writers takes everything queued (up
+//! to [`MAX_BATCH`] emails) and appends it with one `INSERT … SELECT FROM UNNEST` — one
+//! statement, one durable commit, one prepared plan whatever the batch size — then
+//! answers every request. Under load the batches grow on their own (whatever arrives
+//! while a commit is in flight goes in the next one); alone, a request waits for nobody.
+//!
+//! `ON CONFLICT DO NOTHING` tells each email apart: an email whose first event is
+//! already stored (a retry, or a key reused for another email) comes back as
+//! [`Appended::Exists`] and the caller decides through the aggregate, while the rest of
+//! its batch is committed. Two requests for one id in one batch: the first is appended,
+//! the second is answered `Exists` once that commit is done.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::LedgerError;
+
+/// Emails one INSERT carries at most.
+pub const MAX_BATCH: usize = 256;
+/// INSERTs in flight at once (each on its own pooled connection).
+const WRITERS: usize = 4;
+
+const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+     ON CONFLICT DO NOTHING \
+     RETURNING aggregate_id";
+
+/// One event of a new email, numbered from 1.
+#[derive(Debug)]
+pub struct EventRow {
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+}
+
+/// The whole history of a new email, as its aggregate produced it.
+#[derive(Debug)]
+pub struct NewEmail {
+    pub id: String,
+    pub events: Vec<EventRow>,
+    pub metadata: serde_json::Value,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Every event is committed.
+    Inserted,
+    /// The email already had a history; nothing was written.
+    Exists,
+}
+
+struct Job {
+    email: NewEmail,
+    reply: oneshot::Sender<Result<Appended, LedgerError>>,
+}
+
+/// The queue in front of the writers. Cheap to clone; the writers stop when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Appender {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Appender {
+    /// Starts the writers on `pool` (needs a Tokio runtime).
+    pub fn start(pool: PgPool) -> Self {
+        let (queue, jobs) = mpsc::channel(MAX_BATCH * WRITERS);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pool.clone(), jobs.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Appends `email`; returns once it is committed (or known to exist already).
+    pub async fn append(&self, email: NewEmail) -> Result<Appended, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || LedgerError::Internal("the event appender stopped".into());
+        self.queue.send(Job { email, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let taken = queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
+        if taken == 0 {
+            return;
+        }
+        write(&pool, &mut jobs).await;
+    }
+}
+
+/// Appends the batch and answers every job in it.
+async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
+    // A second request for an id already in this batch waits for the first one's commit.
+    let mut seen = HashSet::with_capacity(jobs.len());
+    let mut repeats = vec![];
+    let mut batch = Vec::with_capacity(jobs.len());
+    for job in jobs.drain(..) {
+        if seen.insert(job.email.id.clone()) {
+            batch.push(job);
+        } else {
+            repeats.push(job);
+        }
+    }
+    crate::metrics::APPEND_BATCH.observe(batch.len() as f64);
+    match insert(pool, &batch).await {
+        Ok(stored) => {
+            for job in batch {
+                let answer = match stored.get(job.email.id.as_str()).copied().unwrap_or(0) {
+                    0 => Ok(Appended::Exists),
+                    n if n == job.email.events.len() => Ok(Appended::Inserted),
+                    n => {
+                        // Every history starts with all of a new email's events, in one
+                        // statement: a partial one means the store was written by hand.
+                        tracing::error!(email_id = %job.email.id, stored = n, "only part of a new email's events were appended");
+                        Err(LedgerError::Internal(format!("email {} has a partial history", job.email.id).into()))
+                    }
+                };
+                let _ = job.reply.send(answer);
+            }
+            for job in repeats {
+                let _ = job.reply.send(Ok(Appended::Exists));
+            }
+        }
+        Err(e) => {
+            let transient = crate::store::is_unavailable(&e);
+            let message = e.to_string();
+            for job in batch.into_iter().chain(repeats) {
+                let error: Box<dyn std::error::Error + Send + Sync> = message.clone().into();
+                let _ = job.reply.send(Err(if transient {
+                    LedgerError::Unavailable(error)
+                } else {
+                    LedgerError::Internal(error)
+                }));
+            }
+        }
+    }
+}
+
+/// One statement for the whole batch; returns how many events were stored per email.
+async fn insert(pool: &PgPool, batch: &[Job]) -> Result<HashMap<String, usize>, sqlx::Error> {
+    let rows: usize = batch.iter().map(|j| j.email.events.len()).sum();
+    let (mut ids, mut sequences, mut types, mut versions, mut payloads, mut metadata) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    for job in batch {
+        for (i, event) in job.email.events.iter().enumerate() {
+            ids.push(job.email.id.as_str());
+            sequences.push(i as i64 + 1);
+            types.push(event.event_type.as_str());
+            versions.push(event.event_version.as_str());
+            payloads.push(&event.payload);
+            metadata.push(&job.email.metadata);
+        }
+    }
+    let returned: Vec<String> = sqlx::query_scalar(INSERT)
+        .bind(<crate::command::Email as cqrs_es::Aggregate>::TYPE)
+        .bind(ids)
+        .bind(sequences)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata)
+        .fetch_all(pool)
+        .await?;
+    let mut stored = HashMap::with_capacity(batch.len());
+    for id in returned {
+        *stored.entry(id).or_insert(0) += 1;
+    }
+    Ok(stored)
+}

@@ -1,0 +1,119 @@
+//! The write side's group commit: concurrent new emails share INSERTs, and every
+//! request still gets its own answer — a repeat, a reused key and a failing store
+//! included.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{TestApp, original_payload};
+use mailledger::command::{Limits, Source};
+use mailledger::ledger::{CreateEmail, Ledger, LedgerError};
+use mailledger::transport::payload::CreateEmailPayload;
+use uuid::Uuid;
+
+fn request(subject: &str, key: Option<String>) -> CreateEmail {
+    let bytes = serde_json::to_vec(&original_payload(subject)).unwrap();
+    let (draft, _) = CreateEmailPayload::from_json(&bytes).unwrap().into_draft();
+    CreateEmail { draft, source: Source::Rest, idempotency_key: key, metadata: HashMap::new() }
+}
+
+#[tokio::test]
+async fn concurrent_new_emails_share_commits_and_each_is_whole() {
+    let app = TestApp::spawn().await;
+    let ledger = Ledger::new(app.pool.clone(), Limits::default());
+    let n = 300;
+    let results = futures::future::join_all(
+        (0..n).map(|i| ledger.create(request(&format!("bulk {i}"), Some(format!("bulk-{i}"))))),
+    )
+    .await;
+    let ids: HashSet<Uuid> = results.into_iter().map(|r| r.expect("accepted").id).collect();
+    assert_eq!(ids.len(), n);
+
+    let histories: Vec<(String, Vec<i64>)> =
+        sqlx::query_as("SELECT aggregate_id, array_agg(sequence ORDER BY sequence) FROM events GROUP BY aggregate_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(histories.len(), n);
+    for (id, sequences) in &histories {
+        assert!(ids.contains(&id.parse().unwrap()), "{id} was not asked for");
+        assert_eq!(sequences, &[1, 2], "{id}: Requested and Persisted, nothing else");
+    }
+    // Rows written by one INSERT share a transaction id: fewer commits than emails.
+    let commits: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT txid) FROM events").fetch_one(&app.pool).await.unwrap();
+    assert!(commits < n as i64, "{commits} commits for {n} emails: nothing was grouped");
+}
+
+#[tokio::test]
+async fn repeats_and_a_reused_key_in_one_burst_get_their_own_answers() {
+    let app = TestApp::spawn().await;
+    let ledger = Ledger::new(app.pool.clone(), Limits::default());
+    // Six requests for one key (five alike, one other email) among fifty bystanders.
+    let mut requests: Vec<(Option<&str>, CreateEmail)> = vec![];
+    for i in 0..50 {
+        requests.push((None, request(&format!("bystander {i}"), Some(format!("by-{i}")))));
+        if i % 10 == 0 {
+            requests.push((Some("alike"), request("alike", Some("shared".into()))));
+        }
+    }
+    requests.insert(25, (Some("other"), request("other", Some("shared".into()))));
+    let (subjects, creates): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+    let results = futures::future::join_all(creates.into_iter().map(|c| ledger.create(c))).await;
+
+    let shared = mailledger::command::email_id_for_key("shared");
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload->'Requested'->'request'->>'subject' FROM events WHERE aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(shared.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    for (subject, result) in subjects.iter().zip(&results) {
+        match subject {
+            None => assert!(result.is_ok(), "a bystander failed: {result:?}"),
+            Some(s) if *s == stored => assert_eq!(result.as_ref().unwrap().id, shared),
+            Some(_) => assert!(matches!(result, Err(LedgerError::Conflict)), "{result:?}"),
+        }
+    }
+    let winners = subjects.iter().filter(|s| s.is_some_and(|s| s == stored)).count();
+    assert!(winners == 1 || winners == 5, "the stored email is one of the two asked for");
+    assert_eq!(app.event_count(Some(&shared.to_string())).await, 2, "repeats record nothing");
+    assert_eq!(app.event_count(None).await, 2 * 51);
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_the_whole_batch_and_retries_store_it_once() {
+    let app = TestApp::spawn().await;
+    let ledger = Ledger::new(app.pool.clone(), Limits::default());
+    let burst = |round: &'static str| {
+        futures::future::join_all(
+            (0..40).map(|i| ledger.create(request(&format!("{round} {i}"), Some(format!("k-{i}"))))),
+        )
+    };
+    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&app.pool).await.unwrap();
+    for result in burst("first").await {
+        let error = result.expect_err("nothing can be stored");
+        assert!(error.is_transient(), "a broken store is worth retrying: {error}");
+    }
+    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&app.pool).await.unwrap();
+    assert_eq!(app.event_count(None).await, 0, "nothing was half-stored");
+
+    let ids: HashSet<Uuid> = burst("first").await.into_iter().map(|r| r.expect("stored on retry").id).collect();
+    assert_eq!(ids.len(), 40);
+    // Once more, each key now taken: the same email is a repeat, another a conflict.
+    let again = futures::future::join_all((0..40).map(|i| {
+        let round = if i % 2 == 0 { "first" } else { "second" };
+        ledger.create(request(&format!("{round} {i}"), Some(format!("k-{i}"))))
+    }))
+    .await;
+    for (i, result) in again.into_iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(ids.contains(&result.expect("a repeat is accepted").id));
+        } else {
+            assert!(matches!(result, Err(LedgerError::Conflict)), "key k-{i} reused: {result:?}");
+        }
+    }
+    assert_eq!(app.event_count(None).await, 80);
+}
