@@ -4,9 +4,10 @@
 //! `log.filter`; JSON lines carry the current span's fields, `trace_id` included.
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, spans are
-//! exported over OTLP/HTTP (protobuf) in batches; the standard `OTEL_*` variables apply
+//! exported over OTLP in batches, as HTTP/protobuf (the default; port 4318) or gRPC
+//! (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; port 4317); the standard `OTEL_*` variables apply
 //! (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`,
-//! `OTEL_BSP_SCHEDULE_DELAY`, …). W3C trace context (`traceparent`, `tracestate`) is read
+//! `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_HEADERS`, …). W3C trace context (`traceparent`, `tracestate`) is read
 //! from HTTP headers, gRPC metadata and NATS headers, kept in each event's metadata, and
 //! written to NATS headers of the events mailledger publishes.
 
@@ -72,12 +73,82 @@ pub fn init(settings: &LogSettings, serving: bool) {
 }
 
 fn exporter() -> anyhow::Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name("mailledger");
     }
-    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+    let provider = SdkTracerProvider::builder().with_resource(resource.build());
+    let provider = match protocol().as_str() {
+        "http/protobuf" => {
+            provider.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_http().build()?)
+        }
+        "grpc" => provider.with_batch_exporter(GrpcExporter::build()?),
+        other => anyhow::bail!("OTLP protocol {other:?} is not supported (grpc or http/protobuf)"),
+    };
+    Ok(provider.build())
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else the
+/// specification's default, `http/protobuf`.
+fn protocol() -> String {
+    ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .map_or_else(|| "http/protobuf".to_owned(), |s| s.trim().to_ascii_lowercase())
+}
+
+/// The OTLP/gRPC exporter on a runtime of its own: tonic needs a Tokio reactor, and
+/// the SDK's batch processor exports from a plain thread that has none.
+#[derive(Debug)]
+struct GrpcExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl GrpcExporter {
+    fn build() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let inner = {
+            let _inside = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?
+        };
+        Ok(Self { inner, runtime: Some(runtime) })
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for GrpcExporter {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        // Called on the batch processor's thread, never on a Tokio worker.
+        let result = match &self.runtime {
+            Some(runtime) => runtime.block_on(self.inner.export(batch)),
+            None => Err(opentelemetry_sdk::error::OTelSdkError::AlreadyShutdown),
+        };
+        std::future::ready(result)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl Drop for GrpcExporter {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one panics; this may be dropped anywhere.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Flushes and stops the exporter (at the end of `serve`).

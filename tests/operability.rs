@@ -1,17 +1,15 @@
 //! Operating mailledger: every metric the dashboard and the alert rules name is exported
-//! and moves under traffic; a producer's trace crosses NATS into the handling, the
-//! events and the delivery; the compose file names the whole stack; nginx terminates TLS
-//! for REST and gRPC in front of a running service.
+//! and moves under traffic; the compose file names the whole stack; nginx terminates TLS
+//! for REST and gRPC in front of a running service. (Traces: `tests/tracing.rs`.)
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::smtp::SmtpSink;
-use common::{Cleanup, Isolation, TestApp, eventually, original_payload};
+use common::{Killed, TestApp, eventually, original_payload};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const WAIT: Duration = Duration::from_secs(30);
@@ -134,110 +132,6 @@ fn the_compose_file_names_the_whole_stack() {
     );
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
     assert!(dockerfile.contains("USER 10001"), "the runtime image is not root");
-}
-
-/// An OTLP/HTTP receiver: keeps every span it is sent.
-async fn otlp_receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message;
-    let spans: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let store = spans.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = store.clone();
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).unwrap();
-                let mut s = store.lock().unwrap();
-                for rs in request.resource_spans {
-                    for ss in rs.scope_spans {
-                        for span in ss.spans {
-                            s.push((hex::encode(&span.trace_id), span.name));
-                        }
-                    }
-                }
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), spans)
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test]
-async fn a_producers_trace_crosses_nats_into_handling_events_and_delivery() {
-    let (endpoint, spans) = otlp_receiver().await;
-    let sink = SmtpSink::start().await;
-    let iso = Isolation::new();
-    let _cleanup = Cleanup(iso.clone());
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _service = Killed(
-        Command::new(env!("CARGO_BIN_EXE_mailledger"))
-            .arg("serve")
-            .envs(iso.env())
-            .env("MAILLEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("MAILLEDGER_SMTP_URL", sink.url())
-            .env("MAILLEDGER__DELIVERY__ENABLED", "true")
-            .env("MAILLEDGER__DELIVERY__POLL_INTERVAL", "100ms")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let nats = async_nats::connect(common::nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats);
-    let stream = format!("{}_COMMANDS", iso.stream_prefix);
-    eventually(WAIT, || async { js.get_stream(&stream).await.is_ok() }).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the consumer, too
-
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").as_str());
-    let subject = format!("{}.commands.create", iso.namespace);
-    js.publish_with_headers(subject, headers, original_payload("traced").to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    eventually(WAIT, || async { sink.delivered().len() == 1 }).await;
-
-    let want = ["nats.command", "ledger.create", "projection.applied", "smtp.deliver"];
-    eventually(WAIT, || async {
-        let s = spans.lock().unwrap();
-        want.iter().all(|name| s.iter().any(|(t, n)| t == trace_id && n == name))
-    })
-    .await;
-
-    // The trace id is in the event metadata, and on the events published to NATS.
-    let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
-    let traceparents: Vec<String> = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events ORDER BY position")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert!(traceparents.len() >= 3, "{traceparents:?}");
-    assert!(traceparents.iter().all(|t| t.contains(trace_id)), "{traceparents:?}");
-    let events_stream = format!("{}_EVENTS", iso.stream_prefix);
-    eventually(WAIT, || async {
-        let Ok(mut s) = js.get_stream(&events_stream).await else { return false };
-        s.info().await.unwrap().state.messages >= 3
-    })
-    .await;
-    let first = js.get_stream(&events_stream).await.unwrap().get_raw_message(1).await.unwrap();
-    assert!(first.headers.get("traceparent").unwrap().as_str().contains(trace_id));
-    pool.close().await;
 }
 
 #[tokio::test]

@@ -442,3 +442,13 @@ pub async fn commit_email(pool: &PgPool, subject: &str) -> uuid::Uuid {
     tx.commit().await.unwrap();
     id
 }
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

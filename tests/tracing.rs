@@ -1,0 +1,188 @@
+//! Traces: a producer's `traceparent` on a NATS command continues into the command's
+//! handling, the events' metadata, the projections and the SMTP attempt, and goes on
+//! with the events published to NATS; spans reach an OTLP receiver over HTTP/protobuf
+//! (the default) and over gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
+//!
+//! The service runs as a child process: its tracing set-up is process-wide.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::smtp::SmtpSink;
+use common::{Cleanup, Isolation, Killed, eventually, original_payload};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// (trace id, span name) of every span a receiver was sent.
+type Spans = Arc<Mutex<Vec<(String, String)>>>;
+
+fn keep(store: &Spans, request: ExportTraceServiceRequest) {
+    let mut s = store.lock().unwrap();
+    for rs in request.resource_spans {
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                s.push((hex::encode(&span.trace_id), span.name));
+            }
+        }
+    }
+}
+
+/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf).
+async fn http_receiver() -> (String, Spans) {
+    use prost::Message;
+    let spans = Spans::default();
+    let store = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                keep(&store, ExportTraceServiceRequest::decode(body).unwrap());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+/// An OTLP/gRPC receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+async fn grpc_receiver() -> (String, Spans) {
+    struct Receiver(Spans);
+    #[tonic::async_trait]
+    impl trace_service_server::TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            keep(&self.0, request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = trace_service_server::TraceServiceServer::new(Receiver(spans.clone()));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap()
+    });
+    (format!("http://{addr}"), spans)
+}
+
+/// Runs the service exporting to `endpoint` over `protocol`, publishes a traced command
+/// and follows its trace id through everything that handles it.
+async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: Spans) {
+    let sink = SmtpSink::start().await;
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _service = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .arg("serve")
+            .envs(iso.env())
+            .env("MAILLEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("MAILLEDGER_SMTP_URL", sink.url())
+            .env("MAILLEDGER__DELIVERY__ENABLED", "true")
+            .env("MAILLEDGER__DELIVERY__POLL_INTERVAL", "100ms")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream = format!("{}_COMMANDS", iso.stream_prefix);
+    eventually(WAIT, || async { js.get_stream(&stream).await.is_ok() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the consumer, too
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").as_str());
+    let subject = format!("{}.commands.create", iso.namespace);
+    js.publish_with_headers(subject, headers, original_payload("traced").to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, || async { sink.delivered().len() == 1 }).await;
+
+    let want = ["nats.command", "ledger.create", "projection.applied", "smtp.deliver"];
+    eventually(WAIT, || async {
+        let s = spans.lock().unwrap();
+        want.iter().all(|name| s.iter().any(|(t, n)| t == trace_id && n == name))
+    })
+    .await;
+
+    // The trace id is in the event metadata, and on the events published to NATS.
+    let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
+    let traceparents: Vec<String> = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(traceparents.len() >= 3, "{traceparents:?}");
+    assert!(traceparents.iter().all(|t| t.contains(trace_id)), "{traceparents:?}");
+    let events_stream = format!("{}_EVENTS", iso.stream_prefix);
+    eventually(WAIT, || async {
+        let Ok(mut s) = js.get_stream(&events_stream).await else { return false };
+        s.info().await.unwrap().state.messages >= 3
+    })
+    .await;
+    let first = js.get_stream(&events_stream).await.unwrap().get_raw_message(1).await.unwrap();
+    assert!(first.headers.get("traceparent").unwrap().as_str().contains(trace_id));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_producers_trace_crosses_nats_exported_over_otlp_http() {
+    let (endpoint, spans) = http_receiver().await;
+    a_producers_trace_crosses_nats("http/protobuf", &endpoint, spans).await;
+}
+
+#[tokio::test]
+async fn a_producers_trace_crosses_nats_exported_over_otlp_grpc() {
+    let (endpoint, spans) = grpc_receiver().await;
+    a_producers_trace_crosses_nats("grpc", &endpoint, spans).await;
+}
+
+#[tokio::test]
+async fn an_unknown_otlp_protocol_is_named_and_the_service_runs_without_export() {
+    use std::io::{BufRead, BufReader};
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut service = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .arg("serve")
+            .envs(iso.env())
+            .env("MAILLEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = service.0.stderr.take().unwrap();
+    let first =
+        tokio::task::spawn_blocking(move || BufReader::new(stderr).lines().next().unwrap().unwrap()).await.unwrap();
+    assert!(first.contains("OTLP export disabled") && first.contains("carrier-pigeon"), "{first}");
+    let health = format!("http://127.0.0.1:{http_port}/health");
+    eventually(WAIT, || async { reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) }).await;
+}
