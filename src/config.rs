@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +28,9 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_HTTP_ADDR", "http.addr"),
     ("MAILLEDGER_GRPC_ADDR", "grpc.addr"),
     ("MAILLEDGER_METRICS_ADDR", "metrics.addr"),
+    ("MAILLEDGER_TLS_CERT", "tls.cert"),
+    ("MAILLEDGER_TLS_KEY", "tls.key"),
+    ("MAILLEDGER_TLS_CLIENT_CA", "tls.client_ca"),
     ("MAILLEDGER_DELIVERY_BACKOFF", "delivery.backoff"),
     ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "delivery.max_attempts"),
 ];
@@ -52,6 +55,8 @@ pub struct Settings {
     pub grpc: ListenSettings,
     /// Prometheus listener.
     pub metrics: ListenSettings,
+    /// TLS on the REST and gRPC listeners.
+    pub tls: TlsSettings,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for in-flight work.
@@ -156,6 +161,39 @@ pub struct ListenSettings {
     pub addr: SocketAddr,
 }
 
+/// TLS on the REST and gRPC listeners (the metrics listener stays plain): on when a
+/// certificate and its key are given, off when neither is. An empty value is unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, the server's own certificate first.
+    #[serde(deserialize_with = "optional_path")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "optional_path")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate signed by one.
+    #[serde(deserialize_with = "optional_path")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Whether the REST and gRPC listeners serve TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+
+    /// The key a half-given TLS setting lacks, and the key that makes it needed.
+    fn missing(&self) -> Option<(&'static str, &'static str)> {
+        match (&self.cert, &self.key, &self.client_ca) {
+            (Some(_), None, _) => Some(("tls.key", "tls.cert")),
+            (None, Some(_), _) => Some(("tls.cert", "tls.key")),
+            (None, None, Some(_)) => Some(("tls.cert", "tls.client_ca")),
+            _ => None,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,10 +271,19 @@ impl Settings {
             let name = origin.get(&key).map_or_else(|| key.clone(), |var| var.clone());
             ConfigError { name, reason: e.into_inner().to_string() }
         })?;
-        settings.check().map_err(|(key, reason)| ConfigError {
-            name: origin.get(key).cloned().unwrap_or_else(|| key.to_owned()),
-            reason,
-        })?;
+        let name = |key: &str| origin.get(key).cloned().unwrap_or_else(|| key.to_owned());
+        settings.check().map_err(|(key, reason)| ConfigError { name: name(key), reason })?;
+        if let Some((missing, given)) = settings.tls.missing() {
+            // Named the way its partner was given: by its variable, or by its key in a file.
+            let missing_name = match origin.get(given) {
+                Some(_) => ENV_NAMES.iter().find(|(_, key)| *key == missing).map_or(missing, |(var, _)| var),
+                None => missing,
+            };
+            return Err(ConfigError {
+                name: missing_name.to_owned(),
+                reason: format!("not set, but {} is: TLS needs a certificate and its key", name(given)),
+            });
+        }
         Ok(settings)
     }
 
@@ -330,6 +377,11 @@ fn duration_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>
         .iter()
         .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
         .collect()
+}
+
+/// A path, or nothing for null or an empty string.
+fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()).map(PathBuf::from))
 }
 
 trait Schemes {
@@ -441,6 +493,43 @@ mod tests {
             assert!(line.starts_with(&format!("invalid setting {var}: ")), "{line}");
             assert!(!line.contains('\n'), "one line: {line}");
         }
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_on_with_a_certificate_and_its_key() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(!s.tls.enabled());
+        let s = Settings::load_from(None, env(&[("MAILLEDGER_TLS_CERT", ""), ("MAILLEDGER_TLS_KEY", "")])).unwrap();
+        assert!(!s.tls.enabled(), "empty is unset");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("MAILLEDGER_TLS_CERT", "certs/server.crt"),
+                ("MAILLEDGER_TLS_KEY", "certs/server.key"),
+                ("MAILLEDGER_TLS_CLIENT_CA", "certs/ca.crt"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.tls.enabled());
+        assert_eq!(s.tls.client_ca.as_deref(), Some(Path::new("certs/ca.crt")));
+    }
+
+    #[test]
+    fn half_a_tls_setting_names_the_missing_half() {
+        for (given, missing) in [
+            (("MAILLEDGER_TLS_CERT", "c.pem"), "MAILLEDGER_TLS_KEY"),
+            (("MAILLEDGER_TLS_KEY", "k.pem"), "MAILLEDGER_TLS_CERT"),
+            (("MAILLEDGER_TLS_CLIENT_CA", "ca.pem"), "MAILLEDGER_TLS_CERT"),
+            (("MAILLEDGER__TLS__CERT", "c.pem"), "MAILLEDGER_TLS_KEY"),
+        ] {
+            let line = Settings::load_from(None, env(&[given])).unwrap_err().to_string();
+            assert!(line.starts_with(&format!("invalid setting {missing}: not set, but {} is", given.0)), "{line}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "tls:\n  cert: c.pem\n").unwrap();
+        let line = Settings::load_from(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(line.starts_with("invalid setting tls.key: not set, but tls.cert is"), "{line}");
     }
 
     #[test]

@@ -178,6 +178,16 @@ pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static POOL_MAX: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("mailledger_db_pool_max_connections", "PostgreSQL pool size limit"));
 
+/// `mailledger_tls_handshake_failures_total{listener}`: TLS handshakes on the REST or gRPC
+/// listener that failed or timed out.
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by listener (rest, grpc)",
+        &["listener"],
+    )
+});
+
 /// Registers every metric (so each is exported from the start).
 pub fn init() {
     LazyLock::force(&COMMANDS);
@@ -200,6 +210,7 @@ pub fn init() {
     LazyLock::force(&DEAD_LETTERED);
     LazyLock::force(&POOL);
     LazyLock::force(&POOL_MAX);
+    LazyLock::force(&TLS_HANDSHAKE_FAILURES);
 }
 
 /// The `/metrics` route.

@@ -2,7 +2,8 @@
 //! listener (port 0 picks a free one) and starts every worker;
 //! [`Application::run_until_stopped`] waits for SIGINT/SIGTERM (or [`Application::stopper`])
 //! and shuts everything down in order: stop taking work, finish what is in flight,
-//! drain NATS, close the pool.
+//! drain NATS, close the pool. With TLS configured, REST and gRPC serve TLS only and
+//! SIGHUP reloads the certificate ([`Application::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
+use axum::serve::ListenerExt;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,17 +34,15 @@ use crate::saga::mailer::Mailer;
 use crate::saga::schedule::ScheduleProjection;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
+use crate::transport::tls::{Protocol, ServerTls};
 use crate::{metrics, store, transport};
-
-/// The gRPC service whose health is reported.
-type EmailService =
-    transport::grpc::proto::email_service_server::EmailServiceServer<transport::grpc::service::EmailGrpc>;
 
 /// A running mailledger.
 pub struct Application {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     nats: async_nats::Client,
@@ -51,10 +51,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, migrates, binds and spawns. Fails if PostgreSQL is unreachable or a
-    /// port cannot be bound; NATS may come later (the intake waits for it).
+    /// Connects, migrates, binds and spawns. Fails if a TLS file cannot be used,
+    /// PostgreSQL is unreachable or a port cannot be bound; NATS may come later (the
+    /// intake waits for it).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         metrics::init();
+        let tls = ServerTls::load(&settings.tls)?;
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
@@ -93,32 +95,25 @@ impl Application {
             readiness: Readiness::new(pool.clone(), nats.clone(), cache.clone()),
             max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
         };
-        let app = transport::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let served = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-
+        let router = transport::http::router(state);
         let (routes, health) = transport::grpc::routes(ledger.clone(), reads)?;
-        health.set_serving::<EmailService>().await;
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
-            let served = tonic::transport::Server::builder()
-                .layer(crate::observe::grpc::ObserveLayer)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    stop.cancelled().await;
-                    health.set_not_serving::<EmailService>().await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "gRPC server failed");
+        match &tls {
+            Some(tls) => {
+                // A tapped listener is what gives axum's `ConnectInfo<SocketAddr>` for a
+                // listener other than `TcpListener`; the tap itself does nothing.
+                let rest = tls.listener(http_listener, Protocol::Rest).tap_io(|_| ());
+                tracker.spawn(transport::http::serve(rest, router, shutdown.clone()));
+                let grpc = tls.listener(grpc_listener, Protocol::Grpc).into_incoming();
+                tracker.spawn(transport::grpc::serve(grpc, routes, health, shutdown.clone()));
+                #[cfg(unix)]
+                tracker.spawn(reload_on_hangup(tls.clone(), shutdown.clone())?);
             }
-        });
+            None => {
+                tracker.spawn(transport::http::serve(http_listener, router, shutdown.clone()));
+                let grpc = tonic::transport::server::TcpIncoming::from(grpc_listener);
+                tracker.spawn(transport::grpc::serve(grpc, routes, health, shutdown.clone()));
+            }
+        }
 
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -170,11 +165,21 @@ impl Application {
         tracker.close();
 
         tracing::info!(
-            http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr,
+            http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr, tls = tls.is_some(),
             database = %redact(&settings.database.url), nats = %redact(&settings.nats.url),
             "mailledger started"
         );
-        Ok(Self { http_addr, grpc_addr, metrics_addr, shutdown, tracker, nats, pool, grace: settings.shutdown_grace })
+        Ok(Self {
+            http_addr,
+            grpc_addr,
+            metrics_addr,
+            tls,
+            shutdown,
+            tracker,
+            nats,
+            pool,
+            grace: settings.shutdown_grace,
+        })
     }
 
     /// The REST address actually bound.
@@ -190,6 +195,12 @@ impl Application {
     /// The metrics address actually bound.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The TLS configuration of the REST and gRPC listeners (`None` when they are plain);
+    /// its [`ServerTls::reload`] is what SIGHUP does.
+    pub fn tls(&self) -> Option<ServerTls> {
+        self.tls.clone()
     }
 
     /// A token that stops the application when cancelled (for tests and embedders).
@@ -221,6 +232,28 @@ impl Application {
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({name})"))
+}
+
+/// Reloads the TLS files on every SIGHUP until `stop` (a bad file keeps the old ones).
+#[cfg(unix)]
+fn reload_on_hangup(
+    tls: ServerTls,
+    stop: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    // The outcome is logged by `reload`; a failure keeps the old certificate.
+                    let _ = tls.reload();
+                }
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -5,6 +5,7 @@ pub mod grpc;
 pub mod http;
 pub mod nats;
 pub mod payload;
+pub mod tls;
 
 /// A request carried two different idempotency keys (header and body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

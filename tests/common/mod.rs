@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use mailledger::config::Settings;
 use mailledger::startup::Application;
+use mailledger::transport::tls::ServerTls;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +77,10 @@ pub struct TestApp {
     pub http: String,
     pub grpc: String,
     pub metrics: String,
+    /// Plain HTTP; tests of a TLS app put a client that trusts their CA here.
     pub client: reqwest::Client,
+    /// The REST and gRPC listeners' TLS, when the settings turn it on.
+    pub tls: Option<ServerTls>,
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
@@ -102,9 +106,11 @@ impl TestApp {
         init_logs();
         let settings = iso.settings(extra);
         let nats_url = settings.nats.url.to_string();
+        let scheme = if settings.tls.enabled() { "https" } else { "http" };
         let app = Application::build(settings).await.expect("application starts");
-        let http = format!("http://{}", app.http_addr());
-        let grpc = format!("http://{}", app.grpc_addr());
+        let http = format!("{scheme}://{}", app.http_addr());
+        let grpc = format!("{scheme}://{}", app.grpc_addr());
+        let tls = app.tls();
         let metrics = format!("http://{}/metrics", app.metrics_addr());
         let stop = app.stopper();
         let handle = tokio::spawn(app.run_until_stopped());
@@ -117,6 +123,7 @@ impl TestApp {
             grpc,
             metrics,
             client: reqwest::Client::new(),
+            tls,
             pool,
             nats,
             js,

@@ -13,13 +13,21 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("email_descriptor");
 }
 
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic_health::server::HealthReporter;
 
 use crate::ledger::Ledger;
 use crate::query::ReadSide;
 
+/// The service whose health is reported.
+type EmailServer = proto::email_service_server::EmailServiceServer<service::EmailGrpc>;
+
 /// Every gRPC service mailledger serves, with the health reporter to flip on shutdown.
-pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, tonic_health::server::HealthReporter)> {
+pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -28,4 +36,26 @@ pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, tonic_
     let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads));
     let routes = Routes::new(email).add_service(health).add_service(reflection);
     Ok((routes, reporter))
+}
+
+/// Serves `routes` on the `incoming` connections (plain TCP or TLS), reported serving
+/// until `stop`, then not serving while the calls in flight finish.
+pub async fn serve<I, IO, IE>(incoming: I, routes: Routes, health: HealthReporter, stop: CancellationToken)
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    health.set_serving::<EmailServer>().await;
+    let served = tonic::transport::Server::builder()
+        .layer(crate::observe::grpc::ObserveLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            stop.cancelled().await;
+            health.set_not_serving::<EmailServer>().await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
 }

@@ -4,11 +4,16 @@ pub mod emails;
 pub mod error;
 pub mod read;
 
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::Connected;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -65,6 +70,19 @@ pub fn router(state: HttpState) -> Router {
         .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .with_state(state)
+}
+
+/// Serves `router` on `listener` (plain TCP or TLS) until `stop`, with each
+/// connection's peer address as `ConnectInfo<SocketAddr>`.
+pub async fn serve<L>(listener: L, router: Router, stop: CancellationToken)
+where
+    L: Listener<Addr = SocketAddr>,
+    SocketAddr: for<'a> Connected<IncomingStream<'a, L>>,
+{
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
 }
 
 /// The request's correlation id: `X-Request-Id` or `X-Correlation-Id` when the caller
