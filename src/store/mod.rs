@@ -19,7 +19,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(settings.url.as_str())
         .with_context(|| format!("MAILLEDGER_DATABASE_URL {} is not usable", redact(&settings.url)))?
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        // Every statement here is short; compiling one with JIT (20-30 ms, chosen by
+        // cost estimates that grow with the tables) would take longer than running it.
+        .options([("jit", "off")]);
     if settings.create_if_missing {
         create_database_if_missing(&options).await?;
     }
