@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -49,6 +49,12 @@ pub static COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["source", "outcome"],
     )
 });
+
+/// Counts a create command refused before it reached the ledger (malformed JSON, a wrong
+/// content type, an unknown subject): `mailledger_commands_total{source, outcome="invalid"}`.
+pub fn invalid_command(source: &str) {
+    COMMANDS.with_label_values(&[source, "invalid"]).inc();
+}
 
 /// `mailledger_append_batch_emails`: new emails per group-commit INSERT (how much the
 /// write side is batching: 1 when idle, growing under load).
@@ -133,11 +139,13 @@ pub static PROJECTION_LAG_EVENTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// `mailledger_projection_lag_seconds{projection}`: age of the oldest event not yet applied.
-pub static PROJECTION_LAG_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge_vec(
-        "mailledger_projection_lag_seconds",
-        "Age of the oldest event a projection has not applied yet",
-        &["projection"],
+pub static PROJECTION_LAG_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(
+        GaugeVec::new(
+            Opts::new("mailledger_projection_lag_seconds", "Age of the oldest event a projection has not applied yet"),
+            &["projection"],
+        )
+        .expect("valid metric"),
     )
 });
 
@@ -211,6 +219,25 @@ pub fn init() {
     LazyLock::force(&POOL);
     LazyLock::force(&POOL_MAX);
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
+    // Every series whose labels are known up front starts at 0: `rate()` and
+    // `increase()` see a counter's first step only from a sample before it.
+    for source in ["nats", "rest", "grpc"] {
+        for outcome in ["accepted", "invalid", "conflict", "unavailable", "internal"] {
+            COMMANDS.with_label_values(&[source, outcome]);
+        }
+    }
+    for outcome in ["acked", "nacked", "dead_lettered"] {
+        NATS_MESSAGES.with_label_values(&[outcome]);
+    }
+    for outcome in ["sent", "transient_failure", "permanent_failure"] {
+        DELIVERIES.with_label_values(&[outcome]);
+    }
+    for result in ["hit", "miss", "error"] {
+        CACHE.with_label_values(&[result]);
+    }
+    for listener in ["rest", "grpc"] {
+        TLS_HANDSHAKE_FAILURES.with_label_values(&[listener]);
+    }
 }
 
 /// The `/metrics` route.

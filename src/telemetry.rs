@@ -80,12 +80,27 @@ fn exporter() -> anyhow::Result<SdkTracerProvider> {
     let provider = SdkTracerProvider::builder().with_resource(resource.build());
     let provider = match protocol().as_str() {
         "http/protobuf" => {
-            provider.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_http().build()?)
+            provider.with_span_processor(batch(opentelemetry_otlp::SpanExporter::builder().with_http().build()?))
         }
-        "grpc" => provider.with_batch_exporter(GrpcExporter::build()?),
+        "grpc" => provider.with_span_processor(batch(GrpcExporter::build()?)),
         other => anyhow::bail!("OTLP protocol {other:?} is not supported (grpc or http/protobuf)"),
     };
     Ok(provider.build())
+}
+
+/// Spans queued for export when `OTEL_BSP_MAX_QUEUE_SIZE` is not set. The SDK's 2,048
+/// overflowed (and dropped spans without a word) under a few hundred emails a second:
+/// each email makes a dozen spans, most of them `projection.applied`.
+const SPAN_QUEUE: usize = 16_384;
+
+fn batch<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+    exporter: E,
+) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(SPAN_QUEUE);
+    }
+    opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build()
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else the

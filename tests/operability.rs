@@ -56,6 +56,17 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
     let app = TestApp::delivering_to(&sink.url(), &[("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "1")]).await;
     let before = app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap();
 
+    // Series whose labels are known start at 0, so their first step shows in rate().
+    for series in [
+        "mailledger_commands_total{outcome=\"invalid\",source=\"rest\"} 0",
+        "mailledger_nats_messages_total{outcome=\"dead_lettered\"} 0",
+        "mailledger_delivery_attempts_total{outcome=\"transient_failure\"} 0",
+        "mailledger_cache_requests_total{result=\"error\"} 0",
+    ] {
+        assert!(before.lines().any(|l| l == series), "{series} is not exported from the start");
+    }
+    let malformed = app.client.post(app.url("/api/v1/emails")).header("content-type", "application/json");
+    assert_eq!(malformed.body("{not json").send().await.unwrap().status(), 400);
     let id = app.create(&original_payload("observed")).await;
     app.create(&original_payload("bounced")).await;
     app.publish(original_payload("via nats").to_string(), None).await;
@@ -85,6 +96,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
 
     for series in [
         "mailledger_commands_total{outcome=\"accepted\",source=\"rest\"}",
+        "mailledger_commands_total{outcome=\"invalid\",source=\"rest\"}",
         "mailledger_http_requests_total",
         "mailledger_grpc_requests_total",
         "mailledger_nats_messages_total{outcome=\"acked\"}",

@@ -88,6 +88,7 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
     let iso = Isolation::new();
     let _cleanup = Cleanup(iso.clone());
     let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let logs = tempfile::NamedTempFile::new().unwrap();
     let _service = Killed(
         Command::new(env!("CARGO_BIN_EXE_mailledger"))
             .arg("serve")
@@ -99,9 +100,10 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("MAILLEDGER__LOG__FORMAT", "json")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(logs.reopen().unwrap())
             .spawn()
             .unwrap(),
     );
@@ -126,6 +128,15 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
     eventually(WAIT, || async {
         let s = spans.lock().unwrap();
         want.iter().all(|name| s.iter().any(|(t, n)| t == trace_id && n == name))
+    })
+    .await;
+
+    // The JSON log line of the delivery carries the trace id.
+    eventually(WAIT, || async {
+        let text = std::fs::read_to_string(logs.path()).unwrap();
+        let line =
+            |message: &str| text.lines().find(|l| l.contains(&format!("\"message\":\"{message}\""))).map(str::to_owned);
+        line("delivered").is_some_and(|l| l.contains(trace_id))
     })
     .await;
 

@@ -33,7 +33,7 @@ async fn refresh(pool: &PgPool, js: &async_nats::jetstream::Context, names: &Nam
             continue;
         }
         metrics::PROJECTION_LAG_EVENTS.with_label_values(&[&lag.name]).set(lag.events);
-        metrics::PROJECTION_LAG_SECONDS.with_label_values(&[&lag.name]).set(lag.seconds.unwrap_or(0.0).max(0.0) as i64);
+        metrics::PROJECTION_LAG_SECONDS.with_label_values(&[&lag.name]).set(lag.seconds.unwrap_or(0.0).max(0.0));
     }
     metrics::QUEUE_DEPTH.set(crate::saga::schedule::depth(pool).await?);
     if let Ok(stream) = js.get_stream(&names.commands_stream).await {

@@ -137,7 +137,14 @@ impl Sender {
             return Ok(Delivery::Skipped);
         }
         let attempt = state.attempts + 1;
-        let span = tracing::info_span!("smtp.deliver", email_id = %id, attempt, trace_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "smtp.deliver",
+            email_id = %id,
+            attempt,
+            outcome = tracing::field::Empty,
+            smtp.code = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
         crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&parts.metadata));
         let started = std::time::Instant::now();
         let result = tracing::Instrument::instrument(
@@ -155,13 +162,20 @@ impl Sender {
         let elapsed = started.elapsed();
         crate::metrics::SMTP_DURATION.observe(elapsed.as_secs_f64());
         let at = now();
+        // The outcome is logged inside the attempt's span, so the line carries its trace id.
+        let _entered = span.enter();
         let (command, outcome) = match result {
             Ok(accepted) => {
+                span.record("outcome", "sent").record("smtp.code", accepted.code);
                 tracing::info!(email_id = %id, attempt, code = accepted.code, ?elapsed, "delivered");
                 let c = RecordSentCommand { attempt, reply_code: accepted.code, reply_text: accepted.text, at };
                 (EmailCommand::RecordSent(c), Delivery::Sent)
             }
             Err(rejected) => {
+                span.record("outcome", if rejected.permanent { "permanent_failure" } else { "transient_failure" });
+                if let Some(code) = rejected.code {
+                    span.record("smtp.code", code);
+                }
                 tracing::info!(email_id = %id, attempt, code = ?rejected.code, permanent = rejected.permanent,
                     error = %rejected.message, "delivery attempt failed");
                 let delay = backoff::delay(&self.settings, state.round_attempts + 1);
@@ -192,7 +206,6 @@ impl Sender {
         if let Some(c) = parts.correlation_id {
             metadata.insert("correlation_id".into(), c);
         }
-        let _entered = span.enter();
         crate::telemetry::inject_current(&mut metadata);
         drop(_entered);
         tracing::Instrument::instrument(self.record(id, command, metadata), span).await?;

@@ -104,6 +104,7 @@ impl EmailService for EmailGrpc {
         let req = request.into_inner();
         let body_key = present(req.idempotency_key);
         let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
+            crate::metrics::invalid_command("grpc");
             Status::invalid_argument("the idempotency-key metadata and the IdempotencyKey field disagree")
         })?;
         let draft = EmailDraft {

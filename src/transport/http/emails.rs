@@ -57,37 +57,42 @@ pub async fn create_email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // Refusals of the request itself are counted here; the ledger counts the rest.
+    let refused = |e: ApiError| {
+        crate::metrics::invalid_command("rest");
+        e
+    };
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let json = content_type.to_str().ok().and_then(|v| v.split(';').next()).is_some_and(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         });
         if !json {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(refused(ApiError::UnsupportedMediaType));
         }
     }
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        refused(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(ValidationErrors::single(FieldError::too_large(
                 "body",
                 format!("the request is larger than {} bytes", state.max_request_bytes),
             )))
         } else {
             ApiError::BadRequest(rejection.body_text())
-        }
+        })
     })?;
     let header_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".into()))?
+                .map_err(|_| refused(ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".into())))?
                 .to_owned(),
         ),
     };
-    let payload = CreateEmailPayload::from_json(&body)?;
+    let payload = CreateEmailPayload::from_json(&body).map_err(|e| refused(e.into()))?;
     let (draft, body_key) = payload.into_draft();
     let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
-        ApiError::BadRequest("the Idempotency-Key header and the idempotency_key field disagree".into())
+        refused(ApiError::BadRequest("the Idempotency-Key header and the idempotency_key field disagree".into()))
     })?;
     let mut metadata = HashMap::new();
     metadata.insert("transport".into(), "rest".into());

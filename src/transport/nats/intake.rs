@@ -214,14 +214,19 @@ impl NatsIntake {
             payload: message.payload.clone(),
         };
         if subject != self.names.create_subject {
+            crate::metrics::invalid_command("nats");
             return self.dead_letter(letter(format!("unknown command subject {subject}"), None), delivered).await;
         }
         let payload = match CreateEmailPayload::from_json(&message.payload) {
             Ok(p) => p,
-            Err(PayloadError::Malformed(m)) => {
-                return self.dead_letter(letter(format!("malformed JSON: {m}"), None), delivered).await;
+            Err(e) => {
+                crate::metrics::invalid_command("nats");
+                let refused = match e {
+                    PayloadError::Malformed(m) => letter(format!("malformed JSON: {m}"), None),
+                    PayloadError::Invalid(v) => invalid(letter, &v),
+                };
+                return self.dead_letter(refused, delivered).await;
             }
-            Err(PayloadError::Invalid(v)) => return self.dead_letter(invalid(letter, &v), delivered).await,
         };
         let (draft, body_key) = payload.into_draft();
         let idempotency_key = Some(

@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsSettings;
-use crate::metrics;
 
 /// The listener a configuration is for: they offer different protocols (ALPN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +150,6 @@ impl ServerTls {
 
     /// Serves TLS for `protocol` on connections accepted by `tcp`.
     pub fn listener(&self, tcp: TcpListener, protocol: Protocol) -> TlsListener {
-        // The series exists from the start, at 0.
-        metrics::TLS_HANDSHAKE_FAILURES.with_label_values(&[protocol.label()]);
         TlsListener::new(tcp, self.clone(), protocol)
     }
 
