@@ -23,7 +23,7 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     // Requested, Persisted, then Sent (to the outbox directory).
     eventually(Duration::from_secs(10), || async { app.event_count(Some(&id)).await == 3 }).await;
     app.wait_projected(1).await;
-    let key = format!("t{}:email:{id}", app.iso.suffix);
+    let key = format!("t{}:email:v1:{id}", app.iso.suffix);
     let mut redis = redis_conn("redis://127.0.0.1:6379").await;
     eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
@@ -57,6 +57,21 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     assert_eq!((status, body["subject"].as_str()), (200, Some("cached")));
     let refilled: Option<i64> = redis.hget(&key, "v").await.unwrap();
     assert_eq!(refilled, Some(3));
+
+    // A hit is served as stored, and is the same document a miss makes from PostgreSQL.
+    let (_, from_cache) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    let _: () = redis.del(&key).await.unwrap();
+    let (_, from_postgres) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(from_cache, from_postgres);
+    for path in [format!("/api/v1/emails/{id}"), format!("/api/v1/email/{id}")] {
+        let response = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json", "{path}");
+    }
+
+    // Something that is not JSON under the key is ignored: the read goes to PostgreSQL.
+    let _: () = redis.hset(&key, "view", "{not json").await.unwrap();
+    let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!((status, body), (200, from_postgres));
     let _: () = redis.del(&key).await.unwrap();
 }
 
@@ -111,7 +126,7 @@ async fn reads_survive_redis_going_away_and_the_cache_catches_up_when_it_returns
     let first = app.create(&original_payload("before the outage")).await;
     app.wait_projected(1).await;
     let mut redis = redis_conn(&url).await;
-    let key = |id: &str| format!("t{}:email:{id}", app.iso.suffix);
+    let key = |id: &str| format!("t{}:email:v1:{id}", app.iso.suffix);
     eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
         let k = key(&first);

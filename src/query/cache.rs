@@ -29,6 +29,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// The shape of the cached `EmailView` JSON: bump it whenever that JSON changes (the
+/// cache then refills from PostgreSQL, or at once with `mailledger reproject cache`).
+pub const VIEW_VERSION: &str = "v1";
+
 /// A cache failure (never shown to a client).
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
@@ -44,6 +48,9 @@ struct Inner {
     client: Option<redis::Client>,
     prefix: String,
     ttl: Duration,
+    /// Set once the first connection is made: a `ConnectionManager` reconnects by
+    /// itself, so every later request takes a clone without queueing on `conn`.
+    ready: std::sync::OnceLock<ConnectionManager>,
     conn: Mutex<(Option<ConnectionManager>, Option<Instant>)>,
     script: redis::Script,
 }
@@ -63,18 +70,23 @@ impl Cache {
                 client,
                 prefix: settings.key_prefix.clone(),
                 ttl: settings.cache_ttl,
+                ready: std::sync::OnceLock::new(),
                 conn: Mutex::new((None, None)),
                 script: redis::Script::new(PUT),
             }),
         }
     }
 
-    /// The key of one email's view.
+    /// The key of one email's view. [`VIEW_VERSION`] is in it: readers serve the stored
+    /// JSON as it is, so a view of another shape must never be found under it.
     pub fn key(&self, id: Uuid) -> String {
-        format!("{}email:{id}", self.inner.prefix)
+        format!("{}email:{VIEW_VERSION}:{id}", self.inner.prefix)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        if let Some(conn) = self.inner.ready.get() {
+            return Ok(conn.clone());
+        }
         let client = self.inner.client.as_ref().ok_or_else(|| CacheError("no usable URL".into()))?;
         let mut guard = self.inner.conn.lock().await;
         if let Some(conn) = &guard.0 {
@@ -93,6 +105,7 @@ impl Cache {
         {
             Ok(Ok(conn)) => {
                 *guard = (Some(conn.clone()), None);
+                let _ = self.inner.ready.set(conn.clone());
                 Ok(conn)
             }
             Ok(Err(e)) => {
@@ -119,6 +132,21 @@ impl Cache {
 
     /// The cached view, if Redis has it and answers in time.
     pub async fn get(&self, id: Uuid) -> Option<EmailView> {
+        let json = self.get_json(id).await?;
+        match serde_json::from_str(&json) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!(error = %e, %id, "cached view does not decode; ignoring it");
+                crate::metrics::CACHE.with_label_values(&["error"]).inc();
+                None
+            }
+        }
+    }
+
+    /// The cached view as the JSON it is stored as (`EmailView`'s own serialisation),
+    /// for a reader that would only serialise it again. `None` when Redis does not have
+    /// it, does not answer in time, or holds something that is not JSON.
+    pub async fn get_json(&self, id: Uuid) -> Option<String> {
         let result: Result<Option<String>, CacheError> = async {
             let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("HGET");
@@ -130,13 +158,13 @@ impl Cache {
         }
         .await;
         match result {
-            Ok(Some(json)) => match serde_json::from_str(&json) {
-                Ok(view) => {
+            Ok(Some(json)) => match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+                Ok(_) => {
                     crate::metrics::CACHE.with_label_values(&["hit"]).inc();
-                    Some(view)
+                    Some(json)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, %id, "cached view does not decode; ignoring it");
+                    tracing::warn!(error = %e, %id, "cached view is not JSON; ignoring it");
                     crate::metrics::CACHE.with_label_values(&["error"]).inc();
                     None
                 }

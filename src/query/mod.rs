@@ -34,6 +34,11 @@ impl ReadSide {
         if let Some(view) = self.cache.get(id).await {
             return Ok(Some(view));
         }
+        self.get_uncached(id).await
+    }
+
+    /// From PostgreSQL, refilling the cache.
+    async fn get_uncached(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
         let view = self.repo.get(id).await?;
         if let Some(v) = &view
             && let Err(e) = self.cache.put_many(std::slice::from_ref(v)).await
@@ -41,6 +46,16 @@ impl ReadSide {
             tracing::debug!(error = %e, "cache refill failed");
         }
         Ok(view)
+    }
+
+    /// One email's current view as JSON — from the cache as stored, without decoding
+    /// and encoding it again, else from PostgreSQL (refilling the cache).
+    pub async fn get_json(&self, id: Uuid) -> sqlx::Result<Option<String>> {
+        if let Some(json) = self.cache.get_json(id).await {
+            return Ok(Some(json));
+        }
+        let view = self.get_uncached(id).await?;
+        Ok(view.map(|v| serde_json::to_string(&v).expect("a view always serialises")))
     }
 
     /// The email as it was at `at`, from its events (not from the read model).

@@ -4,6 +4,8 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -130,9 +132,18 @@ pub async fn get_email(
     State(state): State<HttpState>,
     Path(id): Path<String>,
     as_of: Result<Query<AsOfQuery>, QueryRejection>,
-) -> Result<Json<EmailView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json(lookup(&state, id, query(as_of)?.as_of).await?))
+    match query(as_of)?.as_of.filter(|s| !s.trim().is_empty()) {
+        None => current(&state, id).await,
+        as_of => Ok(Json(lookup(&state, id, as_of).await?).into_response()),
+    }
+}
+
+/// The current view, as the cache holds it: its JSON is `EmailView`'s own.
+async fn current(state: &HttpState, id: Uuid) -> Result<Response, ApiError> {
+    let json = state.reads.get_json(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// The original path for one email.
@@ -141,12 +152,8 @@ pub async fn get_email(
     params(("id" = Uuid, Path, description = "Email id")),
     responses((status = 200, body = EmailView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn get_email_original(
-    State(state): State<HttpState>,
-    Path(id): Path<String>,
-) -> Result<Json<EmailView>, ApiError> {
-    let id = parse_id(&id)?;
-    Ok(Json(lookup(&state, id, None).await?))
+pub async fn get_email_original(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    current(&state, parse_id(&id)?).await
 }
 
 async fn run_search(state: &HttpState, raw: RawSearch) -> Result<Json<SearchBody>, ApiError> {
