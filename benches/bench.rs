@@ -149,14 +149,12 @@ async fn insert_limit(pool: &PgPool, conns: usize, n: usize, round: usize) -> f6
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usize, round: usize) -> f64 {
-    let base = count_events(pool).await;
-    let started = Instant::now();
+/// Publishes every payload as a create command, up to 256 awaiting JetStream's ack;
+/// returns once all are acked. Each payload is made just before it is published.
+async fn publish_all(js: &async_nats::jetstream::Context, payloads: impl Iterator<Item = Vec<u8>>) {
     let mut acks = futures::stream::FuturesUnordered::new();
-    for i in 0..n {
-        let ack =
-            js.publish("bench.mail.commands.create", payload(&format!("nats-{round}-{i}"), i).into()).await.unwrap();
-        acks.push(ack.into_future());
+    for body in payloads {
+        acks.push(js.publish("bench.mail.commands.create", body.into()).await.unwrap().into_future());
         while acks.len() >= 256 {
             acks.next().await.unwrap().unwrap();
         }
@@ -164,6 +162,12 @@ async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usiz
     while let Some(a) = acks.next().await {
         a.unwrap();
     }
+}
+
+async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usize, round: usize) -> f64 {
+    let base = count_events(pool).await;
+    let started = Instant::now();
+    publish_all(js, (0..n).map(|i| payload(&format!("nats-{round}-{i}"), i))).await;
     wait_events(pool, base + 2 * n as i64).await;
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -457,21 +461,13 @@ async fn main() {
             sink.clear();
             let mut published = std::collections::HashMap::with_capacity(count);
             let started = Instant::now();
-            let mut acks = futures::stream::FuturesUnordered::new();
-            for i in 0..count {
+            let payloads = (0..count).map(|i| {
                 let key = format!("e2e-{r}-{i}");
                 let id = mailledger::command::email_id_for_key(&key);
                 published.insert(format!("<{}@example.com>", id.simple()), Instant::now());
-                acks.push(
-                    js.publish("bench.mail.commands.create", payload(&key, i).into()).await.unwrap().into_future(),
-                );
-                while acks.len() >= 256 {
-                    acks.next().await.unwrap().unwrap();
-                }
-            }
-            while let Some(a) = acks.next().await {
-                a.unwrap();
-            }
+                payload(&key, i)
+            });
+            publish_all(&js, payloads).await;
             while sink.count() < count {
                 assert!(started.elapsed() < Duration::from_secs(600), "end-to-end never finished");
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -663,7 +659,7 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize, rebuild_a
 /// `Repository::search` runs it (the probe; then the capped count, dense or not; or the
 /// count and the page): the sum of their planning and execution times.
 async fn explain_ms(pool: &PgPool, word: &str) -> f64 {
-    use mailledger::query::repository::{PROBE, WALKING_THE_ORDER_INDEX, push_count, push_page, push_probe};
+    use mailledger::query::repository::{WALKING_THE_ORDER_INDEX, probe_is_dense, push_count, push_page, push_probe};
     use mailledger::query::search::{COUNT_CAP, SearchParams, to_tsquery};
     use sqlx::{Postgres, QueryBuilder, Row};
     let p = SearchParams { tsquery: to_tsquery(word), page: 1, size: 10, ..Default::default() };
@@ -687,7 +683,7 @@ async fn explain_ms(pool: &PgPool, word: &str) -> f64 {
     let matched: i64 = rows.first().map_or(0, |r| r.get("matched"));
     let mut total = explained(pool, false, |q| push_probe(q, &p)).await;
     if rows.len() > p.size as usize {
-        let dense = matched * 2 >= PROBE;
+        let dense = probe_is_dense(matched);
         total += explained(pool, dense, |q| push_count(q, &p, dense)).await;
     } else {
         let mut count = QueryBuilder::<Postgres>::new("");

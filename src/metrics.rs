@@ -37,6 +37,10 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 /// Latency buckets from 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric"))
+}
+
 fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     register(HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels).expect("valid metric"))
 }
@@ -59,12 +63,10 @@ pub fn invalid_command(source: &str) {
 /// `mailledger_append_batch_emails`: new emails per group-commit INSERT (how much the
 /// write side is batching: 1 when idle, growing under load).
 pub static APPEND_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new("mailledger_append_batch_emails", "New emails appended per INSERT (group commit)")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-        )
-        .expect("valid metric"),
+    histogram(
+        "mailledger_append_batch_emails",
+        "New emails appended per INSERT (group commit)",
+        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
     )
 });
 
@@ -159,14 +161,8 @@ pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// `mailledger_smtp_send_duration_seconds`: time from connecting to the server's reply.
-pub static SMTP_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new("mailledger_smtp_send_duration_seconds", "SMTP send latency").buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric"),
-    )
-});
+pub static SMTP_DURATION: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("mailledger_smtp_send_duration_seconds", "SMTP send latency", BUCKETS));
 
 /// `mailledger_delivery_queue_depth`: deliveries due now and not yet made.
 pub static QUEUE_DEPTH: LazyLock<IntGauge> =

@@ -132,9 +132,26 @@ impl Cache {
 
     /// The cached view, if Redis has it and answers in time.
     pub async fn get(&self, id: Uuid) -> Option<EmailView> {
-        let json = self.get_json(id).await?;
-        match serde_json::from_str(&json) {
-            Ok(view) => Some(view),
+        let json = self.fetch(id).await?;
+        self.counted(id, serde_json::from_str(&json))
+    }
+
+    /// The cached view as the JSON it is stored as (`EmailView`'s own serialisation),
+    /// for a reader that would only serialise it again. `None` when Redis does not have
+    /// it, does not answer in time, or holds something that is not JSON.
+    pub async fn get_json(&self, id: Uuid) -> Option<String> {
+        let json = self.fetch(id).await?;
+        self.counted(id, serde_json::from_str::<serde::de::IgnoredAny>(&json)).map(|_| json)
+    }
+
+    /// Counts a value read from the cache as a hit, or as an error when it does not
+    /// decode (then ignored: the reader goes to PostgreSQL).
+    fn counted<T>(&self, id: Uuid, decoded: serde_json::Result<T>) -> Option<T> {
+        match decoded {
+            Ok(value) => {
+                crate::metrics::CACHE.with_label_values(&["hit"]).inc();
+                Some(value)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, %id, "cached view does not decode; ignoring it");
                 crate::metrics::CACHE.with_label_values(&["error"]).inc();
@@ -143,10 +160,8 @@ impl Cache {
         }
     }
 
-    /// The cached view as the JSON it is stored as (`EmailView`'s own serialisation),
-    /// for a reader that would only serialise it again. `None` when Redis does not have
-    /// it, does not answer in time, or holds something that is not JSON.
-    pub async fn get_json(&self, id: Uuid) -> Option<String> {
+    /// The stored JSON of one view; a miss or a failure is counted here.
+    async fn fetch(&self, id: Uuid) -> Option<String> {
         let result: Result<Option<String>, CacheError> = async {
             let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("HGET");
@@ -158,17 +173,7 @@ impl Cache {
         }
         .await;
         match result {
-            Ok(Some(json)) => match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
-                Ok(_) => {
-                    crate::metrics::CACHE.with_label_values(&["hit"]).inc();
-                    Some(json)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %id, "cached view is not JSON; ignoring it");
-                    crate::metrics::CACHE.with_label_values(&["error"]).inc();
-                    None
-                }
-            },
+            Ok(Some(json)) => Some(json),
             Ok(None) => {
                 crate::metrics::CACHE.with_label_values(&["miss"]).inc();
                 None

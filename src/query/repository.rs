@@ -124,8 +124,7 @@ impl Repository {
         if p.tsquery.as_deref() == Some("") {
             return Ok(Page::new(p, vec![], 0, false));
         }
-        let offset = i64::from(p.page - 1) * i64::from(p.size);
-        let wanted = offset + i64::from(p.size) + 1;
+        let wanted = p.offset() + i64::from(p.size) + 1;
         if wanted <= PROBE {
             let mut q = QueryBuilder::<Postgres>::new("");
             push_probe(&mut q, p);
@@ -138,7 +137,7 @@ impl Repository {
                     return Ok(Page::new(p, rows, matched, false));
                 }
                 if rows.len() as i64 > i64::from(p.size) {
-                    let dense = matched * 2 >= PROBE;
+                    let dense = probe_is_dense(matched);
                     let counted = self.capped_count(p, dense).await?;
                     return Ok(Page::new(p, rows, counted, true));
                 }
@@ -198,7 +197,7 @@ pub fn push_probe(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
     q.push_bind(PROBE).push(") AS newest) AS probed");
     filters(q, p);
     q.push(") AS m ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(p.size) + 1);
-    q.push(" OFFSET ").push_bind(i64::from(p.page - 1) * i64::from(p.size));
+    q.push(" OFFSET ").push_bind(p.offset());
 }
 
 /// The count of matches up to `COUNT_CAP + 1`; `dense`: along the newest-first index
@@ -223,7 +222,7 @@ pub fn push_page(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams, dense: bo
         " ORDER BY created_at DESC, id DESC LIMIT "
     });
     q.push_bind(i64::from(p.size) + 1);
-    q.push(" OFFSET ").push_bind(i64::from(p.page - 1) * i64::from(p.size));
+    q.push(" OFFSET ").push_bind(p.offset());
 }
 
 fn filtered(p: &SearchParams) -> bool {
@@ -236,6 +235,12 @@ pub const WALKING_THE_ORDER_INDEX: [&str; 3] = [
     "SET LOCAL enable_seqscan = off",
     "SET LOCAL max_parallel_workers_per_gather = 0",
 ];
+
+/// Whether `matched` of the [`PROBE`] newest emails make the matches dense enough to
+/// count to the cap along the newest-first index (at most twice the cap in rows read).
+pub fn probe_is_dense(matched: i64) -> bool {
+    matched * 2 >= PROBE
+}
 
 /// Newest emails a search looks at first (see [`Repository::search`]).
 pub const PROBE: i64 = 2_000;
@@ -253,7 +258,7 @@ impl Page<EmailView> {
     /// The page of `rows` (one more than the page size when there are more) for a
     /// search with `counted` matches, counted up to `COUNT_CAP + 1` when `capped`.
     fn new(p: &SearchParams, mut rows: Vec<EmailRow>, counted: i64, capped: bool) -> Self {
-        let offset = i64::from(p.page - 1) * i64::from(p.size);
+        let offset = p.offset();
         let has_more = rows.len() > p.size as usize;
         rows.truncate(p.size as usize);
         let total_exact = !capped || counted <= COUNT_CAP;

@@ -45,6 +45,13 @@ pub struct SearchParams {
     pub size: u32,
 }
 
+impl SearchParams {
+    /// Rows before this page, newest first.
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.size)
+    }
+}
+
 /// Builds the `tsquery` text for `q`: `None` for no text, `Some("")` for text without words.
 pub fn to_tsquery(q: &str) -> Option<String> {
     if q.trim().is_empty() {

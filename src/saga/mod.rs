@@ -162,17 +162,24 @@ impl Sender {
         let elapsed = started.elapsed();
         crate::metrics::SMTP_DURATION.observe(elapsed.as_secs_f64());
         let at = now();
+        // One name per outcome, for the span and the metric.
+        let label = match &result {
+            Ok(_) => "sent",
+            Err(rejected) if rejected.permanent => "permanent_failure",
+            Err(_) => "transient_failure",
+        };
+        span.record("outcome", label);
+        crate::metrics::DELIVERIES.with_label_values(&[label]).inc();
         // The outcome is logged inside the attempt's span, so the line carries its trace id.
         let _entered = span.enter();
         let (command, outcome) = match result {
             Ok(accepted) => {
-                span.record("outcome", "sent").record("smtp.code", accepted.code);
+                span.record("smtp.code", accepted.code);
                 tracing::info!(email_id = %id, attempt, code = accepted.code, ?elapsed, "delivered");
                 let c = RecordSentCommand { attempt, reply_code: accepted.code, reply_text: accepted.text, at };
                 (EmailCommand::RecordSent(c), Delivery::Sent)
             }
             Err(rejected) => {
-                span.record("outcome", if rejected.permanent { "permanent_failure" } else { "transient_failure" });
                 if let Some(code) = rejected.code {
                     span.record("smtp.code", code);
                 }
@@ -194,13 +201,6 @@ impl Sender {
                 (EmailCommand::RecordFailure(c), Delivery::Failed { permanent: rejected.permanent })
             }
         };
-        crate::metrics::DELIVERIES
-            .with_label_values(&[match &outcome {
-                Delivery::Sent => "sent",
-                Delivery::Failed { permanent: true } => "permanent_failure",
-                _ => "transient_failure",
-            }])
-            .inc();
         let mut metadata =
             HashMap::from([("transport".to_owned(), "saga".to_owned()), ("worker".to_owned(), self.owner.clone())]);
         if let Some(c) = parts.correlation_id {

@@ -106,16 +106,11 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no email {id}"))
 }
 
-async fn lookup(state: &HttpState, id: Uuid, as_of: Option<String>) -> Result<EmailView, ApiError> {
-    let view = match as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => state.reads.get(id).await?,
-        Some(raw) => {
-            let at = chrono::DateTime::parse_from_rfc3339(raw)
-                .map_err(|e| ApiError::BadRequest(format!("as_of: not an RFC 3339 time ({e})")))?;
-            state.reads.as_of(id, at.to_utc()).await?
-        }
-    };
-    view.ok_or_else(|| not_found(id))
+/// The email as it was at `raw` (an RFC 3339 time), from its events.
+async fn view_as_of(state: &HttpState, id: Uuid, raw: &str) -> Result<EmailView, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| ApiError::BadRequest(format!("as_of: not an RFC 3339 time ({e})")))?;
+    state.reads.as_of(id, at.to_utc()).await?.ok_or_else(|| not_found(id))
 }
 
 /// One email by id; with `as_of`, as it was at that instant.
@@ -134,9 +129,9 @@ pub async fn get_email(
     as_of: Result<Query<AsOfQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match query(as_of)?.as_of.filter(|s| !s.trim().is_empty()) {
+    match query(as_of)?.as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => current(&state, id).await,
-        as_of => Ok(Json(lookup(&state, id, as_of).await?).into_response()),
+        Some(raw) => Ok(Json(view_as_of(&state, id, raw).await?).into_response()),
     }
 }
 
