@@ -8,7 +8,7 @@
 
 #[path = "support/service.rs"]
 mod service;
-#[path = "support/smtp_sink.rs"]
+#[path = "../tests/suite/support/smtp.rs"]
 mod smtp;
 #[path = "support/stats.rs"]
 mod stats;
@@ -565,13 +565,13 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize, rebuild_a
     let reproject_rounds = if rebuild_and_replay { rounds.min(2) } else { 0 };
     for r in 0..reproject_rounds {
         lim.push(copy_limit(&pool, events).await);
-        let report = mailledger::projections::reproject::reproject(
+        let report = mailledger::ops::reproject::reproject(
             &pool,
-            mailledger::projections::reproject::Target::Emails,
+            mailledger::ops::reproject::Target::Emails,
             None,
             5000,
             mailledger::store::upcast::UPCASTERS,
-            &mailledger::projections::reproject::Silent,
+            &mailledger::ops::progress::Silent,
         )
         .await
         .unwrap();
@@ -703,7 +703,7 @@ async fn copy_limit(pool: &PgPool, events: i64) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = pool.acquire().await.unwrap();
     let file = std::env::temp_dir().join(format!("mailledger-bench-{}.copy", std::process::id()));
-    let cols = mailledger::projections::emails::COLUMNS;
+    let cols = mailledger::query::row::COLUMNS;
     {
         let mut out = tokio::fs::File::create(&file).await.unwrap();
         let mut stream = conn.copy_out_raw(&format!("COPY (SELECT {cols} FROM emails) TO STDOUT")).await.unwrap();
@@ -810,13 +810,13 @@ async fn ensure_million(emails: i64) -> String {
     }
     sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
     eprintln!("  events written in {:.0} s; projecting ...", started.elapsed().as_secs_f64());
-    mailledger::projections::reproject::reproject(
+    mailledger::ops::reproject::reproject(
         &pool,
-        mailledger::projections::reproject::Target::Emails,
+        mailledger::ops::reproject::Target::Emails,
         None,
         5000,
         mailledger::store::upcast::UPCASTERS,
-        &mailledger::projections::reproject::Silent,
+        &mailledger::ops::progress::Silent,
     )
     .await
     .unwrap();

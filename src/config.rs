@@ -102,6 +102,61 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
 }
 
+/// The subjects and stream names derived from [`NatsSettings`].
+#[derive(Debug, Clone)]
+pub struct NatsNames {
+    /// `<ns>` (`mail`).
+    pub namespace: String,
+    /// `<ns>.commands.create`
+    pub create_subject: String,
+    /// `<ns>.commands.>`
+    pub commands_filter: String,
+    /// `<ns>.dlq.commands`
+    pub dlq_commands_subject: String,
+    /// `<ns>.dlq.emails`
+    pub dlq_emails_subject: String,
+    /// `<ns>.dlq.>`
+    pub dlq_filter: String,
+    /// `<ns>.events.>`
+    pub events_filter: String,
+    /// `<prefix>_COMMANDS`
+    pub commands_stream: String,
+    /// `<prefix>_DLQ`
+    pub dlq_stream: String,
+    /// `<prefix>_EVENTS`
+    pub events_stream: String,
+    /// Durable consumer name.
+    pub consumer: String,
+}
+
+impl NatsNames {
+    /// `<ns>.events.<kind>`: where events of `kind` (`sent`, `dead_lettered`) are published.
+    pub fn event_subject(&self, kind: &str) -> String {
+        format!("{}.events.{kind}", self.namespace)
+    }
+}
+
+impl NatsSettings {
+    /// The subjects and streams these settings name.
+    pub fn names(&self) -> NatsNames {
+        let ns = &self.namespace;
+        let prefix = &self.stream_prefix;
+        NatsNames {
+            namespace: ns.clone(),
+            create_subject: format!("{ns}.commands.create"),
+            commands_filter: format!("{ns}.commands.>"),
+            dlq_commands_subject: format!("{ns}.dlq.commands"),
+            dlq_emails_subject: format!("{ns}.dlq.emails"),
+            dlq_filter: format!("{ns}.dlq.>"),
+            events_filter: format!("{ns}.events.>"),
+            commands_stream: format!("{prefix}_COMMANDS"),
+            dlq_stream: format!("{prefix}_DLQ"),
+            events_stream: format!("{prefix}_EVENTS"),
+            consumer: self.consumer.clone(),
+        }
+    }
+}
+
 /// Redis settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -246,3 +246,21 @@ async fn render() -> impl IntoResponse {
     let text = TextEncoder::new().encode_to_string(&REGISTRY.gather()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn known_label_sets_are_exported_at_zero_from_the_start() {
+        super::init();
+        let text = prometheus::TextEncoder::new().encode_to_string(&super::REGISTRY.gather()).unwrap();
+        for series in [
+            "mailledger_commands_total{outcome=\"invalid\",source=\"rest\"} 0",
+            "mailledger_nats_messages_total{outcome=\"dead_lettered\"} 0",
+            "mailledger_delivery_attempts_total{outcome=\"transient_failure\"} 0",
+            "mailledger_cache_requests_total{result=\"error\"} 0",
+            "mailledger_tls_handshake_failures_total{listener=\"grpc\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} missing from:\n{text}");
+        }
+    }
+}

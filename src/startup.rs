@@ -12,19 +12,19 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use axum::serve::ListenerExt;
+use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Settings, redact};
-use crate::health::Readiness;
+use crate::config::{NatsSettings, Settings, redact};
 use crate::ledger::Ledger;
+use crate::observe::health::Readiness;
 use crate::projections::Projection;
 use crate::projections::cache::CacheProjection;
 use crate::projections::emails::EmailsProjection;
-use crate::projections::notify::Notifier;
-use crate::projections::publisher::EventPublisher;
+use crate::projections::events::EventPublisher;
 use crate::projections::runner::{Runner, RunnerOptions};
 use crate::query::ReadSide;
 use crate::query::cache::Cache;
@@ -32,6 +32,7 @@ use crate::query::repository::Repository;
 use crate::saga::Sender;
 use crate::saga::mailer::Mailer;
 use crate::saga::schedule::ScheduleProjection;
+use crate::store::notify::Notifier;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::transport::tls::{Protocol, ServerTls};
@@ -43,11 +44,30 @@ pub struct Application {
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
     tls: Option<ServerTls>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    work: Work,
     nats: async_nats::Client,
     pool: PgPool,
     grace: Duration,
+}
+
+/// Every long-running task, and the one signal that stops them all.
+#[derive(Clone)]
+struct Work {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Work {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+}
+
+/// The three listeners, bound before anything is served (so a taken port fails start-up).
+struct Listeners {
+    http: TcpListener,
+    grpc: TcpListener,
+    metrics: TcpListener,
 }
 
 impl Application {
@@ -60,126 +80,42 @@ impl Application {
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
-        let shutdown = CancellationToken::new();
-        let notifier = Notifier::start(&pool, shutdown.clone());
+        let listeners = Listeners::bind(&settings).await?;
+        let addrs = listeners.addrs()?;
+
+        let work = Work { shutdown: CancellationToken::new(), tracker: TaskTracker::new() };
+        let notifier = Notifier::start(&pool, work.shutdown.clone());
         let ledger = Ledger::new(pool.clone(), settings.limits).with_announcer(notifier.announcer());
-        let tracker = TaskTracker::new();
-
-        let http_listener = bind(settings.http.addr, "MAILLEDGER_HTTP_ADDR").await?;
-        let grpc_listener = bind(settings.grpc.addr, "MAILLEDGER_GRPC_ADDR").await?;
-        let metrics_listener = bind(settings.metrics.addr, "MAILLEDGER_METRICS_ADDR").await?;
-        let (http_addr, grpc_addr, metrics_addr) =
-            (http_listener.local_addr()?, grpc_listener.local_addr()?, metrics_listener.local_addr()?);
-
         let cache = Cache::new(&settings.redis);
+
+        spawn_projections(&work, &pool, &notifier, &cache);
+        spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
-        let projections: Vec<Arc<dyn Projection>> = vec![
-            Arc::new(EmailsProjection::new()),
-            Arc::new(CacheProjection::new(cache.clone())),
-            Arc::new(ScheduleProjection::new()),
-        ];
-        for projection in projections {
-            let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
-            tracker.spawn(runner.run(shutdown.clone()));
-        }
-
-        if settings.delivery.enabled {
-            let mailer = Mailer::new(&settings.smtp)?;
-            let sender = Sender::new(pool.clone(), ledger.clone(), mailer, settings.delivery.clone());
-            tracker.spawn(sender.run(shutdown.clone(), Some(notifier.deliveries())));
-        }
-
-        let state = HttpState {
-            ledger: ledger.clone(),
-            reads: reads.clone(),
-            readiness: Readiness::new(pool.clone(), nats.clone(), cache.clone()),
-            max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
-        };
-        let router = transport::http::router(state);
-        let (routes, health) = transport::grpc::routes(ledger.clone(), reads)?;
-        match &tls {
-            Some(tls) => {
-                // A tapped listener is what gives axum's `ConnectInfo<SocketAddr>` for a
-                // listener other than `TcpListener`; the tap itself does nothing.
-                let rest = tls.listener(http_listener, Protocol::Rest).tap_io(|_| ());
-                tracker.spawn(transport::http::serve(rest, router, shutdown.clone()));
-                let grpc = tls.listener(grpc_listener, Protocol::Grpc).into_incoming();
-                tracker.spawn(transport::grpc::serve(grpc, routes, health, shutdown.clone()));
-                #[cfg(unix)]
-                tracker.spawn(reload_on_hangup(tls.clone(), shutdown.clone())?);
-            }
-            None => {
-                tracker.spawn(transport::http::serve(http_listener, router, shutdown.clone()));
-                let grpc = tonic::transport::server::TcpIncoming::from(grpc_listener);
-                tracker.spawn(transport::grpc::serve(grpc, routes, health, shutdown.clone()));
-            }
-        }
-
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let served =
-                axum::serve(metrics_listener, metrics::router()).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
-
-        tracker.spawn(crate::observe::monitor::run(
+        let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
+        serve(&work, &settings, listeners, tls.as_ref(), ledger.clone(), reads, readiness)?;
+        work.spawn(crate::observe::monitor::run(
             pool.clone(),
             nats.clone(),
-            crate::transport::nats::Names::new(&settings.nats),
-            shutdown.clone(),
+            settings.nats.names(),
+            work.shutdown.clone(),
         ));
+        work.spawn(run_nats(
+            nats.clone(),
+            settings.nats.clone(),
+            ledger,
+            pool.clone(),
+            notifier,
+            work.shutdown.clone(),
+        ));
+        work.tracker.close();
 
-        let js = jetstream::new(nats.clone());
-        let stop = shutdown.clone();
-        let nats_settings = settings.nats.clone();
-        let pool_for_nats = pool.clone();
-        let events = notifier.events();
-        tracker.spawn(async move {
-            let mut attempt = 0u32;
-            let publisher = EventPublisher::new(js.clone(), &nats_settings);
-            let intake = loop {
-                let ready = async {
-                    transport::nats::ensure_streams(&js, &nats_settings).await?;
-                    publisher.ensure_stream(&nats_settings).await?;
-                    NatsIntake::setup(js.clone(), &nats_settings, ledger.clone()).await
-                };
-                match ready.await {
-                    Ok(intake) => break intake,
-                    Err(e) => {
-                        attempt += 1;
-                        let wait = Duration::from_secs(u64::from(attempt.min(5)));
-                        tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, "NATS intake not ready");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                    }
-                }
-            };
-            tracing::info!("NATS command intake running");
-            let runner = Runner::new(pool_for_nats, Arc::new(publisher), RunnerOptions::default()).wake_on(events);
-            tokio::join!(intake.run(stop.clone()), runner.run(stop));
-        });
-        tracker.close();
-
+        let (http_addr, grpc_addr, metrics_addr) = addrs;
         tracing::info!(
             http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr, tls = tls.is_some(),
             database = %redact(&settings.database.url), nats = %redact(&settings.nats.url),
             "mailledger started"
         );
-        Ok(Self {
-            http_addr,
-            grpc_addr,
-            metrics_addr,
-            tls,
-            shutdown,
-            tracker,
-            nats,
-            pool,
-            grace: settings.shutdown_grace,
-        })
+        Ok(Self { http_addr, grpc_addr, metrics_addr, tls, work, nats, pool, grace: settings.shutdown_grace })
     }
 
     /// The REST address actually bound.
@@ -205,19 +141,19 @@ impl Application {
 
     /// A token that stops the application when cancelled (for tests and embedders).
     pub fn stopper(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.work.shutdown.clone()
     }
 
     /// Runs until SIGINT, SIGTERM or the stopper; then shuts down in order.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tokio::select! {
-            _ = self.shutdown.cancelled() => {}
+            _ = self.work.shutdown.cancelled() => {}
             signal = shutdown_signal() => {
                 tracing::info!(signal, "shutting down");
-                self.shutdown.cancel();
+                self.work.shutdown.cancel();
             }
         }
-        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.work.tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "shutdown grace period over; leaving unfinished work to redelivery");
         }
         if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.nats.drain()).await.unwrap_or(Ok(())) {
@@ -230,16 +166,144 @@ impl Application {
     }
 }
 
+impl Listeners {
+    async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: bind(settings.http.addr, "MAILLEDGER_HTTP_ADDR").await?,
+            grpc: bind(settings.grpc.addr, "MAILLEDGER_GRPC_ADDR").await?,
+            metrics: bind(settings.metrics.addr, "MAILLEDGER_METRICS_ADDR").await?,
+        })
+    }
+
+    fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((self.http.local_addr()?, self.grpc.local_addr()?, self.metrics.local_addr()?))
+    }
+}
+
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({name})"))
 }
 
+/// The projections kept in PostgreSQL and Redis, each on the instance that wins its lock.
+/// (The NATS one starts with the NATS intake: see [`run_nats`].)
+fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache) {
+    let projections: [Arc<dyn Projection>; 3] = [
+        Arc::new(EmailsProjection::new()),
+        Arc::new(CacheProjection::new(cache.clone())),
+        Arc::new(ScheduleProjection::new()),
+    ];
+    for projection in projections {
+        let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
+        work.spawn(runner.run(work.shutdown.clone()));
+    }
+}
+
+/// The sender, unless `delivery.enabled` is off on this instance.
+fn spawn_sender(
+    work: &Work,
+    settings: &Settings,
+    pool: &PgPool,
+    ledger: &Ledger,
+    notifier: &Notifier,
+) -> anyhow::Result<()> {
+    if settings.delivery.enabled {
+        let mailer = Mailer::new(&settings.smtp)?;
+        let sender = Sender::new(pool.clone(), ledger.clone(), mailer, settings.delivery.clone());
+        work.spawn(sender.run(work.shutdown.clone(), Some(notifier.deliveries())));
+    }
+    Ok(())
+}
+
+/// REST, gRPC (TLS when configured, with SIGHUP reloading it) and metrics.
+fn serve(
+    work: &Work,
+    settings: &Settings,
+    listeners: Listeners,
+    tls: Option<&ServerTls>,
+    ledger: Ledger,
+    reads: ReadSide,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
+    let stop = &work.shutdown;
+    let state = HttpState {
+        ledger: ledger.clone(),
+        reads: reads.clone(),
+        readiness,
+        max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
+    };
+    let router = transport::http::router(state);
+    let (routes, health) = transport::grpc::routes(ledger, reads)?;
+    match tls {
+        Some(tls) => {
+            // A tapped listener is what gives axum's `ConnectInfo<SocketAddr>` for a
+            // listener other than `TcpListener`; the tap itself does nothing.
+            let rest = tls.listener(listeners.http, Protocol::Rest).tap_io(|_| ());
+            work.spawn(transport::http::serve(rest, router, stop.clone()));
+            let grpc = tls.listener(listeners.grpc, Protocol::Grpc).into_incoming();
+            work.spawn(transport::grpc::serve(grpc, routes, health, stop.clone()));
+            #[cfg(unix)]
+            work.spawn(reload_on_hangup(tls.clone(), stop.clone())?);
+        }
+        None => {
+            work.spawn(transport::http::serve(listeners.http, router, stop.clone()));
+            let grpc = tonic::transport::server::TcpIncoming::from(listeners.grpc);
+            work.spawn(transport::grpc::serve(grpc, routes, health, stop.clone()));
+        }
+    }
+    let stop = stop.clone();
+    work.spawn(async move {
+        let served =
+            axum::serve(listeners.metrics, metrics::router()).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(())
+}
+
+/// Everything on NATS: once the streams and the consumer exist (retried until NATS
+/// answers), the command intake and the projection publishing domain events.
+async fn run_nats(
+    nats: async_nats::Client,
+    settings: NatsSettings,
+    ledger: Ledger,
+    pool: PgPool,
+    notifier: Notifier,
+    stop: CancellationToken,
+) {
+    let js = jetstream::new(nats);
+    let publisher = EventPublisher::new(js.clone(), &settings);
+    let setup = || async {
+        transport::nats::ensure_streams(&js, &settings).await?;
+        publisher.ensure_stream().await?;
+        NatsIntake::setup(js.clone(), &settings, ledger.clone()).await
+    };
+    let ready = setup
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times(),
+        )
+        .notify(|e: &anyhow::Error, wait| tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, "NATS intake not ready"));
+    let intake = tokio::select! {
+        _ = stop.cancelled() => return,
+        ready = ready => match ready {
+            Ok(intake) => intake,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "NATS intake cannot start");
+                return;
+            }
+        },
+    };
+    tracing::info!("NATS command intake running");
+    let runner = Runner::new(pool, Arc::new(publisher), RunnerOptions::default()).wake_on(notifier.events());
+    tokio::join!(intake.run(stop.clone()), runner.run(stop));
+}
+
 /// Reloads the TLS files on every SIGHUP until `stop` (a bad file keeps the old ones).
 #[cfg(unix)]
-fn reload_on_hangup(
-    tls: ServerTls,
-    stop: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+fn reload_on_hangup(tls: ServerTls, stop: CancellationToken) -> anyhow::Result<impl Future<Output = ()> + Send> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     Ok(async move {

@@ -6,11 +6,11 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NatsNames;
 use crate::metrics;
-use crate::transport::nats::Names;
 
 /// Runs until `shutdown`.
-pub async fn run(pool: PgPool, nats: async_nats::Client, names: Names, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, nats: async_nats::Client, names: NatsNames, shutdown: CancellationToken) {
     let js = async_nats::jetstream::new(nats);
     loop {
         if let Err(e) = refresh(&pool, &js, &names).await {
@@ -23,12 +23,12 @@ pub async fn run(pool: PgPool, nats: async_nats::Client, names: Names, shutdown:
     }
 }
 
-async fn refresh(pool: &PgPool, js: &async_nats::jetstream::Context, names: &Names) -> anyhow::Result<()> {
+async fn refresh(pool: &PgPool, js: &async_nats::jetstream::Context, names: &NatsNames) -> anyhow::Result<()> {
     metrics::POOL_MAX.set(i64::from(pool.options().get_max_connections()));
     let idle = pool.num_idle() as i64;
     metrics::POOL.with_label_values(&["idle"]).set(idle);
     metrics::POOL.with_label_values(&["in_use"]).set(i64::from(pool.size()) - idle);
-    for lag in crate::projections::feed::lags(pool).await? {
+    for lag in crate::store::stats::lags(pool).await? {
         if lag.name.ends_with("__shadow") {
             continue;
         }

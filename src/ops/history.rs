@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::command::EmailEvent;
-use crate::projections::feed;
+use crate::store::feed;
 
 /// Writes the timeline of `id`; `Ok(false)` when the email is unknown.
 pub async fn print(pool: &PgPool, id: Uuid, out: &mut impl Write) -> anyhow::Result<bool> {

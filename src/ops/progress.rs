@@ -1,10 +1,28 @@
-//! A progress bar on stderr (only when stderr is a terminal), with events/s and ETA.
+//! Progress of a long operator command: the [`Progress`] trait, and a bar on stderr
+//! (only when stderr is a terminal) with events/s and ETA.
 
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::projections::reproject::Progress;
+/// Told about progress (events handled so far, out of about how many).
+pub trait Progress: Send + Sync {
+    /// The total is known.
+    fn start(&self, total: u64);
+    /// `n` more events were handled.
+    fn advance(&self, n: u64);
+    /// What is happening now.
+    fn message(&self, text: &str);
+}
+
+/// No progress reporting.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
 
 /// An indicatif bar; hidden when stderr is not a terminal.
 pub struct Bar(ProgressBar);

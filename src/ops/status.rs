@@ -5,25 +5,24 @@ use std::io::Write;
 
 use sqlx::PgPool;
 
+use crate::saga::schedule;
+use crate::store::stats;
+
 /// Prints the status report.
 pub async fn print(
     pool: &PgPool,
     nats: Option<(&async_nats::Client, String, String)>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(pool).await?;
-    writeln!(out, "event store: {} events (head position {})", count(pool).await?, head.unwrap_or(0))?;
+    let (count, head) = (stats::count(pool).await?, stats::head(pool).await?);
+    writeln!(out, "event store: {count} events (head position {head})")?;
     writeln!(out, "projections:")?;
-    for lag in crate::projections::feed::lags(pool).await? {
+    for lag in stats::lags(pool).await? {
         let behind = lag.seconds.map(|s| format!(", oldest unapplied {s:.1} s old")).unwrap_or_default();
         writeln!(out, "  {:<16} at position {:<10} {} events behind{behind}", lag.name, lag.position, lag.events)?;
     }
-    let (due, scheduled, leased): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE due_at <= now()), count(*), count(*) FILTER (WHERE lease_until > now()) FROM deliveries",
-    )
-    .fetch_one(pool)
-    .await?;
-    writeln!(out, "deliveries: {due} due now, {scheduled} scheduled, {leased} being sent")?;
+    let q = schedule::counts(pool).await?;
+    writeln!(out, "deliveries: {} due now, {} scheduled, {} being sent", q.due, q.scheduled, q.leased)?;
     match nats {
         None => writeln!(out, "commands: NATS not reachable")?,
         Some((client, stream, consumer)) => {
@@ -45,14 +44,4 @@ pub async fn print(
         }
     }
     Ok(())
-}
-
-async fn count(pool: &PgPool) -> sqlx::Result<i64> {
-    // Exact for small stores, the planner's estimate for large ones.
-    let estimate: f32 =
-        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'events'").fetch_one(pool).await?;
-    if estimate > 1_000_000.0 {
-        return Ok(estimate as i64);
-    }
-    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await
 }

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::feed::{self, FeedEvent};
 use super::{Projection, ProjectionKind};
 use crate::query::cache::Cache;
 use crate::query::view::EmailView;
+use crate::store::feed::{self, FeedEvent};
 
 /// The cache projection.
 pub struct CacheProjection {
@@ -24,25 +24,6 @@ impl CacheProjection {
     pub fn new(cache: Cache) -> Self {
         Self { cache }
     }
-}
-
-/// Folds every event of each email in `ids`, from the store.
-pub async fn views_from_store(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<Vec<EmailView>> {
-    let sql = format!(
-        "{} WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence",
-        feed::SELECT
-    );
-    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-    let rows = sqlx::query(&sql).bind(&keys).fetch_all(conn).await?;
-    let mut by_email: HashMap<Uuid, Vec<FeedEvent>> = HashMap::new();
-    for row in &rows {
-        let e = feed::decode_row(row, crate::store::upcast::UPCASTERS)?;
-        by_email.entry(e.email_id).or_default().push(e);
-    }
-    Ok(by_email
-        .values()
-        .filter_map(|events| EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
-        .collect())
 }
 
 #[async_trait]
@@ -74,7 +55,12 @@ impl Projection for CacheProjection {
             }
         }
         if !elsewhere.is_empty() {
-            views.extend(views_from_store(conn, &elsewhere).await?);
+            let histories = feed::read_emails(conn, &elsewhere).await?;
+            views.extend(
+                histories
+                    .iter()
+                    .filter_map(|events| EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event)))),
+            );
         }
         self.cache.put_many(&views).await?;
         Ok(())

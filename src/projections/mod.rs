@@ -1,28 +1,26 @@
-//! Projections: everything derived from the event store, each tailing the [`feed`] with
-//! its own checkpoint.
+//! Projections: everything derived from the event store, each tailing the
+//! [feed](crate::store::feed) with its own checkpoint, run by a [`runner::Runner`].
 //!
 //! | projection | kind | what it keeps |
 //! |---|---|---|
 //! | [`emails`] | transactional | the `emails` read model (rows and checkpoint commit together: exactly-once effect) |
 //! | [`cache`] | side-effecting, idempotent by version | the Redis view cache (at-least-once; older views never overwrite newer ones) |
 //! | `schedule` ([`crate::saga::schedule`]) | transactional | the delivery schedule the sender claims from |
-//! | [`publisher`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
+//! | [`events`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
 //!
 //! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);
-//! the others stand by and take over when the holder's session ends.
+//! the others stand by and take over when the holder's session ends. Rebuilding one
+//! from the start is an operator's tool: [`crate::ops::reproject`].
 
-pub mod cache;
+pub(crate) mod cache;
 pub mod emails;
-pub mod feed;
-pub mod notify;
-pub mod publisher;
-pub mod reproject;
+pub(crate) mod events;
 pub mod runner;
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use feed::FeedEvent;
+use crate::store::feed::FeedEvent;
 
 /// How a projection's effects relate to its checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Runs one projection: take its advisory lock (or stand by), then catch up on the
 //! feed, and after that wake on `NOTIFY mailledger_events` (through the process's
-//! [`super::notify::Notifier`]) with a polling fallback.
+//! [`crate::store::notify::Notifier`]) with a polling fallback.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::feed::{self, Checkpoint};
 use super::{Projection, ProjectionKind};
+use crate::store::feed::{self, Checkpoint};
 use crate::store::upcast::{UPCASTERS, Upcaster};
+use crate::store::{checkpoints, notify};
 
 /// Namespace of mailledger's advisory locks (first key of the two-key form).
 const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
@@ -64,7 +65,7 @@ impl Runner {
         self
     }
 
-    /// Wakes on these ticks (see [`super::notify::Notifier::events`]) besides polling.
+    /// Wakes on these ticks (see [`notify::Notifier::events`]) besides polling.
     pub fn wake_on(mut self, wake: watch::Receiver<u64>) -> Self {
         self.wake = Some(wake);
         self
@@ -83,7 +84,7 @@ impl Runner {
         // A projection can always be rebuilt from the store: its commits need not wait for
         // the disk. A crash loses at most its last moments, which it then applies again.
         sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
-        let at = feed::load_checkpoint(&mut tx, name).await?;
+        let at = checkpoints::load(&mut tx, name).await?;
         let events = feed::read_after(&mut tx, at, self.options.batch_size, self.upcasters).await?;
         let Some(last) = events.last().map(|e| e.checkpoint) else {
             tx.commit().await?;
@@ -92,7 +93,7 @@ impl Runner {
         match self.projection.kind() {
             ProjectionKind::Transactional => {
                 self.projection.apply(&mut tx, &events).await?;
-                feed::save_checkpoint(&mut tx, name, last).await?;
+                checkpoints::save(&mut tx, name, last).await?;
                 tx.commit().await?;
             }
             ProjectionKind::SideEffecting => {
@@ -102,7 +103,7 @@ impl Runner {
                 self.projection.apply(&mut conn, &events).await?;
                 let mut tx = conn.begin().await?;
                 sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
-                feed::save_checkpoint(&mut tx, name, last).await?;
+                checkpoints::save(&mut tx, name, last).await?;
                 tx.commit().await?;
             }
         }
@@ -132,7 +133,7 @@ impl Runner {
     /// The projection's checkpoint now.
     pub async fn checkpoint(&self) -> anyhow::Result<Checkpoint> {
         let mut conn = self.pool.acquire().await?;
-        Ok(feed::load_checkpoint(&mut conn, self.projection.name()).await?)
+        Ok(checkpoints::load(&mut conn, self.projection.name()).await?)
     }
 
     /// Runs until `shutdown`: standby until the lock is ours, then follow the feed.
@@ -196,7 +197,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = super::notify::wait(&mut wake, self.options.poll_interval) => {}
+                _ = notify::wait(&mut wake, self.options.poll_interval) => {}
             }
             tokio::time::sleep(self.options.coalesce).await;
         }

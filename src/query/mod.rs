@@ -2,8 +2,9 @@
 //! over the `emails` read model, an email's history and its state as of an instant.
 
 pub mod cache;
-pub mod params;
+pub(crate) mod params;
 pub mod repository;
+pub mod row;
 pub mod search;
 pub mod view;
 

@@ -1,5 +1,6 @@
-//! Reads from PostgreSQL: one email, a search over the `emails` read model, and an
-//! email's history from the event store.
+//! Reads from PostgreSQL: one email and a search over the `emails` read model
+//! ([`super::row`]), an email's history and its state as of an instant from the event
+//! store ([`crate::store::feed`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,10 +9,10 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::row::{self, COLUMNS, EmailRow};
 use super::search::{COUNT_CAP, Page, SearchParams};
 use super::view::EmailView;
-use crate::projections::emails::{COLUMNS, EmailRow};
-use crate::projections::feed;
+use crate::store::feed;
 
 /// One event of an email's history.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -36,15 +37,18 @@ pub struct HistoryEntry {
     pub metadata: Value,
 }
 
-#[derive(sqlx::FromRow)]
-struct HistoryRow {
-    event_type: String,
-    sequence: i64,
-    position: i64,
-    event_version: String,
-    recorded_at: DateTime<Utc>,
-    payload: Value,
-    metadata: Value,
+impl From<feed::StoredEvent> for HistoryEntry {
+    fn from(e: feed::StoredEvent) -> Self {
+        Self {
+            event_type: e.event_type,
+            sequence: e.sequence,
+            position: e.position,
+            version: e.event_version,
+            recorded_at: e.recorded_at,
+            payload: e.payload,
+            metadata: e.metadata,
+        }
+    }
 }
 
 /// PostgreSQL reads.
@@ -61,9 +65,7 @@ impl Repository {
 
     /// The read model's row for `id`.
     pub async fn get(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
-        let sql = format!("SELECT {COLUMNS} FROM emails WHERE id = $1");
-        let row: Option<EmailRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.map(EmailView::from))
+        row::get(&self.pool, id).await
     }
 
     /// The email as it was at `at`, folded from the events recorded until then.
@@ -75,34 +77,7 @@ impl Repository {
 
     /// Every event of `id`, in order (empty for an unknown id).
     pub async fn history(&self, id: Uuid) -> sqlx::Result<Vec<HistoryEntry>> {
-        let rows: Vec<HistoryRow> = sqlx::query_as(
-            "SELECT event_type, sequence, position, event_version, recorded_at, payload, metadata FROM events \
-             WHERE aggregate_type = 'Email' AND aggregate_id = $1 ORDER BY sequence",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                // Stored externally tagged ({"Sent": {...}}): hand out the inner object.
-                let payload = match r.payload {
-                    Value::Object(mut m) if m.len() == 1 && m.contains_key(&r.event_type) => {
-                        m.remove(&r.event_type).unwrap_or(Value::Null)
-                    }
-                    other => other,
-                };
-                HistoryEntry {
-                    event_type: r.event_type,
-                    sequence: r.sequence,
-                    position: r.position,
-                    version: r.event_version,
-                    recorded_at: r.recorded_at,
-                    payload,
-                    metadata: r.metadata,
-                }
-            })
-            .collect())
+        Ok(feed::history(&self.pool, id).await?.into_iter().map(HistoryEntry::from).collect())
     }
 
     /// One page of a search, newest first, with a count capped at [`COUNT_CAP`].

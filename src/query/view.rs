@@ -1,5 +1,8 @@
 //! `EmailView`: what a reader sees of one email, folded from its events. The same fold
-//! serves the Redis cache, "as of an instant" and the tests that compare read models.
+//! serves the `emails` read model ([`fold_batch`]), the Redis cache, "as of an instant"
+//! and the tests that compare read models.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -7,6 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::command::{EmailEvent, Mailbox};
+use crate::store::feed::FeedEvent;
 
 /// One email as readers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -147,4 +151,27 @@ impl EmailView {
     pub fn recipients(&self) -> Vec<String> {
         self.to.iter().chain(&self.cc).chain(&self.bcc).cloned().collect()
     }
+}
+
+/// Folds a feed batch onto `current` (the views as they stand), returning the views it
+/// changed. An event at or below a view's version is skipped: folding twice changes nothing.
+pub fn fold_batch(mut current: HashMap<Uuid, EmailView>, events: &[FeedEvent]) -> Vec<EmailView> {
+    let mut changed: Vec<Uuid> = Vec::new();
+    for e in events {
+        let known = current.get(&e.email_id).map(|v| v.version);
+        if known.is_some_and(|version| e.sequence <= version) {
+            continue; // already applied
+        }
+        let folded = match current.remove(&e.email_id) {
+            Some(view) => Some(view.apply(e.sequence, e.recorded_at, &e.event)),
+            None => EmailView::fold([(e.sequence, e.recorded_at, &e.event)]),
+        };
+        if let Some(view) = folded {
+            if !changed.contains(&view.id) {
+                changed.push(view.id);
+            }
+            current.insert(view.id, view);
+        }
+    }
+    changed.into_iter().filter_map(|id| current.remove(&id)).collect()
 }

@@ -17,6 +17,7 @@ pub mod schedule;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use futures::StreamExt;
@@ -30,8 +31,8 @@ use crate::command::{
 };
 use crate::config::DeliverySettings;
 use crate::ledger::{Ledger, LedgerError, now};
-use crate::projections::feed::{self, FeedEvent};
 use crate::render::LettreRenderer;
+use crate::store::feed::{self, FeedEvent};
 use mailer::Mailer;
 
 /// What one delivery came to.
@@ -215,23 +216,25 @@ impl Sender {
     /// Records an outcome, retrying a few times while the store is unreachable: the
     /// message is already sent, and an unrecorded outcome means a resend.
     async fn record(&self, id: Uuid, command: EmailCommand, metadata: HashMap<String, String>) -> anyhow::Result<()> {
-        let mut wait = Duration::from_millis(200);
-        for _ in 0..6 {
-            match self.ledger.execute(id, command.clone(), metadata.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(LedgerError::Refused(e)) => {
-                    tracing::warn!(email_id = %id, error = %e, "outcome refused by the ledger");
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(email_id = %id, error = %e, retry_in = ?wait, "cannot record the outcome yet");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err(e) => return Err(e.into()),
+        let attempt = || self.ledger.execute(id, command.clone(), metadata.clone());
+        let recorded = attempt
+            .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(6))
+            .when(LedgerError::is_transient)
+            .notify(
+                |e, wait| tracing::warn!(email_id = %id, error = %e, retry_in = ?wait, "cannot record the outcome yet"),
+            )
+            .await;
+        match recorded {
+            Ok(()) => Ok(()),
+            Err(LedgerError::Refused(e)) => {
+                tracing::warn!(email_id = %id, error = %e, "outcome refused by the ledger");
+                Ok(())
             }
+            Err(e) if e.is_transient() => {
+                anyhow::bail!("the outcome of {id} could not be recorded ({e}); the attempt will be made again")
+            }
+            Err(e) => Err(e.into()),
         }
-        anyhow::bail!("the outcome of {id} could not be recorded; the attempt will be made again")
     }
 
     /// Runs until `shutdown`: deliver what is due, then sleep until something is
@@ -255,7 +258,7 @@ impl Sender {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = crate::projections::notify::wait(&mut wake, nap) => {}
+                _ = crate::store::notify::wait(&mut wake, nap) => {}
             }
         }
         tracing::info!("sender stopped");

@@ -10,8 +10,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::command::EmailEvent;
-use crate::projections::feed::FeedEvent;
 use crate::projections::{Projection, ProjectionKind};
+use crate::store::feed::FeedEvent;
 
 /// The schedule projection, writing into `deliveries` (or a shadow of it).
 pub struct ScheduleProjection {
@@ -115,4 +115,25 @@ pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
 /// Deliveries due now and not claimed.
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE due_at <= now()").fetch_one(pool).await
+}
+
+/// The schedule at a glance.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Counts {
+    /// Due now.
+    pub due: i64,
+    /// On the schedule at all.
+    pub scheduled: i64,
+    /// Claimed by a sender right now.
+    pub leased: i64,
+}
+
+/// How many deliveries are due, scheduled and being sent.
+pub async fn counts(pool: &PgPool) -> sqlx::Result<Counts> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE due_at <= now()) AS due, count(*) AS scheduled, \
+           count(*) FILTER (WHERE lease_until > now()) AS leased FROM deliveries",
+    )
+    .fetch_one(pool)
+    .await
 }

@@ -1,91 +1,86 @@
-//! The PostgreSQL event store: connecting, creating the database, embedded migrations,
-//! and the cqrs-es framework over postgres-es.
+//! The event store: the one owner of every statement on `events`, `snapshots`,
+//! `projection_checkpoints` and of the commit announcements. Nothing outside this
+//! module names those tables.
+//!
+//! # The table
+//! postgres-es's `events` (`aggregate_type, aggregate_id, sequence, event_type,
+//! event_version, payload, metadata`) with three more columns: `position` (bigserial,
+//! global insertion order), `txid` (`xid8`, the writing transaction) and `recorded_at`.
+//! Readers tail it in commit order through `(txid, position)` ([`feed`]).
+//!
+//! # Two write paths
+//! - **New emails** ([`EventStore::append_new`], [`append`]): a new email's history is
+//!   empty by definition, so its events go in without loading anything, group-committed
+//!   with every other new email waiting at that moment: one `INSERT … UNNEST`, one
+//!   durable commit. `ON CONFLICT DO NOTHING` reports an email that already exists,
+//!   and only that one takes the second path.
+//! - **Every later command** ([`EventStore::execute`]): cqrs-es on postgres-es loads the
+//!   email's events (through the [`upcast`]ers), lets the aggregate decide, and appends
+//!   with an optimistic check on `sequence` (a concurrent writer is an
+//!   `AggregateConflict`, retried by the caller).
+//!
+//! Both paths write the same rows; after either commit the writer calls
+//! [`notify::Announcer::committed`] so projections here and on other instances wake.
+//!
+//! # Reading
+//! [`feed`] (every event in commit order, never skipping a late commit; one email's
+//! events), [`checkpoints`] (where each projection stands), [`replay`] (time windows,
+//! streamed), [`stats`] (head, counts, lag).
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
-
-use crate::config::{DatabaseSettings, redact};
-
+pub(crate) mod append;
+pub(crate) mod checkpoints;
+mod db;
+pub mod feed;
+pub(crate) mod notify;
+pub(crate) mod replay;
+pub(crate) mod stats;
 pub mod upcast;
 
-/// The embedded migrations (`migrations/`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Opens a pool on the configured database, creating the database first when allowed.
-pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(settings.url.as_str())
-        .with_context(|| format!("MAILLEDGER_DATABASE_URL {} is not usable", redact(&settings.url)))?
-        .log_statements(tracing::log::LevelFilter::Trace)
-        // Every statement here is short; compiling one with JIT (20-30 ms, chosen by
-        // cost estimates that grow with the tables) would take longer than running it.
-        .options([("jit", "off")]);
-    if settings.create_if_missing {
-        create_database_if_missing(&options).await?;
-    }
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(&settings.url)))
+use cqrs_es::AggregateError;
+use cqrs_es::persist::PersistedEventStore;
+use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use db::{MIGRATOR, connect, is_unavailable, migrate};
+
+use crate::command::{Email, EmailCommand, EmailError, EmailServices};
+use append::{AppendError, Appended, Appender, NewEmail};
+
+/// The event store, as the write side uses it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct EventStore {
+    cqrs: Arc<PostgresCqrs<Email>>,
+    appender: Appender,
 }
 
-/// Runs the embedded migrations (idempotent; serialised by sqlx's advisory lock).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("database migration failed")
-}
-
-async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else { return Ok(()) };
-    let admin = options.clone().database("postgres");
-    let mut conn = admin.connect().await.with_context(|| {
-        format!(
-            "cannot connect to PostgreSQL at {}:{} (maintenance database `postgres`)",
-            options.get_host(),
-            options.get_port()
-        )
-    })?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
-    if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
-            Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another instance created it at the same moment.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create database {name}")),
-        }
+impl EventStore {
+    /// The store on `pool` (already migrated), handing `services` to the aggregate.
+    /// Starts the group-commit writers, so it must be called inside a Tokio runtime.
+    pub(crate) fn new(pool: PgPool, services: EmailServices) -> Self {
+        let events = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+            .with_upcasters(upcast::for_cqrs());
+        let cqrs = cqrs_es::CqrsFramework::new(events, vec![], services);
+        Self { cqrs: Arc::new(cqrs), appender: Appender::start(pool) }
     }
-    conn.close().await.ok();
-    Ok(())
-}
 
-/// True when `error` means the database could not be reached (worth retrying), as
-/// opposed to a bug or a refused statement.
-pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(sqlx_error) = e.downcast_ref::<sqlx::Error>() {
-            return match sqlx_error {
-                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-                sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-                // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
-                sqlx::Error::Database(db) => {
-                    matches!(
-                        db.code().as_deref(),
-                        Some("57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006")
-                    )
-                }
-                _ => false,
-            };
-        }
-        current = e.source();
+    /// Appends a new email's whole history (the first write path); returns once it is
+    /// committed, or reports that the email already exists.
+    pub(crate) async fn append_new(&self, email: NewEmail) -> Result<Appended, AppendError> {
+        self.appender.append(email).await
     }
-    false
+
+    /// Runs `command` on the email `id` through cqrs-es (the second write path): load,
+    /// decide, append with an optimistic check.
+    pub(crate) async fn execute(
+        &self,
+        id: Uuid,
+        command: EmailCommand,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), AggregateError<EmailError>> {
+        self.cqrs.execute_with_metadata(&id.to_string(), command, metadata).await
+    }
 }

@@ -2,9 +2,10 @@
 //! lives here.
 
 pub mod grpc;
-pub mod http;
-pub mod nats;
+pub(crate) mod http;
+pub(crate) mod nats;
 pub mod payload;
+pub(crate) mod request_id;
 pub mod tls;
 
 /// A request carried two different idempotency keys (header and body).

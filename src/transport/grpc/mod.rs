@@ -2,7 +2,7 @@
 //! health service.
 
 mod error;
-pub mod service;
+pub(crate) mod service;
 
 /// Code generated from `proto/email.proto`.
 pub mod proto {
@@ -27,7 +27,7 @@ use crate::query::ReadSide;
 type EmailServer = proto::email_service_server::EmailServiceServer<service::EmailGrpc>;
 
 /// Every gRPC service mailledger serves, with the health reporter to flip on shutdown.
-pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, HealthReporter)> {
+pub(crate) fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -40,7 +40,7 @@ pub fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, Health
 
 /// Serves `routes` on the `incoming` connections (plain TCP or TLS), reported serving
 /// until `stop`, then not serving while the calls in flight finish.
-pub async fn serve<I, IO, IE>(incoming: I, routes: Routes, health: HealthReporter, stop: CancellationToken)
+pub(crate) async fn serve<I, IO, IE>(incoming: I, routes: Routes, health: HealthReporter, stop: CancellationToken)
 where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
@@ -48,6 +48,7 @@ where
 {
     health.set_serving::<EmailServer>().await;
     let served = tonic::transport::Server::builder()
+        .layer(crate::transport::request_id::layers())
         .layer(crate::observe::grpc::ObserveLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -93,9 +93,7 @@ impl EmailService for EmailGrpc {
     async fn create(&self, request: Request<CreateReq>) -> Result<Response<CreateRes>, Status> {
         let mut metadata = HashMap::new();
         metadata.insert("transport".to_owned(), "grpc".to_owned());
-        let correlation = metadata_str(&request, "x-request-id")
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let correlation = crate::transport::request_id::of(request.metadata().as_ref());
         metadata.insert("correlation_id".into(), correlation);
         if let Some(peer) = request.remote_addr() {
             metadata.insert("caller".into(), peer.to_string());

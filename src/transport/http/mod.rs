@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::health::{Readiness, ReadinessReport};
 use crate::ledger::Ledger;
+use crate::observe::health::{Readiness, ReadinessReport};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -70,6 +70,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .with_state(state)
+        .layer(super::request_id::layers())
 }
 
 /// Serves `router` on `listener` (plain TCP or TLS) until `stop`, with each
@@ -85,14 +86,9 @@ where
     }
 }
 
-/// The request's correlation id: `X-Request-Id` or `X-Correlation-Id` when the caller
-/// sent a sane one, else a new UUID.
+/// The request's correlation id: its `X-Request-Id` (see [`super::request_id`]).
 pub fn correlation_id(headers: &HeaderMap) -> String {
-    ["x-request-id", "x-correlation-id"]
-        .iter()
-        .filter_map(|name| headers.get(*name)?.to_str().ok())
-        .find(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+    super::request_id::of(headers)
 }
 
 /// Liveness: answers while the process runs.

@@ -11,6 +11,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 
+use crate::text::header_safe;
+
 /// Room left for headers under the server's `max_payload`.
 const HEADER_ROOM: usize = 8 * 1024;
 
@@ -31,14 +33,6 @@ pub struct DeadLetter {
     pub msg_id: Option<String>,
     /// Its bytes.
     pub payload: Bytes,
-}
-
-/// Makes a header value safe: one line, visible ASCII and spaces, at most 1 KiB.
-pub fn header_safe(text: &str) -> String {
-    let mut out: String =
-        text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).take(1024).collect();
-    out.truncate(out.trim_end().len());
-    out
 }
 
 /// Publishes `letter` to `subject` and waits for JetStream to store it.

@@ -23,10 +23,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Names;
 use super::dlq::{self, DeadLetter};
 use crate::command::{Source, ValidationErrors};
-use crate::config::NatsSettings;
+use crate::config::{NatsNames, NatsSettings};
 use crate::ledger::{CreateEmail, Ledger, LedgerError};
 use crate::transport::payload::{CreateEmailPayload, PayloadError};
 
@@ -47,7 +46,7 @@ pub struct NatsIntake {
     js: jetstream::Context,
     consumer: PullConsumer,
     ledger: Ledger,
-    names: Arc<Names>,
+    names: Arc<NatsNames>,
     in_flight: usize,
     /// When the commands stream was created: part of the fallback idempotency key, so a
     /// recreated stream (whose sequences start again at 1) never reuses an old key.
@@ -57,7 +56,7 @@ pub struct NatsIntake {
 impl NatsIntake {
     /// Ensures the durable consumer exists (updating its limits to the settings).
     pub async fn setup(js: jetstream::Context, settings: &NatsSettings, ledger: Ledger) -> anyhow::Result<Self> {
-        let names = Names::new(settings);
+        let names = settings.names();
         let mut stream = js.get_stream(&names.commands_stream).await?;
         let epoch = stream.info().await?.created.unix_timestamp_nanos().to_string();
         let config = pull::Config {

@@ -18,42 +18,6 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::{NatsSettings, redact};
 
-/// The subjects and stream names derived from the settings.
-#[derive(Debug, Clone)]
-pub struct Names {
-    /// `<ns>.commands.create`
-    pub create_subject: String,
-    /// `<ns>.commands.>`
-    pub commands_filter: String,
-    /// `<ns>.dlq.commands`
-    pub dlq_commands_subject: String,
-    /// `<ns>.dlq.>`
-    pub dlq_filter: String,
-    /// `<prefix>_COMMANDS`
-    pub commands_stream: String,
-    /// `<prefix>_DLQ`
-    pub dlq_stream: String,
-    /// Durable consumer name.
-    pub consumer: String,
-}
-
-impl Names {
-    /// Names for these settings.
-    pub fn new(settings: &NatsSettings) -> Self {
-        let ns = &settings.namespace;
-        let prefix = &settings.stream_prefix;
-        Self {
-            create_subject: format!("{ns}.commands.create"),
-            commands_filter: format!("{ns}.commands.>"),
-            dlq_commands_subject: format!("{ns}.dlq.commands"),
-            dlq_filter: format!("{ns}.dlq.>"),
-            commands_stream: format!("{prefix}_COMMANDS"),
-            dlq_stream: format!("{prefix}_DLQ"),
-            consumer: settings.consumer.clone(),
-        }
-    }
-}
-
 /// Connects to NATS. A lost connection is retried forever in the background; it never
 /// ends the process. The first connection is retried too, so the service can start
 /// before NATS does.
@@ -78,7 +42,7 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
 
 /// Creates the streams if they do not exist (idempotent; safe from many instances).
 pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) -> anyhow::Result<()> {
-    let names = Names::new(settings);
+    let names = settings.names();
     js.get_or_create_stream(stream::Config {
         name: names.commands_stream.clone(),
         description: Some("mailledger commands (work queue)".into()),

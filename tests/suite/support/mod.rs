@@ -3,7 +3,7 @@
 //! stream names, Redis key prefix), and cleans up after itself.
 #![allow(dead_code)]
 
-#[path = "../../benches/support/smtp_sink.rs"]
+pub mod db;
 pub mod smtp;
 
 use std::time::{Duration, Instant};
@@ -204,35 +204,26 @@ impl TestApp {
 
     /// Number of events for one email (or for all when `id` is None).
     pub async fn event_count(&self, id: Option<&str>) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR aggregate_id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count events")
+        db::event_count(&self.pool, id).await
     }
 
     /// Event types of one email, in order.
     pub async fn event_types(&self, id: &str) -> Vec<String> {
-        sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-            .bind(id)
-            .fetch_all(&self.pool)
+        db::events_of(&self.pool, id).await.into_iter().map(|e| e.event_type).collect()
+    }
+
+    /// Event `sequence` of email `id`, as stored.
+    pub async fn stored(&self, id: &str, sequence: i64) -> db::Stored {
+        db::events_of(&self.pool, id)
             .await
-            .expect("event types")
+            .into_iter()
+            .find(|e| e.sequence == sequence)
+            .unwrap_or_else(|| panic!("email {id} has no event {sequence}"))
     }
 
     /// Waits until the `emails` read model holds `n` rows, each with all its events.
     pub async fn wait_projected(&self, n: i64) {
-        eventually(Duration::from_secs(15), || async {
-            let (rows, behind): (i64, i64) = sqlx::query_as(
-                "SELECT count(*), count(*) FILTER (WHERE last_sequence < (SELECT max(sequence) FROM events \
-                 WHERE aggregate_id = emails.id::text)) FROM emails",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-            rows == n && behind == 0
-        })
-        .await;
+        eventually(Duration::from_secs(15), || async { db::read_model_state(&self.pool).await == (n, 0) }).await;
     }
 
     /// Creates an email over REST and returns its id.
@@ -251,10 +242,7 @@ impl TestApp {
 
     /// Distinct emails in the store.
     pub async fn email_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count")
+        db::email_count(&self.pool).await
     }
 
     /// Messages in the commands stream not yet acknowledged (work queue: acked ones are gone).
@@ -302,7 +290,7 @@ pub async fn cleanup(iso: &Isolation) {
         }
     }
     if let Ok(pool) = PgPool::connect(&format!("{}/postgres", server_url())).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", iso.database)).execute(&pool).await;
+        db::drop_database(&pool, &iso.database).await;
     }
 }
 
@@ -426,17 +414,7 @@ pub async fn insert_event(
     sequence: i64,
     event: &(String, serde_json::Value),
 ) {
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         VALUES ('Email', $1, $2, $3, '1.0', $4, '{}')",
-    )
-    .bind(id.to_string())
-    .bind(sequence)
-    .bind(&event.0)
-    .bind(&event.1)
-    .execute(conn)
-    .await
-    .expect("insert event");
+    db::insert_event_as(conn, id, sequence, event, "1.0", None).await;
 }
 
 /// Commits a new email's two events directly to the store; returns its id.

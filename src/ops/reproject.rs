@@ -20,12 +20,14 @@ use std::time::Instant;
 use anyhow::Context;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::Projection;
-use super::cache::CacheProjection;
-use super::emails::EmailsProjection;
-use super::feed::{self, Checkpoint};
+use super::progress::Progress;
+use crate::projections::Projection;
+use crate::projections::cache::CacheProjection;
+use crate::projections::emails::EmailsProjection;
 use crate::query::cache::Cache;
 use crate::saga::schedule::ScheduleProjection;
+use crate::store::checkpoints;
+use crate::store::feed::{self, Checkpoint};
 use crate::store::upcast::Upcaster;
 
 /// What can be re-projected.
@@ -60,25 +62,6 @@ pub struct Report {
     pub seconds: f64,
 }
 
-/// Told about progress (events applied so far, out of about how many).
-pub trait Progress: Send + Sync {
-    /// The total is known.
-    fn start(&self, total: u64);
-    /// `n` more events were applied.
-    fn advance(&self, n: u64);
-    /// The rebuild is in its final phase.
-    fn message(&self, text: &str);
-}
-
-/// No progress reporting.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn start(&self, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn message(&self, _: &str) {}
-}
-
 struct Shape {
     name: &'static str,
     table: &'static str,
@@ -104,7 +87,7 @@ pub async fn reproject(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut *conn).await?;
+    let total = crate::store::stats::count(pool).await?;
     progress.start(total.max(0) as u64);
     if target == Target::Cache {
         let cache = cache.context("the cache needs Redis settings")?;
@@ -167,12 +150,9 @@ pub async fn reproject(
     // 4. Catch up and swap, in one transaction.
     progress.message("swapping");
     let mut tx = conn.begin().await?;
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(s.name)
-        .execute(&mut *tx)
-        .await?;
-    feed::load_checkpoint(&mut tx, s.name).await?; // waits for the live runner's batch, then holds it off
-    let at = feed::load_checkpoint(&mut tx, &shadow_checkpoint).await?;
+    checkpoints::ensure(&mut tx, s.name).await?;
+    checkpoints::load(&mut tx, s.name).await?; // waits for the live runner's batch, then holds it off
+    let at = checkpoints::load(&mut tx, &shadow_checkpoint).await?;
     events += apply_all(&mut tx, projection.as_ref(), at, batch, upcasters, progress, Some(&shadow_checkpoint)).await?;
     if target == Target::Schedule {
         // Leases held by senders right now stay held.
@@ -200,12 +180,9 @@ pub async fn reproject(
         .execute(&mut *tx)
         .await?;
     }
-    let done = feed::load_checkpoint(&mut tx, &shadow_checkpoint).await?;
-    feed::save_checkpoint(&mut tx, s.name, done).await?;
-    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-        .bind(&shadow_checkpoint)
-        .execute(&mut *tx)
-        .await?;
+    let done = checkpoints::load(&mut tx, &shadow_checkpoint).await?;
+    checkpoints::save(&mut tx, s.name, done).await?;
+    checkpoints::remove(&mut tx, &shadow_checkpoint).await?;
     tx.commit().await?;
     Ok(Report { events, seconds: started.elapsed().as_secs_f64() })
 }
@@ -229,7 +206,7 @@ async fn apply_all(
         let Some(last) = events.last().map(|e| e.checkpoint) else { break };
         projection.apply(&mut tx, &events).await?;
         if let Some(name) = checkpoint {
-            feed::save_checkpoint(&mut tx, name, last).await?;
+            checkpoints::save(&mut tx, name, last).await?;
         }
         tx.commit().await?;
         at = last;

@@ -4,12 +4,10 @@
 //! new files are bad, client certificates when a client CA is set, and start-up errors
 //! that name the file. Certificates are made here, by a CA of each test's own.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Isolation, TestApp, original_payload};
+use crate::support::{Isolation, TestApp, original_payload};
 use mailledger::startup::Application;
 use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use mailledger::transport::grpc::proto::{CreateReq, GetByIdReq};
@@ -163,12 +161,8 @@ async fn handshake_failures(app: &TestApp, listener: &str) -> f64 {
 
 /// The peer address the handler saw (in the event's metadata) is the test's own.
 async fn assert_came_from_loopback(app: &TestApp, id: &str) {
-    let caller: String =
-        sqlx::query_scalar("SELECT metadata->>'caller' FROM events WHERE aggregate_id = $1 AND sequence = 1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let requested = app.stored(id, 1).await;
+    let caller = requested.metadata["caller"].as_str().unwrap_or_default();
     assert!(caller.starts_with("127.0.0.1:"), "{caller}");
 }
 
@@ -263,7 +257,8 @@ async fn plain_http_and_silent_clients_get_nothing_and_hold_up_no_one() {
     let response = reqwest::Client::new().get(format!("http://{rest}/health")).send().await;
     assert!(response.is_err(), "plain HTTP was answered: {response:?}");
 
-    common::eventually(PROMPT, || async { handshake_failures(&app, "rest").await >= failures_before + 2.0 }).await;
+    crate::support::eventually(PROMPT, || async { handshake_failures(&app, "rest").await >= failures_before + 2.0 })
+        .await;
     assert_eq!(health(&app, trusting(&ca)).await.unwrap(), 200, "still serving");
 }
 

@@ -1,15 +1,16 @@
-//! The ledger's write API: what every transport calls. It derives the email id from
-//! the idempotency key, records where a command came from in the event metadata, runs
-//! the command through cqrs-es on the PostgreSQL event store, and sorts failures into
-//! the four kinds a transport needs to answer: invalid, conflict, unavailable, internal.
+//! The ledger's write API: what every transport and operator command calls. It derives
+//! the email id from the idempotency key, records where a command came from in the
+//! event metadata, hands the command to the [`EventStore`] (new emails group-committed,
+//! later commands through cqrs-es: see [`crate::store`]), announces the commit, and
+//! sorts failures into the kinds a transport needs to answer: invalid, conflict,
+//! refused, unavailable, internal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use backon::Retryable;
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::AggregateError;
-use cqrs_es::persist::PersistedEventStore;
-use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,11 +18,10 @@ use crate::command::{
     Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
     ValidationErrors, email_id_for_key,
 };
-use crate::projections::notify::Announcer;
 use crate::render::LettreRenderer;
-use append::{Appended, Appender, EventRow, NewEmail};
-
-mod append;
+use crate::store::EventStore;
+use crate::store::append::{AppendError, Appended, EventRow, NewEmail};
+use crate::store::notify::Announcer;
 
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -76,9 +76,8 @@ impl LedgerError {
 /// The write side, shared by every transport.
 #[derive(Clone)]
 pub struct Ledger {
-    cqrs: Arc<PostgresCqrs<Email>>,
+    store: EventStore,
     limits: Limits,
-    appender: Appender,
     services: EmailServices,
     announcer: Option<Announcer>,
 }
@@ -87,15 +86,12 @@ impl Ledger {
     /// A ledger on `pool` (already migrated). Starts the group-commit writers, so it
     /// must be called inside a Tokio runtime.
     pub fn new(pool: PgPool, limits: Limits) -> Self {
-        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
-            .with_upcasters(crate::store::upcast::for_cqrs());
         let services = EmailServices { renderer: Arc::new(LettreRenderer) };
-        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
-        Self { cqrs: Arc::new(cqrs), limits, appender: Appender::start(pool), services, announcer: None }
+        Self { store: EventStore::new(pool, services.clone()), limits, services, announcer: None }
     }
 
     /// Announces every commit (so projections here and elsewhere wake at once).
-    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+    pub(crate) fn with_announcer(mut self, announcer: Announcer) -> Self {
         self.announcer = Some(announcer);
         self
     }
@@ -190,7 +186,11 @@ impl Ledger {
             .collect::<Result<Vec<_>, LedgerError>>()?;
         let email =
             NewEmail { id: email_id.to_string(), events, metadata: serde_json::to_value(metadata).map_err(internal)? };
-        match self.appender.append(email).await? {
+        let appended = self.store.append_new(email).await.map_err(|e| match e {
+            AppendError::Unavailable(e) => LedgerError::Unavailable(e),
+            AppendError::Internal(e) => LedgerError::Internal(e),
+        })?;
+        match appended {
             Appended::Inserted => {
                 self.committed();
                 Ok(true)
@@ -218,19 +218,14 @@ impl Ledger {
         command: EmailCommand,
         metadata: HashMap<String, String>,
     ) -> Result<(), LedgerError> {
-        let id = email_id.to_string();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.cqrs.execute_with_metadata(&id, command.clone(), metadata.clone()).await {
-                Ok(()) => {
-                    self.committed();
-                    return Ok(());
-                }
-                Err(AggregateError::AggregateConflict) if tries < 3 => continue,
-                Err(e) => return Err(classify(e)),
-            }
-        }
+        let attempt = || self.store.execute(email_id, command.clone(), metadata.clone());
+        attempt
+            .retry(backon::ConstantBuilder::default().with_delay(std::time::Duration::ZERO).with_max_times(2))
+            .when(|e| matches!(e, AggregateError::AggregateConflict))
+            .await
+            .map_err(classify)?;
+        self.committed();
+        Ok(())
     }
 }
 

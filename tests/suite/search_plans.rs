@@ -4,9 +4,7 @@
 //! oldest, in a few new and many old, in three — each searched at several pages,
 //! including pages past the probe, and with filters.
 
-mod common;
-
-use common::TestApp;
+use crate::support::{TestApp, db};
 use mailledger::query::repository::{PROBE, Repository};
 use mailledger::query::search::{COUNT_CAP, SearchParams, to_tsquery};
 use uuid::Uuid;
@@ -14,41 +12,12 @@ use uuid::Uuid;
 const EMAILS: i64 = 12_000;
 
 async fn seed(app: &TestApp) {
-    // g = 1 is the oldest. Words: alpha everywhere, beta in 2 %, gamma in the oldest 300,
-    // delta in the newest 15 and every 100th of the rest, omega in three.
-    sqlx::query(
-        "INSERT INTO emails (id, from_address, to_addresses, recipients, subject, body, status, source, \
-                             created_at, updated_at, last_sequence) \
-         SELECT gen_random_uuid(), 'user' || (g % 7) || '@example.com', ARRAY['rcpt@example.org'], \
-                ARRAY['rcpt@example.org'], 'alpha ' || g, \
-                concat_ws(' ', CASE WHEN g % 50 = 0 THEN 'beta' END, CASE WHEN g <= 300 THEN 'gamma' END, \
-                          CASE WHEN g > $1 - 15 OR g % 100 = 0 THEN 'delta' END, \
-                          CASE WHEN g IN (17, 6000, 11990) THEN 'omega' END), \
-                CASE WHEN g % 3 = 0 THEN 'sent' ELSE 'queued' END, 'rest', \
-                timestamptz '2026-01-01' + make_interval(secs => g / 2), now(), 2 \
-         FROM generate_series(1, $1) AS g",
-    )
-    .bind(EMAILS)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE emails").execute(&app.pool).await.unwrap();
+    db::seed_search_corpus(&app.pool, EMAILS).await;
 }
 
 /// What the plain SQL says: every match, newest first.
 async fn oracle(app: &TestApp, p: &SearchParams) -> Vec<Uuid> {
-    sqlx::query_scalar(
-        "SELECT id FROM emails \
-         WHERE ($1::text IS NULL OR search @@ to_tsquery('simple', $1)) \
-           AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR from_address = $3) \
-         ORDER BY created_at DESC, id DESC",
-    )
-    .bind(&p.tsquery)
-    .bind(&p.status)
-    .bind(&p.from)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
+    db::search_oracle(&app.pool, p.tsquery.as_deref(), p.status.as_deref(), p.from.as_deref()).await
 }
 
 #[tokio::test]

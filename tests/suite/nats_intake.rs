@@ -1,11 +1,9 @@
 //! NATS JetStream intake: the original payload, idempotency, poison messages,
 //! ack-after-commit and durability across a restart of the service.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, eventually, original_payload};
+use crate::support::{TestApp, db, eventually, original_payload};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -17,14 +15,10 @@ async fn the_original_payload_is_committed_then_acked() {
     app.publish(&payload[..], None).await;
     eventually(WAIT, || async { app.event_count(None).await == 2 }).await;
     eventually(WAIT, || async { app.commands_left().await == 0 }).await;
-    let (event_type, metadata): (String, serde_json::Value) =
-        sqlx::query_as("SELECT event_type, metadata FROM events ORDER BY position LIMIT 1")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(event_type, "Requested");
-    assert_eq!(metadata["transport"], "nats");
-    assert_eq!(metadata["nats_stream_sequence"], "1");
+    let first = db::events(&app.pool).await.into_iter().next().unwrap();
+    assert_eq!(first.event_type, "Requested");
+    assert_eq!(first.metadata["transport"], "nats");
+    assert_eq!(first.metadata["nats_stream_sequence"], "1");
     assert!(app.dead_letters().await.is_empty());
 }
 
@@ -103,13 +97,13 @@ async fn poison_messages_are_dead_lettered_with_reason_and_bytes_and_the_consume
 #[tokio::test]
 async fn a_command_whose_commit_fails_is_redelivered_not_lost() {
     let app = TestApp::spawn().await;
-    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&app.pool).await.unwrap();
+    db::break_store(&app.pool).await;
     app.publish(original_payload("waits for the store").to_string(), None).await;
     // Delivered, refused by the store, nak'ed: still in the stream, not dead-lettered.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.commands_left().await, 1);
     assert!(app.dead_letters().await.is_empty());
-    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&app.pool).await.unwrap();
+    db::mend_store(&app.pool).await;
     eventually(WAIT, || async { app.event_count(None).await == 2 }).await;
     eventually(WAIT, || async { app.commands_left().await == 0 }).await;
 }

@@ -1,8 +1,6 @@
 //! gRPC intake: the original EmailService.Create, its errors, reflection and health.
 
-mod common;
-
-use common::TestApp;
+use crate::support::TestApp;
 use mailledger::transport::grpc::proto::CreateReq;
 use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use tonic::Code;
@@ -25,15 +23,9 @@ async fn create_records_the_email_and_answers_with_its_id() {
         client.create(request("rcpt@example.org, \"Lee, Ann\" <ann@example.org>", "hi")).await.unwrap().into_inner();
     assert_eq!(res.status, "accepted");
     assert_eq!(app.event_types(&res.email_id).await, ["Requested", "Persisted"]);
-    let (to, transport): (serde_json::Value, String) = sqlx::query_as(
-        "SELECT payload->'Persisted'->'to', metadata->>'transport' FROM events WHERE aggregate_id = $1 AND sequence = 2",
-    )
-    .bind(&res.email_id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(to.as_array().unwrap().len(), 2, "a quoted comma does not split an address");
-    assert_eq!(transport, "grpc");
+    let persisted = app.stored(&res.email_id, 2).await;
+    assert_eq!(persisted.fields()["to"].as_array().unwrap().len(), 2, "a quoted comma does not split an address");
+    assert_eq!(persisted.metadata["transport"], "grpc");
 }
 
 #[tokio::test]
@@ -81,4 +73,20 @@ async fn health_service_reports_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(res.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_in_the_answer_metadata() {
+    let app = TestApp::spawn().await;
+    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut req = tonic::Request::new(request("rcpt@example.org", "with an id"));
+    req.metadata_mut().insert("x-request-id", "grpc-req-7".parse().unwrap());
+    let res = client.create(req).await.unwrap();
+    assert_eq!(res.metadata().get("x-request-id").unwrap(), "grpc-req-7");
+    let id = res.into_inner().email_id;
+    assert_eq!(app.stored(&id, 1).await.metadata["correlation_id"], "grpc-req-7");
+    // An error answer carries a made one.
+    let err = client.create(request("not an address", "bad")).await.unwrap_err();
+    let made = err.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    assert!(made.parse::<uuid::Uuid>().is_ok(), "{made:?}");
 }

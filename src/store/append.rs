@@ -19,8 +19,6 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::LedgerError;
-
 /// Emails one INSERT carries at most.
 pub const MAX_BATCH: usize = 256;
 /// INSERTs in flight at once (each on its own pooled connection).
@@ -34,17 +32,34 @@ const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence
 /// One event of a new email, numbered from 1.
 #[derive(Debug)]
 pub struct EventRow {
+    /// `events.event_type`.
     pub event_type: String,
+    /// `events.event_version`.
     pub event_version: String,
+    /// The event as stored.
     pub payload: serde_json::Value,
 }
 
 /// The whole history of a new email, as its aggregate produced it.
 #[derive(Debug)]
 pub struct NewEmail {
+    /// The email's id (`events.aggregate_id`).
     pub id: String,
+    /// Its whole history, in order.
     pub events: Vec<EventRow>,
+    /// The metadata every one of its events carries.
     pub metadata: serde_json::Value,
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The database could not be reached; retry later.
+    #[error("event store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug, or a store written by hand.
+    #[error("{0}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What became of an append.
@@ -58,19 +73,19 @@ pub enum Appended {
 
 struct Job {
     email: NewEmail,
-    reply: oneshot::Sender<Result<Appended, LedgerError>>,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
 /// The queue in front of the writers. Cheap to clone; the writers stop when the last
 /// clone is dropped.
 #[derive(Clone)]
-pub struct Appender {
+pub(crate) struct Appender {
     queue: mpsc::Sender<Job>,
 }
 
 impl Appender {
     /// Starts the writers on `pool` (needs a Tokio runtime).
-    pub fn start(pool: PgPool) -> Self {
+    pub(crate) fn start(pool: PgPool) -> Self {
         let (queue, jobs) = mpsc::channel(MAX_BATCH * WRITERS);
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..WRITERS {
@@ -80,9 +95,9 @@ impl Appender {
     }
 
     /// Appends `email`; returns once it is committed (or known to exist already).
-    pub async fn append(&self, email: NewEmail) -> Result<Appended, LedgerError> {
+    pub(crate) async fn append(&self, email: NewEmail) -> Result<Appended, AppendError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || LedgerError::Internal("the event appender stopped".into());
+        let stopped = || AppendError::Internal("the event appender stopped".into());
         self.queue.send(Job { email, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -123,7 +138,7 @@ async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
                         // Every history starts with all of a new email's events, in one
                         // statement: a partial one means the store was written by hand.
                         tracing::error!(email_id = %job.email.id, stored = n, "only part of a new email's events were appended");
-                        Err(LedgerError::Internal(format!("email {} has a partial history", job.email.id).into()))
+                        Err(AppendError::Internal(format!("email {} has a partial history", job.email.id).into()))
                     }
                 };
                 let _ = job.reply.send(answer);
@@ -133,14 +148,14 @@ async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
             }
         }
         Err(e) => {
-            let transient = crate::store::is_unavailable(&e);
+            let transient = super::is_unavailable(&e);
             let message = e.to_string();
             for job in batch.into_iter().chain(repeats) {
                 let error: Box<dyn std::error::Error + Send + Sync> = message.clone().into();
                 let _ = job.reply.send(Err(if transient {
-                    LedgerError::Unavailable(error)
+                    AppendError::Unavailable(error)
                 } else {
-                    LedgerError::Internal(error)
+                    AppendError::Internal(error)
                 }));
             }
         }

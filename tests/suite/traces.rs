@@ -5,14 +5,12 @@
 //!
 //! The service runs as a child process: its tracing set-up is process-wide.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::smtp::SmtpSink;
-use common::{Cleanup, Isolation, Killed, eventually, original_payload};
+use crate::support::smtp::SmtpSink;
+use crate::support::{Cleanup, Isolation, Killed, db, eventually, original_payload};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server,
 };
@@ -107,7 +105,7 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
             .spawn()
             .unwrap(),
     );
-    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let nats = async_nats::connect(crate::support::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
     let stream = format!("{}_COMMANDS", iso.stream_prefix);
     eventually(WAIT, || async { js.get_stream(&stream).await.is_ok() }).await;
@@ -142,10 +140,11 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
 
     // The trace id is in the event metadata, and on the events published to NATS.
     let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
-    let traceparents: Vec<String> = sqlx::query_scalar("SELECT metadata->>'traceparent' FROM events ORDER BY position")
-        .fetch_all(&pool)
+    let traceparents: Vec<String> = db::events(&pool)
         .await
-        .unwrap();
+        .iter()
+        .map(|e| e.metadata["traceparent"].as_str().unwrap_or_default().to_owned())
+        .collect();
     assert!(traceparents.len() >= 3, "{traceparents:?}");
     assert!(traceparents.iter().all(|t| t.contains(trace_id)), "{traceparents:?}");
     let events_stream = format!("{}_EVENTS", iso.stream_prefix);

@@ -2,12 +2,10 @@
 //! never exits, and commands stored before the outage are committed after it.
 //! Runs its own `nats-server` (JetStream, file storage) on a free port.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TestApp, eventually, original_payload};
+use crate::support::{TestApp, eventually, original_payload};
 
 struct NatsServer {
     child: Child,

@@ -1,8 +1,6 @@
 //! REST intake: POST /api/v1/emails and the original POST /api/v1/email.
 
-mod common;
-
-use common::{TestApp, original_payload};
+use crate::support::{TestApp, db, original_payload};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -16,13 +14,8 @@ async fn post_records_requested_and_persisted_on_both_paths() {
         let id = body["id"].as_str().unwrap();
         assert_eq!(location, format!("/api/v1/emails/{id}"));
         assert_eq!(app.event_types(id).await, ["Requested", "Persisted"]);
-        let (payload, metadata): (Value, Value) =
-            sqlx::query_as("SELECT payload, metadata FROM events WHERE aggregate_id = $1 AND event_type = 'Persisted'")
-                .bind(id)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        let persisted = &payload["Persisted"];
+        let stored = app.stored(id, 2).await;
+        let (persisted, metadata) = (stored.fields(), &stored.metadata);
         assert_eq!(persisted["from"]["address"], "sender@example.com");
         assert_eq!(persisted["to"][0]["address"], "rcpt@example.org");
         assert!(persisted["message_id"].as_str().unwrap().ends_with("@example.com>"));
@@ -215,17 +208,14 @@ async fn every_bad_input_gets_a_clear_error_and_stores_nothing() {
 #[tokio::test]
 async fn a_broken_store_is_a_bare_500_and_dropped_connections_recover() {
     let app = TestApp::spawn().await;
-    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&app.pool).await.unwrap();
+    db::break_store(&app.pool).await;
     let r = app.post_json("/api/v1/emails", &original_payload("during outage")).await;
     assert_eq!(r.status(), 500);
     let text = r.text().await.unwrap();
     assert_eq!(text, r#"{"error":{"code":"internal","message":"internal error"}}"#);
-    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&app.pool).await.unwrap();
+    db::mend_store(&app.pool).await;
     // Connections killed under it: the pool reconnects.
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    db::kill_other_sessions(&app.pool).await;
     let mut accepted = false;
     for _ in 0..3 {
         let r = app.post_json("/api/v1/emails", &original_payload("after outage")).await;
@@ -247,4 +237,34 @@ async fn health_and_ready_answer() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["ready"], true);
+}
+
+#[tokio::test]
+async fn the_request_id_is_taken_or_made_echoed_and_recorded() {
+    let app = TestApp::spawn().await;
+    let sent = app
+        .client
+        .post(app.url("/api/v1/emails"))
+        .header("x-request-id", "req-abc-123")
+        .json(&original_payload("traced by id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.headers()["x-request-id"], "req-abc-123");
+    let id = sent.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.stored(&id, 1).await.metadata["correlation_id"], "req-abc-123");
+
+    // None, or one that is not a sane token: a new one is made (and echoed on errors too).
+    for header in [None, Some("has spaces in it"), Some(&*"x".repeat(200))] {
+        let mut r = app.client.get(app.url("/api/v1/emails/not-a-uuid"));
+        if let Some(h) = header {
+            r = r.header("x-request-id", h);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let made = r.headers()["x-request-id"].to_str().unwrap();
+        assert!(made.parse::<uuid::Uuid>().is_ok(), "{made:?}");
+    }
+    let r = app.client.get(app.url("/health")).header("x-correlation-id", "corr-9").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "corr-9", "a correlation id stands in for a missing request id");
 }

@@ -1,13 +1,11 @@
 //! Auditors: replay (every event of a window once, in commit order, with filters),
 //! history, and the state of an email as of each instant of its life.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::smtp::SmtpSink;
-use common::{TestApp, eventually, original_payload};
+use crate::support::smtp::SmtpSink;
+use crate::support::{TestApp, db, eventually, original_payload};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailledger");
@@ -34,10 +32,7 @@ async fn replay_gives_every_event_of_a_window_once_in_commit_order() {
         ids.push(app.create(&original_payload(&format!("replayed {i}"))).await);
     }
     let expected: Vec<(String, i64)> =
-        sqlx::query_as("SELECT aggregate_id, position FROM events ORDER BY txid, position")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+        db::events(&app.pool).await.into_iter().map(|e| (e.aggregate_id, e.position)).collect();
 
     let (code, out, _) = mailledger(&app, &["replay"]);
     assert_eq!(code, 0);

@@ -1,12 +1,10 @@
 //! The Redis cache: filled by its projection, written by version, read first, refilled
 //! on a miss — and never the reason a read fails when Redis is down.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, eventually, original_payload};
+use crate::support::{TestApp, eventually, original_payload};
 use mailledger::query::cache::Cache;
 use redis::AsyncCommands;
 

@@ -2,11 +2,9 @@
 //! request still gets its own answer — a repeat, a reused key and a failing store
 //! included.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 
-use common::{TestApp, original_payload};
+use crate::support::{TestApp, db, original_payload};
 use mailledger::command::{Limits, Source};
 use mailledger::ledger::{CreateEmail, Ledger, LedgerError};
 use mailledger::transport::payload::CreateEmailPayload;
@@ -30,20 +28,20 @@ async fn concurrent_new_emails_share_commits_and_each_is_whole() {
     let ids: HashSet<Uuid> = results.into_iter().map(|r| r.expect("accepted").id).collect();
     assert_eq!(ids.len(), n);
 
-    let histories: Vec<(String, Vec<i64>)> =
-        sqlx::query_as("SELECT aggregate_id, array_agg(sequence ORDER BY sequence) FROM events GROUP BY aggregate_id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let events = db::events(&app.pool).await;
+    let mut histories: HashMap<&str, Vec<i64>> = HashMap::new();
+    for e in &events {
+        histories.entry(&e.aggregate_id).or_default().push(e.sequence);
+    }
     assert_eq!(histories.len(), n);
-    for (id, sequences) in &histories {
+    for (id, sequences) in &mut histories {
+        sequences.sort_unstable();
         assert!(ids.contains(&id.parse().unwrap()), "{id} was not asked for");
         assert_eq!(sequences, &[1, 2], "{id}: Requested and Persisted, nothing else");
     }
     // Rows written by one INSERT share a transaction id: fewer commits than emails.
-    let commits: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT txid) FROM events").fetch_one(&app.pool).await.unwrap();
-    assert!(commits < n as i64, "{commits} commits for {n} emails: nothing was grouped");
+    let commits = events.iter().map(|e| &e.txid).collect::<HashSet<_>>().len();
+    assert!(commits < n, "{commits} commits for {n} emails: nothing was grouped");
 }
 
 #[tokio::test]
@@ -63,13 +61,8 @@ async fn repeats_and_a_reused_key_in_one_burst_get_their_own_answers() {
     let results = futures::future::join_all(creates.into_iter().map(|c| ledger.create(c))).await;
 
     let shared = mailledger::command::email_id_for_key("shared");
-    let stored: String = sqlx::query_scalar(
-        "SELECT payload->'Requested'->'request'->>'subject' FROM events WHERE aggregate_id = $1 AND sequence = 1",
-    )
-    .bind(shared.to_string())
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let requested = app.stored(&shared.to_string(), 1).await;
+    let stored = requested.fields()["request"]["subject"].as_str().unwrap().to_owned();
     for (subject, result) in subjects.iter().zip(&results) {
         match subject {
             None => assert!(result.is_ok(), "a bystander failed: {result:?}"),
@@ -92,12 +85,12 @@ async fn a_failing_store_fails_the_whole_batch_and_retries_store_it_once() {
             (0..40).map(|i| ledger.create(request(&format!("{round} {i}"), Some(format!("k-{i}"))))),
         )
     };
-    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&app.pool).await.unwrap();
+    db::break_store(&app.pool).await;
     for result in burst("first").await {
         let error = result.expect_err("nothing can be stored");
         assert!(error.is_transient(), "a broken store is worth retrying: {error}");
     }
-    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&app.pool).await.unwrap();
+    db::mend_store(&app.pool).await;
     assert_eq!(app.event_count(None).await, 0, "nothing was half-stored");
 
     let ids: HashSet<Uuid> = burst("first").await.into_iter().map(|r| r.expect("stored on retry").id).collect();

@@ -2,18 +2,16 @@
 //! event exactly once, projections catch up after a restart, and a standby takes over
 //! when the leader's session dies.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Cleanup, Isolation, accepted_events, commit_email, db, eventually, fresh_database, insert_event};
 use async_trait::async_trait;
-use common::{Cleanup, Isolation, accepted_events, commit_email, eventually, fresh_database, insert_event};
 use mailledger::projections::emails::EmailsProjection;
-use mailledger::projections::feed::FeedEvent;
 use mailledger::projections::runner::{Runner, RunnerOptions};
 use mailledger::projections::{Projection, ProjectionKind};
+use mailledger::store::feed::FeedEvent;
 use sqlx::{Acquire, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -88,9 +86,7 @@ async fn a_long_transaction_committing_after_a_short_one_is_not_skipped() {
     let seen = recorder.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 4);
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
-    let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'queued'").fetch_one(&pool).await.unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(db::read_model_rows_where(&pool, "status", "queued").await, 2);
 }
 
 #[tokio::test]
@@ -137,11 +133,7 @@ async fn concurrent_interleaved_writers_every_event_seen_exactly_once() {
         eventually(Duration::from_secs(20), || async { r.seen.lock().unwrap().len() == total }).await;
     }
     eventually(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM emails WHERE last_sequence = 2")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            == (WRITERS * PER_WRITER) as i64
+        db::read_model_rows_where(&pool, "last_sequence", "2").await == (WRITERS * PER_WRITER) as i64
     })
     .await;
     stop.cancel();
@@ -227,14 +219,7 @@ async fn a_leader_whose_session_is_killed_loses_the_lead_to_the_standby() {
     let b = tokio::spawn(Runner::new(pool.clone(), second.clone(), options(10)).run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Kill the session holding the advisory lock: as if the leader's host died.
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(killed, 1);
+    assert_eq!(db::kill_lock_holders(&pool).await, 1);
     commit_email(&pool, "after").await;
     // Whoever leads now (the standby, or the old leader back after re-taking the lock)
     // applies the events exactly once in all.
@@ -251,31 +236,27 @@ async fn a_leader_whose_session_is_killed_loses_the_lead_to_the_standby() {
 
 #[tokio::test]
 async fn commit_order_is_numeric_across_a_digit_boundary() {
-    // Transaction ids sort as numbers, not as text: 9998 comes before 10001.
+    // Transaction ids sort as numbers, not as text: 9998 comes before 10001. The ids are
+    // chosen below the cluster's current one (the feed reads only below its horizon),
+    // across the highest power of ten that allows it.
     let iso = Isolation::new();
     let _cleanup = Cleanup(iso.clone());
     let pool = fresh_database(&iso).await;
+    let now = db::current_txid(&pool).await;
+    let boundary = (1..=18).map(|k| 10u64.pow(k)).filter(|b| b + 1 < now).max().expect("a cluster past xid 11");
+    let (low, high) = ((boundary - 2).to_string(), (boundary + 1).to_string());
     let (late, early) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    for (id, txid) in [(late, "10001"), (early, "9998")] {
+    let mut conn = pool.acquire().await.unwrap();
+    for (id, txid) in [(late, &high), (early, &low)] {
         for (s, e) in accepted_events(id, "x").iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, txid) \
-                 VALUES ('Email', $1, $2, $3, '1.0', $4, '{}', $5::text::xid8)",
-            )
-            .bind(id.to_string())
-            .bind(s as i64 + 1)
-            .bind(&e.0)
-            .bind(&e.1)
-            .bind(txid)
-            .execute(&pool)
-            .await
-            .unwrap();
+            db::insert_event_as(&mut conn, id, s as i64 + 1, e, "1.0", Some(txid)).await;
         }
     }
+    drop(conn);
     let recorder = Arc::new(Recorder::default());
     let runner = Runner::new(pool.clone(), recorder.clone(), options(1));
     assert_eq!(runner.try_execute_once().await.unwrap(), 1);
-    assert_eq!(runner.checkpoint().await.unwrap().txid, 9998);
+    assert_eq!(runner.checkpoint().await.unwrap().txid, boundary - 2);
     assert_eq!(runner.catch_up().await.unwrap(), 3);
     let seen = recorder.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 4);

@@ -13,8 +13,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::upcast::{self, UPCASTERS, Upcaster};
 use crate::command::EmailEvent;
-use crate::store::upcast::Upcaster;
 
 /// A position in the feed: the last event a reader has applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,7 +68,7 @@ pub enum FeedError {
 
 /// Selected columns. (`txid` is also the name of a text output column here, so an
 /// ORDER BY must name `events.txid` to sort numerically.)
-pub(crate) const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
+const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, recorded_at FROM events";
 
 /// Reads up to `limit` events after `after`, in commit order, below the horizon.
@@ -107,11 +107,60 @@ pub async fn read_email(
          AND ($2::timestamptz IS NULL OR recorded_at <= $2) ORDER BY sequence"
     );
     let rows = sqlx::query(&sql).bind(email_id.to_string()).bind(until).fetch_all(conn).await?;
-    rows.iter().map(|r| decode_row(r, crate::store::upcast::UPCASTERS)).collect()
+    rows.iter().map(|r| decode_row(r, UPCASTERS)).collect()
+}
+
+/// Every event of each email in `ids`, grouped by email, each group in sequence order.
+pub async fn read_emails(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Vec<FeedEvent>>, FeedError> {
+    let sql =
+        format!("{SELECT} WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence");
+    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows = sqlx::query(&sql).bind(&keys).fetch_all(conn).await?;
+    let mut groups: Vec<Vec<FeedEvent>> = Vec::new();
+    for row in &rows {
+        let e = decode_row(row, UPCASTERS)?;
+        match groups.last_mut() {
+            Some(group) if group[0].email_id == e.email_id => group.push(e),
+            _ => groups.push(vec![e]),
+        }
+    }
+    Ok(groups)
+}
+
+/// One stored event as it is, for people and exports: its payload is the event's own
+/// fields (not wrapped in its type's name), nothing decoded or upcast.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// `Requested`, `Persisted`, …
+    pub event_type: String,
+    /// Its sequence within the email, from 1.
+    pub sequence: i64,
+    /// Its position in the whole store.
+    pub position: i64,
+    /// The payload's schema version.
+    pub event_version: String,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The event's fields.
+    pub payload: Value,
+    /// Where it came from.
+    pub metadata: Value,
+}
+
+/// Every stored event of one email, in order (empty for an unknown id).
+pub async fn history(pool: &sqlx::PgPool, email_id: Uuid) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_type, sequence, position, event_version, recorded_at, \
+           coalesce(payload -> event_type, payload) AS payload, metadata FROM events \
+         WHERE aggregate_type = 'Email' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(email_id.to_string())
+    .fetch_all(pool)
+    .await
 }
 
 /// Decodes one `events` row selected with [`SELECT`]'s columns, upcasting old versions.
-pub fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result<FeedEvent, FeedError> {
+fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result<FeedEvent, FeedError> {
     let position: i64 = row.try_get("position")?;
     let event_type: String = row.try_get("event_type")?;
     let event_version: String = row.try_get("event_version")?;
@@ -126,8 +175,7 @@ pub fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result
     let aggregate_id: String = row.try_get("aggregate_id")?;
     let email_id = aggregate_id.parse().map_err(|e| undecodable(format!("aggregate id {aggregate_id:?}: {e}")))?;
     let payload: Value = row.try_get("payload")?;
-    let event =
-        crate::store::upcast::decode_with(upcasters, &event_type, &event_version, payload).map_err(undecodable)?;
+    let event = upcast::decode_with(upcasters, &event_type, &event_version, payload).map_err(undecodable)?;
     Ok(FeedEvent {
         checkpoint: Checkpoint { txid, position },
         email_id,
@@ -138,60 +186,4 @@ pub fn decode_row(row: &sqlx::postgres::PgRow, upcasters: &[Upcaster]) -> Result
         event,
         metadata: row.try_get("metadata")?,
     })
-}
-
-/// How far one projection is behind the head of the store.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Lag {
-    /// The projection (or a re-projection's `<name>__shadow`).
-    pub name: String,
-    /// The position of its checkpoint.
-    pub position: i64,
-    /// Events not yet applied: the distance in positions (gaps left by rolled-back
-    /// inserts make it an upper bound).
-    pub events: i64,
-    /// Age in seconds of the next event to apply; `None` when caught up.
-    pub seconds: Option<f64>,
-}
-
-/// Every checkpoint's lag. Cheap at any size: no counting of the store.
-pub async fn lags(pool: &sqlx::PgPool) -> Result<Vec<Lag>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.name, c.position, greatest(h.head - c.position, 0) AS events, \
-           extract(epoch FROM now() - n.recorded_at)::float8 AS seconds \
-         FROM projection_checkpoints c \
-         CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h \
-         LEFT JOIN LATERAL (SELECT e.recorded_at FROM events e WHERE (e.txid, e.position) > (c.txid, c.position) \
-                            ORDER BY e.txid, e.position LIMIT 1) n ON true \
-         ORDER BY c.name",
-    )
-    .fetch_all(pool)
-    .await
-}
-
-/// The checkpoint of projection `name` (the start of the feed when it has none), locked
-/// until the end of the transaction so that one batch at a time moves it (a re-projection's
-/// swap waits on this lock).
-pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT txid::text, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row
-        .map_or_else(Checkpoint::default, |(txid, position)| Checkpoint { txid: txid.parse().unwrap_or(0), position }))
-}
-
-/// Records that projection `name` has applied everything up to `at`.
-pub async fn save_checkpoint(conn: &mut PgConnection, name: &str, at: Checkpoint) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, txid, position, updated_at) VALUES ($1, $2::text::xid8, $3, now()) \
-         ON CONFLICT (name) DO UPDATE SET txid = EXCLUDED.txid, position = EXCLUDED.position, updated_at = now()",
-    )
-    .bind(name)
-    .bind(at.txid.to_string())
-    .bind(at.position)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

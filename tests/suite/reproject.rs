@@ -2,24 +2,18 @@
 //! empty or partial table while requests run, the live projection keeps going, and old
 //! event versions are read through upcasters.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Cleanup, Isolation, TestApp, accepted_events, fresh_database, insert_event, original_payload};
-use mailledger::projections::reproject::{Silent, Target, reproject};
+use crate::support::{
+    Cleanup, Isolation, TestApp, accepted_events, db, eventually, fresh_database, insert_event, original_payload,
+};
+use mailledger::ops::progress::Silent;
+use mailledger::ops::reproject::{Target, reproject};
 use mailledger::projections::runner::{Runner, RunnerOptions};
 use mailledger::store::upcast::{UPCASTERS, Upcaster};
 use serde_json::{Value, json};
-
-async fn snapshot(pool: &sqlx::PgPool, table: &str, key: &str) -> Vec<String> {
-    sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"))
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn reproject_while_reads_run_never_shows_a_partial_table() {
@@ -30,8 +24,8 @@ async fn reproject_while_reads_run_never_shows_a_partial_table() {
         futures::future::join_all(chunk.iter().map(|b| app.post_json("/api/v1/emails", b))).await;
     }
     app.wait_projected(N as i64).await;
-    let before = snapshot(&app.pool, "emails", "id").await;
-    let some_id: String = sqlx::query_scalar("SELECT id::text FROM emails LIMIT 1").fetch_one(&app.pool).await.unwrap();
+    let before = db::table_snapshot(&app.pool, "emails", "id").await;
+    let some_id = db::some_email_id(&app.pool).await;
 
     // Readers hammer search and lookup the whole time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,15 +86,11 @@ async fn reproject_while_reads_run_never_shows_a_partial_table() {
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no read failed or saw a partial table");
 
     app.wait_projected((N + 40) as i64).await;
-    let after = snapshot(&app.pool, "emails", "id").await;
+    let after = db::table_snapshot(&app.pool, "emails", "id").await;
     let after_old: Vec<&String> = after.iter().filter(|r| r.contains("\"before ")).collect();
     assert_eq!(after_old.len(), N);
     assert_eq!(before.iter().collect::<Vec<_>>(), after_old, "the rebuilt rows equal the rows before");
-    let indexes: Vec<String> =
-        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'emails' ORDER BY 1")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let indexes = db::index_names(&app.pool, "emails").await;
     assert_eq!(
         indexes,
         [
@@ -121,13 +111,10 @@ async fn the_schedule_and_the_cache_can_be_reprojected_too() {
         app.create(&original_payload(&format!("s{i}"))).await;
     }
     app.wait_projected(20).await;
-    common::eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries").fetch_one(&app.pool).await.unwrap() == 20
-    })
-    .await;
-    let before = snapshot(&app.pool, "deliveries", "email_id").await;
+    eventually(Duration::from_secs(10), || async { db::scheduled(&app.pool).await == 20 }).await;
+    let before = db::table_snapshot(&app.pool, "deliveries", "email_id").await;
     reproject(&app.pool, Target::Schedule, None, 7, UPCASTERS, &Silent).await.unwrap();
-    assert_eq!(snapshot(&app.pool, "deliveries", "email_id").await, before);
+    assert_eq!(db::table_snapshot(&app.pool, "deliveries", "email_id").await, before);
     let cache = mailledger::query::cache::Cache::new(&app.iso.settings(&[]).redis);
     let report = reproject(&app.pool, Target::Cache, Some(cache), 7, UPCASTERS, &Silent).await.unwrap();
     assert_eq!(report.events, 40);
@@ -152,15 +139,9 @@ async fn reproject_reads_old_event_versions_through_upcasters() {
     for (s, e) in accepted_events(id, "old schema").iter().enumerate() {
         insert_event(&mut tx, id, s as i64 + 1, e).await;
     }
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         VALUES ('Email', $1, 3, 'Sent', '0.9', $2, '{}')",
-    )
-    .bind(id.to_string())
-    .bind(json!({"Sent": {"attempt": 1, "code": 250, "text": "OK", "at": "2026-01-01T00:00:00Z"}}))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let old_sent =
+        ("Sent".to_owned(), json!({"Sent": {"attempt": 1, "code": 250, "text": "OK", "at": "2026-01-01T00:00:00Z"}}));
+    db::insert_event_as(&mut tx, id, 3, &old_sent, "0.9", None).await;
     tx.commit().await.unwrap();
 
     // Without the upcaster the event cannot be read: the projection stops there.
@@ -174,12 +155,7 @@ async fn reproject_reads_old_event_versions_through_upcasters() {
 
     let report = reproject(&pool, Target::Emails, None, 100, TEST_UPCASTERS, &Silent).await.unwrap();
     assert_eq!(report.events, 3);
-    let (status, sent_at, version): (String, chrono::DateTime<chrono::Utc>, i64) =
-        sqlx::query_as("SELECT status, sent_at, last_sequence FROM emails WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (status, sent_at, version) = db::read_model_row(&pool, id).await;
     assert_eq!((status.as_str(), version), ("sent", 3));
-    assert_eq!(sent_at.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+    assert_eq!(sent_at.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");
 }

@@ -1,13 +1,11 @@
 //! The `mailledger` binary as an operator runs it: help, bad settings, migrate, and a
 //! SIGTERM in the middle of a burst of commands.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cleanup, Isolation, eventually, original_payload};
+use crate::support::{Cleanup, Isolation, db, eventually, original_payload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailledger");
 
@@ -49,11 +47,7 @@ async fn migrate_creates_the_database_and_is_idempotent() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
-    let columns: Vec<String> =
-        sqlx::query_scalar("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let columns = db::event_columns(&pool).await;
     for c in ["aggregate_type", "aggregate_id", "sequence", "event_type", "payload", "metadata", "position", "txid"] {
         assert!(columns.iter().any(|x| x == c), "events.{c} missing: {columns:?}");
     }
@@ -90,7 +84,7 @@ async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
     let health = reqwest::get(format!("http://{http}/health")).await.unwrap();
     assert_eq!(health.status(), 200);
 
-    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let nats = async_nats::connect(crate::support::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
     let subject = format!("{}.commands.create", iso.namespace);
     let stream_name = format!("{}_COMMANDS", iso.stream_prefix);
@@ -102,10 +96,7 @@ async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
     }
     let pool = sqlx::PgPool::connect(&iso.database_url()).await.unwrap();
     // Stop while the burst is being worked through.
-    eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap() > 0
-    })
-    .await;
+    eventually(Duration::from_secs(10), || async { db::event_count(&pool, None).await > 0 }).await;
     let started = Instant::now();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = loop {
@@ -119,9 +110,7 @@ async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
 
     // Every command is either committed (both events) or still waiting in the stream.
-    let emails: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events").fetch_one(&pool).await.unwrap();
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    let (emails, events) = (db::email_count(&pool).await, db::event_count(&pool, None).await);
     let mut stream = js.get_stream(&stream_name).await.unwrap();
     let waiting = stream.info().await.unwrap().state.messages as i64;
     assert_eq!(events, emails * 2, "no half-recorded email");

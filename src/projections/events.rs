@@ -16,15 +16,15 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::feed::FeedEvent;
 use super::{Projection, ProjectionKind};
 use crate::command::EmailEvent;
-use crate::config::NatsSettings;
+use crate::config::{NatsNames, NatsSettings};
+use crate::store::feed::FeedEvent;
 
 /// The publisher.
 pub struct EventPublisher {
     js: jetstream::Context,
-    namespace: String,
+    names: NatsNames,
 }
 
 /// `Sent` → `sent`, `DeadLettered` → `dead_lettered`.
@@ -40,18 +40,18 @@ pub fn subject_kind(event_type: &str) -> String {
 }
 
 impl EventPublisher {
-    /// Publishes with `js` under the settings' namespace.
+    /// Publishes with `js` under the settings' names.
     pub fn new(js: jetstream::Context, settings: &NatsSettings) -> Self {
-        Self { js, namespace: settings.namespace.clone() }
+        Self { js, names: settings.names() }
     }
 
     /// Creates the events stream if it does not exist.
-    pub async fn ensure_stream(&self, settings: &NatsSettings) -> anyhow::Result<()> {
+    pub async fn ensure_stream(&self) -> anyhow::Result<()> {
         self.js
             .get_or_create_stream(stream::Config {
-                name: format!("{}_EVENTS", settings.stream_prefix),
+                name: self.names.events_stream.clone(),
                 description: Some("mailledger domain events".into()),
-                subjects: vec![format!("{}.events.>", self.namespace)],
+                subjects: vec![self.names.events_filter.clone()],
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
@@ -99,7 +99,7 @@ impl Projection for EventPublisher {
                     headers.insert(key, v);
                 }
             }
-            let subject = format!("{}.events.{}", self.namespace, subject_kind(&e.event_type));
+            let subject = self.names.event_subject(&subject_kind(&e.event_type));
             acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into()).await?);
             if let EmailEvent::DeadLettered(d) = &e.event {
                 let letter = json!({
@@ -111,8 +111,8 @@ impl Projection for EventPublisher {
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{}:{}:dlq", e.email_id, e.sequence).as_str());
                 headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
-                headers.insert("Mailledger-Error", crate::transport::nats::dlq::header_safe(&d.reason).as_str());
-                let subject = format!("{}.dlq.emails", self.namespace);
+                headers.insert("Mailledger-Error", crate::text::header_safe(&d.reason).as_str());
+                let subject = self.names.dlq_emails_subject.clone();
                 acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&letter)?.into()).await?);
             }
         }

@@ -2,12 +2,10 @@
 //! `<email id>:<sequence>`; a republish is dropped; subscribers replay from the start,
 //! from a sequence, from a time, or the last event per subject.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{TestApp, db, eventually, original_payload};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use common::{TestApp, eventually, original_payload};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -80,19 +78,8 @@ async fn events_are_published_once_and_can_be_replayed_every_way() {
     assert!(last.iter().all(|(_, v)| v["email_id"] == second.as_str()));
 
     // Re-running the publisher from the start republishes with the same ids: dropped.
-    sqlx::query("UPDATE projection_checkpoints SET txid = '0', position = 0 WHERE name = 'nats_events'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        let (position,): (i64,) =
-            sqlx::query_as("SELECT position FROM projection_checkpoints WHERE name = 'nats_events'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        position > 0
-    })
-    .await;
+    db::rewind_checkpoint(&app.pool, "nats_events").await;
+    eventually(Duration::from_secs(10), || async { db::checkpoint_position(&app.pool, "nats_events").await > 0 }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stream_len(&app).await, 6);
 }

@@ -1,0 +1,24 @@
+//! mailledger's integration tests: one binary, the real application on random ports
+//! against this machine's PostgreSQL, NATS and Redis, and real SMTP, NATS and Redis
+//! servers where a test must stop or script one. Each test isolates itself (its own
+//! database, NATS namespace and streams, Redis prefix); see [`support`].
+
+mod support;
+
+mod audit;
+mod cache;
+mod delivery;
+mod events_stream;
+mod feed;
+mod group_commit;
+mod grpc_intake;
+mod nats_intake;
+mod nats_restart;
+mod operability;
+mod process;
+mod read_api;
+mod reproject;
+mod rest_intake;
+mod search_plans;
+mod tls;
+mod traces;

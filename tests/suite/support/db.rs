@@ -1,0 +1,271 @@
+//! What the tests read and do behind the service's back, one helper per fact. Every
+//! statement the tests run on the database is here (and only here), so a change to a
+//! table is mended in one file.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// One stored event, as the tests look at it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stored {
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// The stored payload (wrapped in its type's name: `{"Sent": {…}}`).
+    pub payload: Value,
+    pub metadata: Value,
+    pub position: i64,
+    pub txid: String,
+}
+
+impl Stored {
+    /// The event's own fields (the payload without its type's name around it).
+    pub fn fields(&self) -> &Value {
+        self.payload.get(&self.event_type).unwrap_or(&self.payload)
+    }
+}
+
+/// Every stored event, in commit order (`txid, position`).
+pub async fn events(pool: &PgPool) -> Vec<Stored> {
+    sqlx::query_as(
+        "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position, txid::text AS txid \
+         FROM events ORDER BY events.txid, position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read events")
+}
+
+/// Every stored event of one email, in sequence order.
+pub async fn events_of(pool: &PgPool, id: &str) -> Vec<Stored> {
+    sqlx::query_as(
+        "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position, txid::text AS txid \
+         FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .expect("read events")
+}
+
+/// Events in the store (of one email, or of all).
+pub async fn event_count(pool: &PgPool, id: Option<&str>) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR aggregate_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+/// Distinct emails in the store.
+pub async fn email_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events").fetch_one(pool).await.expect("count")
+}
+
+/// Events of one type in the store.
+pub async fn count_of_type(pool: &PgPool, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+/// The columns of `events`, in order.
+pub async fn event_columns(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("columns")
+}
+
+/// Inserts one stored event on `conn` (inside whatever transaction it is in), written
+/// by transaction `txid` when given, with version `version`.
+pub async fn insert_event_as(
+    conn: &mut PgConnection,
+    id: Uuid,
+    sequence: i64,
+    event: &(String, Value),
+    version: &str,
+    txid: Option<&str>,
+) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, txid) \
+         VALUES ('Email', $1, $2, $3, $4, $5, '{}', coalesce($6::text::xid8, pg_current_xact_id()))",
+    )
+    .bind(id.to_string())
+    .bind(sequence)
+    .bind(&event.0)
+    .bind(version)
+    .bind(&event.1)
+    .bind(txid)
+    .execute(conn)
+    .await
+    .expect("insert event");
+}
+
+/// The cluster's next transaction id.
+pub async fn current_txid(pool: &PgPool) -> u64 {
+    let txid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text").fetch_one(pool).await.unwrap();
+    txid.parse().unwrap()
+}
+
+/// Takes the `events` table away (every write and read of it fails) …
+pub async fn break_store(pool: &PgPool) {
+    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(pool).await.expect("rename events");
+}
+
+/// … and gives it back.
+pub async fn mend_store(pool: &PgPool) {
+    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(pool).await.expect("rename events back");
+}
+
+/// Moves projection `name`'s checkpoint back to the start of the feed.
+pub async fn rewind_checkpoint(pool: &PgPool, name: &str) {
+    sqlx::query("UPDATE projection_checkpoints SET txid = '0', position = 0 WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("rewind");
+}
+
+/// The position of projection `name`'s checkpoint (0 when it has none).
+pub async fn checkpoint_position(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT position FROM projection_checkpoints WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .expect("checkpoint")
+        .unwrap_or(0)
+}
+
+/// Ends every session holding an advisory lock on this database; returns how many.
+pub async fn kill_lock_holders(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("terminate")
+}
+
+/// Rows of the `emails` read model, and how many of them lag their email's last event.
+pub async fn read_model_state(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE last_sequence < (SELECT max(sequence) FROM events \
+         WHERE aggregate_id = emails.id::text)) FROM emails",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("read model")
+}
+
+/// Rows of the `emails` read model matching a condition on one column.
+pub async fn read_model_rows_where(pool: &PgPool, column: &str, value: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM emails WHERE {column}::text = $1"))
+        .bind(value)
+        .fetch_one(pool)
+        .await
+        .expect("count rows")
+}
+
+/// `(status, sent_at, last_sequence)` of one read-model row.
+pub async fn read_model_row(pool: &PgPool, id: Uuid) -> (String, Option<chrono::DateTime<chrono::Utc>>, i64) {
+    sqlx::query_as("SELECT status, sent_at, last_sequence FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("read model row")
+}
+
+/// Any one email id of the read model.
+pub async fn some_email_id(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT id::text FROM emails LIMIT 1").fetch_one(pool).await.expect("an email")
+}
+
+/// Every row of `table` as JSON text, ordered by `key`.
+pub async fn table_snapshot(pool: &PgPool, table: &str, key: &str) -> Vec<String> {
+    sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"))
+        .fetch_all(pool)
+        .await
+        .expect("snapshot")
+}
+
+/// The names of `table`'s indexes, sorted.
+pub async fn index_names(pool: &PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1")
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .expect("indexes")
+}
+
+/// Rows on the delivery schedule.
+pub async fn scheduled(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM deliveries").fetch_one(pool).await.expect("count deliveries")
+}
+
+/// Drops a test's database, whoever is connected to it.
+pub async fn drop_database(server: &PgPool, name: &str) {
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(server).await;
+}
+
+/// Ends every other session on this database (the service's pool among them).
+pub async fn kill_other_sessions(pool: &PgPool) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    )
+    .execute(pool)
+    .await
+    .expect("terminate sessions");
+}
+
+/// Writes `n` read-model rows straight into `emails` for the search tests (`g` = 1 is
+/// the oldest). Words: alpha everywhere, beta in 2 %, gamma in the oldest 300, delta in
+/// the newest 15 and every 100th of the rest, omega in three (17, 6000, 11990).
+pub async fn seed_search_corpus(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO emails (id, from_address, to_addresses, recipients, subject, body, status, source, \
+                             created_at, updated_at, last_sequence) \
+         SELECT gen_random_uuid(), 'user' || (g % 7) || '@example.com', ARRAY['rcpt@example.org'], \
+                ARRAY['rcpt@example.org'], 'alpha ' || g, \
+                concat_ws(' ', CASE WHEN g % 50 = 0 THEN 'beta' END, CASE WHEN g <= 300 THEN 'gamma' END, \
+                          CASE WHEN g > $1 - 15 OR g % 100 = 0 THEN 'delta' END, \
+                          CASE WHEN g IN (17, 6000, 11990) THEN 'omega' END), \
+                CASE WHEN g % 3 = 0 THEN 'sent' ELSE 'queued' END, 'rest', \
+                timestamptz '2026-01-01' + make_interval(secs => g / 2), now(), 2 \
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("seed");
+    sqlx::query("ANALYZE emails").execute(pool).await.expect("analyze");
+}
+
+/// Every read-model row matching a search, newest first, by the plainest SQL there is.
+pub async fn search_oracle(
+    pool: &PgPool,
+    tsquery: Option<&str>,
+    status: Option<&str>,
+    from: Option<&str>,
+) -> Vec<Uuid> {
+    sqlx::query_scalar(
+        "SELECT id FROM emails \
+         WHERE ($1::text IS NULL OR search @@ to_tsquery('simple', $1)) \
+           AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR from_address = $3) \
+         ORDER BY created_at DESC, id DESC",
+    )
+    .bind(tsquery)
+    .bind(status)
+    .bind(from)
+    .fetch_all(pool)
+    .await
+    .expect("oracle")
+}
