@@ -7,11 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("email_descriptor.bin")).compile_with_config(
-        config,
-        &["proto/email.proto"],
-        &["proto", include.to_str().ok_or("include path")?],
-    )?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("email_descriptor.bin"))
+        // A request that does not decode is the caller's fault: INVALID_ARGUMENT.
+        .codec_path("crate::transport::grpc::codec::Codec")
+        .compile_with_config(config, &["proto/email.proto"], &["proto", include.to_str().ok_or("include path")?])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

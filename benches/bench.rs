@@ -533,9 +533,8 @@ async fn smtp_limit(sink: &smtp::SmtpSink, n: usize) -> f64 {
         ..Default::default()
     };
     let email = draft.validate(&mailledger::command::Limits::default()).unwrap();
-    let message =
-        mailledger::render::LettreRenderer::message(&email, "<limit@example.com>", chrono::Utc::now()).unwrap();
-    let (envelope, bytes) = (message.envelope().clone(), message.formatted());
+    let message = mailledger::render::Renderer::render(&email, "<limit@example.com>", chrono::Utc::now()).unwrap();
+    let (envelope, bytes) = (message.envelope, message.bytes);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .for_each_concurrent(16, |_| {

@@ -190,14 +190,29 @@ ensure_nats() {
     die "nats: our nats-server (pid $pid) already uses $RUN_DIR/nats on another port; stop it first (kill $pid)"
   fi
   mkdir -p "$RUN_DIR/nats"
-  local args=(-a "$(bind_addr "$host")" -p "$port" -js -sd "$RUN_DIR/nats")
+  local args=(-a "$(bind_addr "$host")" -p "$port" -js -sd "$RUN_DIR/nats") sync="every 2 min (nats-server's default)"
+  # fsync every JetStream write before acknowledging it, where the server can (2.10+):
+  # with the default lazy fsync an acknowledged command can be lost in a power cut.
+  if nats_supports_sync_always; then
+    printf 'jetstream {\n  store_dir: "%s"\n  sync_interval: always\n}\n' "$RUN_DIR/nats" >"$RUN_DIR/nats.conf"
+    args=(-a "$(bind_addr "$host")" -p "$port" -c "$RUN_DIR/nats.conf")
+    sync="on every write"
+  fi
   if [[ -n $U_USER ]]; then args+=(--user "$U_USER" --pass "$U_PASS"); fi
   setsid nohup nats-server "${args[@]}" >>"$log" 2>&1 </dev/null &
   pid=$!
   wait_port nats "$host" "$port" "$log" "$pid"
   echo "$pid" >"$RUN_DIR/nats.pid"
   nats_has_js "$host" "$port" || die "nats: started but JetStream is off; see $log"
-  echo "nats: started (JetStream, store .run/nats) at $host:$port (log $log)"
+  echo "nats: started (JetStream, store .run/nats, fsync $sync) at $host:$port (log $log)"
+}
+
+nats_supports_sync_always() { # nats-server 2.10 and later know `sync_interval: always`
+  local v
+  v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [[ -n $v ]] || return 1
+  read -r major minor <<<"$v"
+  ((major > 2 || (major == 2 && minor >= 10)))
 }
 
 ensure_postgres

@@ -50,9 +50,9 @@ pub struct Settings {
     /// Retries and the sender's pace.
     pub delivery: DeliverySettings,
     /// REST listener.
-    pub http: ListenSettings,
+    pub http: HttpSettings,
     /// gRPC listener.
-    pub grpc: ListenSettings,
+    pub grpc: GrpcSettings,
     /// Prometheus listener.
     pub metrics: ListenSettings,
     /// TLS on the REST and gRPC listeners.
@@ -97,6 +97,9 @@ pub struct NatsSettings {
     /// Redelivery timeout.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// Deliveries of one command at most: the last one is dead-lettered rather than
+    /// handled (a command that took the service down with it every time).
+    pub max_deliver: u32,
     /// JetStream duplicate window.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
@@ -206,6 +209,33 @@ pub struct DeliverySettings {
     /// Idle polling interval.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+}
+
+/// The REST listener and the limits on its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port`; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// A connection whose request headers are not all in by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request not answered by then gets a 408 (a body promised and never sent).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// `host:port`; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// A call not answered by then ends `CANCELLED` (tonic's deadline).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// A listening address.
@@ -344,6 +374,9 @@ impl Settings {
 
     /// Rules that span more than one value's type.
     fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.nats.max_deliver < 2 {
+            return Err(("nats.max_deliver", "must be at least 2".into()));
+        }
         if self.nats.max_ack_pending == 0 {
             return Err(("nats.max_ack_pending", "must be at least 1".into()));
         }
@@ -356,6 +389,12 @@ impl Settings {
         }
         if !token(&self.nats.consumer) {
             return Err(("nats.consumer", "must be letters, digits, '-' and '_'".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(("http.max_connections", "must be at least 1".into()));
+        }
+        if self.http.header_timeout.is_zero() || self.http.request_timeout.is_zero() {
+            return Err(("http.request_timeout", "timeouts must be longer than zero".into()));
         }
         if self.database.max_connections == 0 {
             return Err(("database.max_connections", "must be at least 1".into()));
@@ -379,11 +418,29 @@ impl Settings {
     }
 }
 
-/// A URL with its password replaced by `***`, for logs.
+/// A URL as logs and error messages may show it: its password, a NATS token
+/// (`nats://TOKEN@host`) and any query parameter that carries a secret
+/// (`?password=`, `sslpassword`, `token`, …) replaced by `***`.
 pub fn redact(url: &Url) -> String {
     let mut url = url.clone();
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));
+    } else if !url.username().is_empty() && matches!(url.scheme(), "nats" | "tls" | "ws" | "wss") {
+        let _ = url.set_username("***");
+    }
+    let secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["pass", "pwd", "token", "secret", "auth", "cred", "key", "jwt", "seed"].iter().any(|s| key.contains(s))
+    };
+    if url.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "***".to_owned() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
 }
@@ -523,6 +580,28 @@ mod tests {
         assert_eq!(s.limits.max_recipients, 3);
         assert_eq!(s.delivery.backoff, [Duration::from_secs(1), Duration::from_secs(120), Duration::from_secs(3600)]);
         assert_eq!(s.delivery.max_attempts, 9);
+    }
+
+    #[test]
+    fn every_form_of_secret_is_redacted() {
+        let cases = [
+            ("postgres://u:secret@db:5432/x", "postgres://u:***@db:5432/x"),
+            (
+                "postgres://u@db/x?password=secret&sslmode=verify-full",
+                "postgres://u@db/x?password=***&sslmode=verify-full",
+            ),
+            ("postgres://db/x?sslpassword=secret", "postgres://db/x?sslpassword=***"),
+            ("nats://s3cr3tT0k3n@nats:4222", "nats://***@nats:4222"),
+            ("nats://user:secret@nats:4222", "nats://user:***@nats:4222"),
+            ("tls://s3cr3tT0k3n@nats:4222", "tls://***@nats:4222"),
+            ("redis://:secret@r:6379/0", "redis://:***@r:6379/0"),
+            ("smtp://mail:secret@smtp.example:587?tls=required", "smtp://mail:***@smtp.example:587?tls=required"),
+        ];
+        for (raw, shown) in cases {
+            let redacted = redact(&Url::parse(raw).unwrap());
+            assert_eq!(redacted, shown);
+            assert!(!redacted.contains("secret") && !redacted.contains("s3cr3t"), "{redacted}");
+        }
     }
 
     #[test]

@@ -173,6 +173,26 @@ pub static DEAD_LETTERED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("mailledger_emails_dead_lettered_total", "Emails dead-lettered").expect("valid metric"))
 });
 
+/// `mailledger_events_by_reference_total`: domain events published without their
+/// bodies or payload, because they would not fit the NATS server's `max_payload`.
+pub static EVENTS_BY_REFERENCE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "mailledger_events_by_reference_total",
+            "Domain events published without their bodies (too large)",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// `mailledger_events_unpublishable_total`: domain events NATS refused for good, skipped.
+pub static EVENTS_UNPUBLISHABLE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("mailledger_events_unpublishable_total", "Domain events NATS refused for good (skipped)")
+            .expect("valid metric"),
+    )
+});
+
 /// `mailledger_db_pool_connections{state}`: pool connections idle and in use.
 pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec("mailledger_db_pool_connections", "PostgreSQL pool connections, by state (idle, in_use)", &["state"])
@@ -215,6 +235,8 @@ pub fn init() {
     LazyLock::force(&POOL);
     LazyLock::force(&POOL_MAX);
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
+    LazyLock::force(&EVENTS_BY_REFERENCE);
+    LazyLock::force(&EVENTS_UNPUBLISHABLE);
     // Every series whose labels are known up front starts at 0: `rate()` and
     // `increase()` see a counter's first step only from a sample before it.
     for source in ["nats", "rest", "grpc"] {

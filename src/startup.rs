@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use axum::serve::ListenerExt;
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -230,24 +229,23 @@ fn serve(
         reads: reads.clone(),
         readiness,
         max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
+        request_timeout: settings.http.request_timeout,
     };
     let router = transport::http::router(state);
-    let (routes, health) = transport::grpc::routes(ledger, reads)?;
+    let (routes, health) = transport::grpc::routes(ledger, reads, max_request_bytes(settings.limits.max_body_bytes))?;
     match tls {
         Some(tls) => {
-            // A tapped listener is what gives axum's `ConnectInfo<SocketAddr>` for a
-            // listener other than `TcpListener`; the tap itself does nothing.
-            let rest = tls.listener(listeners.http, Protocol::Rest).tap_io(|_| ());
-            work.spawn(transport::http::serve(rest, router, stop.clone()));
+            let rest = tls.listener(listeners.http, Protocol::Rest);
+            work.spawn(transport::http::server::serve(rest, router, settings.http.clone(), stop.clone()));
             let grpc = tls.listener(listeners.grpc, Protocol::Grpc).into_incoming();
-            work.spawn(transport::grpc::serve(grpc, routes, health, stop.clone()));
+            work.spawn(transport::grpc::serve(grpc, routes, health, settings.grpc.request_timeout, stop.clone()));
             #[cfg(unix)]
             work.spawn(reload_on_hangup(tls.clone(), stop.clone())?);
         }
         None => {
-            work.spawn(transport::http::serve(listeners.http, router, stop.clone()));
+            work.spawn(transport::http::server::serve(listeners.http, router, settings.http.clone(), stop.clone()));
             let grpc = tonic::transport::server::TcpIncoming::from(listeners.grpc);
-            work.spawn(transport::grpc::serve(grpc, routes, health, stop.clone()));
+            work.spawn(transport::grpc::serve(grpc, routes, health, settings.grpc.request_timeout, stop.clone()));
         }
     }
     let stop = stop.clone();

@@ -42,6 +42,11 @@ pub fn init(settings: &LogSettings, serving: bool) {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let default = if serving { settings.filter.as_str() } else { "warn,sqlx=error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Whatever RUST_LOG asks for: async-nats's debug lines print the server's URL with
+    // its credentials (`server = nats://user:password@…`).
+    let filter = filter
+        .add_directive("async_nats=info".parse().expect("a valid directive"))
+        .add_directive("async_nats::connector=info".parse().expect("a valid directive"));
     let otlp = serving
         && ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
             .iter()

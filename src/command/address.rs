@@ -2,7 +2,9 @@
 //!
 //! An [`EmailAddress`] is an RFC 5322 `addr-spec` that also fits the RFC 5321 limits
 //! (local part ≤ 64 octets, domain ≤ 255, whole address ≤ 254), whose domain has at
-//! least two labels and is not a literal (`[127.0.0.1]`), with the domain lower-cased.
+//! least two labels and is not a literal (`[127.0.0.1]`), with the domain lower-cased and,
+//! when internationalised, written as its A-label (`bücher.example` → `xn--bcher-kva.example`);
+//! a non-ASCII local part is refused (it would need SMTPUTF8).
 //! A [`Mailbox`] adds an optional display name, which may not carry CR, LF or any
 //! other control character (header injection).
 
@@ -35,7 +37,17 @@ impl EmailAddress {
         let parsed = email_address::EmailAddress::parse_with_options(raw, options)
             .map_err(|e| format!("is not a valid address: {e}"))?;
         let (local, domain) = (parsed.local_part(), parsed.domain());
-        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+        if !local.is_ascii() {
+            return Err("has a non-ASCII local part, which needs SMTPUTF8 (this sender does not use it)".into());
+        }
+        // An internationalised domain goes on the wire as its A-label (punycode).
+        let domain = idna::domain_to_ascii(domain)
+            .map_err(|_| "has a domain that is not a valid internationalised domain name".to_owned())?;
+        let address = format!("{local}@{domain}");
+        if domain.len() > 255 || address.len() > 254 {
+            return Err("is longer than RFC 5321 allows once its domain is written in ASCII".into());
+        }
+        Ok(Self(address))
     }
 
     /// The address as a string.
@@ -198,6 +210,14 @@ mod tests {
         assert!(EmailAddress::parse(&long_local).is_err());
         let long_domain = format!("a@{}.com", "b".repeat(260));
         assert!(EmailAddress::parse(&long_domain).is_err());
+    }
+
+    #[test]
+    fn international_domains_become_a_labels_and_utf8_local_parts_are_refused() {
+        assert_eq!(EmailAddress::parse("ann@Bücher.example").unwrap().as_str(), "ann@xn--bcher-kva.example");
+        assert_eq!(EmailAddress::parse("ann@xn--bcher-kva.example").unwrap().domain(), "xn--bcher-kva.example");
+        let refused = EmailAddress::parse("jörg@example.com").unwrap_err();
+        assert!(refused.contains("SMTPUTF8"), "{refused}");
     }
 
     proptest! {

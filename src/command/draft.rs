@@ -4,8 +4,9 @@
 //! [`EmailDraft::validate`]; nothing else can make a [`ValidEmail`]. The rules:
 //! `from`, at least one `to`, `subject`, and a `message` or `html` body are required;
 //! every address parses ([`Mailbox::parse`]); no header value carries CR/LF; the bodies
-//! together fit [`Limits::max_body_bytes`]; `to` + `cc` + `bcc` fit
-//! [`Limits::max_recipients`]; at most [`Limits::max_headers`] custom headers.
+//! together fit [`Limits::max_body_bytes`] and hold no NUL; `to` + `cc` + `bcc` fit
+//! [`Limits::max_recipients`]; at most [`Limits::max_reply_to`] reply-to mailboxes and
+//! [`Limits::max_headers`] custom headers.
 
 use std::collections::BTreeMap;
 
@@ -25,11 +26,18 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Custom headers.
     pub max_headers: usize,
+    /// `reply_to` mailboxes.
+    #[serde(default = "default_max_reply_to")]
+    pub max_reply_to: usize,
+}
+
+fn default_max_reply_to() -> usize {
+    10
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 10 * 1024 * 1024, max_recipients: 100, max_headers: 50 }
+        Self { max_body_bytes: 10 * 1024 * 1024, max_recipients: 100, max_headers: 50, max_reply_to: 10 }
     }
 }
 
@@ -138,6 +146,12 @@ impl EmailDraft {
                 format!("{recipients} recipients (to + cc + bcc); at most {} are allowed", limits.max_recipients),
             ));
         }
+        if self.reply_to.len() > limits.max_reply_to {
+            errors.push(FieldError::too_large(
+                "reply_to",
+                format!("{} reply-to addresses; at most {} are allowed", self.reply_to.len(), limits.max_reply_to),
+            ));
+        }
         let subject = match &self.subject {
             None => {
                 errors.push(FieldError::missing("subject"));
@@ -147,6 +161,12 @@ impl EmailDraft {
         };
         let text = self.text.clone();
         let html = self.html.clone();
+        for (field, body) in [("message", &text), ("html", &html)] {
+            if body.as_deref().is_some_and(|b| b.contains('\0')) {
+                // Mail cannot carry it (SMTP forbids NUL outside BINARYMIME), nor can jsonb.
+                errors.push(FieldError::invalid(field, "contains a NUL character (U+0000)"));
+            }
+        }
         if text.is_none() && html.is_none() {
             errors.push(FieldError::missing("message").with_reason("is required (give `message`, `html` or both)"));
         }
@@ -165,7 +185,9 @@ impl EmailDraft {
         }
         let mut headers = BTreeMap::new();
         for (name, value) in &self.headers {
-            let field = format!("headers.{name}");
+            // The path names the header, cut short: an answer never grows with its question.
+            let shown: String = name.chars().take(80).collect();
+            let field = format!("headers.{shown}");
             let name = parse_or_push(&mut errors, &field, HeaderName::parse(name));
             let value = parse_or_push(&mut errors, &field, HeaderValue::parse(value));
             if let (Some(name), Some(value)) = (name, value) {
@@ -240,20 +262,31 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let limits = Limits { max_body_bytes: 10, max_recipients: 2, max_headers: 1 };
+        let limits = Limits { max_body_bytes: 10, max_recipients: 2, max_headers: 1, max_reply_to: 1 };
         let mut d = draft();
         d.text = Some("x".repeat(6));
         d.html = Some("y".repeat(5));
         d.cc = vec!["a@example.com".into(), "b@example.com".into()];
         d.headers.insert("X-A".into(), "1".into());
         d.headers.insert("X-B".into(), "2".into());
+        d.reply_to = vec!["r1@example.com".into(), "r2@example.com".into()];
         let got = fields(&d, &limits);
+        assert!(got.contains(&("reply_to".into(), ErrorKind::TooLarge)));
         assert!(got.contains(&("message".into(), ErrorKind::TooLarge)));
         assert!(got.contains(&("to".into(), ErrorKind::TooLarge)));
         assert!(got.contains(&("headers".into(), ErrorKind::TooLarge)));
         let mut d = draft();
         d.text = Some("x".repeat(10));
         assert!(d.validate(&limits).is_ok(), "exactly at the limit is fine");
+    }
+
+    #[test]
+    fn a_nul_in_a_body_is_refused_naming_the_field() {
+        let mut d = draft();
+        d.text = Some("a\0b".into());
+        d.html = Some("<p>\0</p>".into());
+        let got = fields(&d, &Limits::default());
+        assert_eq!(got, [("message".into(), ErrorKind::Invalid), ("html".into(), ErrorKind::Invalid)]);
     }
 
     #[test]

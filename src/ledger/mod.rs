@@ -18,7 +18,7 @@ use crate::command::{
     Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
     ValidationErrors, email_id_for_key,
 };
-use crate::render::LettreRenderer;
+use crate::render::Renderer;
 use crate::store::EventStore;
 use crate::store::append::{AppendError, Appended, EventRow, NewEmail};
 use crate::store::notify::Announcer;
@@ -86,7 +86,7 @@ impl Ledger {
     /// A ledger on `pool` (already migrated). Starts the group-commit writers, so it
     /// must be called inside a Tokio runtime.
     pub fn new(pool: PgPool, limits: Limits) -> Self {
-        let services = EmailServices { renderer: Arc::new(LettreRenderer) };
+        let services = EmailServices { renderer: Arc::new(Renderer) };
         Self { store: EventStore::new(pool, services.clone()), limits, services, announcer: None }
     }
 
@@ -134,7 +134,7 @@ impl Ledger {
             Some(key) => email_id_for_key(key),
             None => Uuid::now_v7(),
         };
-        let mut metadata = request.metadata;
+        let mut metadata = clean(request.metadata);
         metadata.insert("source".into(), request.source.as_str().into());
         crate::telemetry::inject_current(&mut metadata);
         if let Some(key) = &request.idempotency_key {
@@ -199,6 +199,12 @@ impl Ledger {
         }
     }
 
+    /// Whether the event store answers: an error that is not a command's own fault
+    /// (the database down, or its `events` table gone) fails this too.
+    pub async fn store_answers(&self) -> bool {
+        self.store.probe().await.is_ok()
+    }
+
     /// Queues a dead-lettered email again, recording who asked.
     pub async fn redrive(
         &self,
@@ -218,6 +224,7 @@ impl Ledger {
         command: EmailCommand,
         metadata: HashMap<String, String>,
     ) -> Result<(), LedgerError> {
+        let metadata = clean(metadata);
         let attempt = || self.store.execute(email_id, command.clone(), metadata.clone());
         attempt
             .retry(backon::ConstantBuilder::default().with_delay(std::time::Duration::ZERO).with_max_times(2))
@@ -227,6 +234,19 @@ impl Ledger {
         self.committed();
         Ok(())
     }
+}
+
+/// Longest metadata value kept, in characters.
+const MAX_METADATA_CHARS: usize = 512;
+
+/// Metadata as it may be stored: values taken from requests (headers, peer names) lose
+/// their control characters — PostgreSQL's jsonb refuses NUL, and an ESC has no business
+/// in an auditor's terminal — and are cut to [`MAX_METADATA_CHARS`]; keys likewise.
+fn clean(metadata: HashMap<String, String>) -> HashMap<String, String> {
+    metadata
+        .into_iter()
+        .map(|(k, v)| (crate::text::printable(&k, 64), crate::text::printable(&v, MAX_METADATA_CHARS)))
+        .collect()
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), FieldError> {

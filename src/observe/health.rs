@@ -1,4 +1,9 @@
 //! Liveness and readiness: is each dependency reachable right now?
+//!
+//! Ready means PostgreSQL and NATS answer: without the first nothing works, without the
+//! second NATS intake and domain events stop. Redis down is **degraded**, not unready:
+//! reads go to PostgreSQL, so a load balancer must not take every instance out at once
+//! for it.
 
 use std::time::Duration;
 
@@ -29,8 +34,10 @@ pub struct DependencyStatus {
 /// The whole report.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReadinessReport {
-    /// True when every dependency is reachable.
+    /// True when PostgreSQL and NATS are reachable.
     pub ready: bool,
+    /// Dependencies that are down without making the instance unready (`redis`).
+    pub degraded: Vec<&'static str>,
     /// Each dependency.
     pub dependencies: Vec<DependencyStatus>,
 }
@@ -57,7 +64,8 @@ impl Readiness {
             Ok(()) => DependencyStatus { name: "redis", ok: true, error: None },
             Err(e) => DependencyStatus { name: "redis", ok: false, error: Some(e.to_string()) },
         };
-        let dependencies = vec![postgres, nats, redis];
-        ReadinessReport { ready: dependencies.iter().all(|d| d.ok), dependencies }
+        let ready = postgres.ok && nats.ok;
+        let degraded = if redis.ok { vec![] } else { vec![redis.name] };
+        ReadinessReport { ready, degraded, dependencies: vec![postgres, nats, redis] }
     }
 }

@@ -4,6 +4,10 @@
 //! within the duplicate window is dropped by JetStream. A `DeadLettered` event is also
 //! published to `<ns>.dlq.emails` with the email id and the reason.
 //!
+//! An event too large for the server's `max_payload` (a request with a big body) is
+//! published by reference: without the request's bodies, or without its payload, and a
+//! `Mailledger-Omitted` header; the stream never stops on one event.
+//!
 //! Outside subscribers replay the stream with an ordinary JetStream consumer: from the
 //! start (`DeliverPolicy::All`), from a sequence (`ByStartSequence`), from a time
 //! (`ByStartTime`) or the last event of each kind (`LastPerSubject`).
@@ -11,9 +15,10 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::{Projection, ProjectionKind};
@@ -73,34 +78,26 @@ impl Projection for EventPublisher {
     }
 
     async fn apply(&self, _conn: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        let room = self.js.client().server_info().max_payload.saturating_sub(HEADER_ROOM);
         // Publish the whole batch, then wait for every ack: pipelined, not one by one.
         let mut acks = Vec::with_capacity(events.len());
         for e in events {
-            let payload = match serde_json::to_value(&e.event)? {
-                serde_json::Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or_default(),
-                other => other,
-            };
-            let body = json!({
-                "email_id": e.email_id,
-                "sequence": e.sequence,
-                "position": e.checkpoint.position,
-                "type": e.event_type,
-                "version": e.event_version,
-                "recorded_at": e.recorded_at,
-                "payload": payload,
-                "metadata": e.metadata,
-            });
+            let (body, omitted) = event_body(e, room)?;
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{}:{}", e.email_id, e.sequence).as_str());
             headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
             headers.insert("Mailledger-Event-Type", e.event_type.as_str());
+            if let Some(what) = omitted {
+                headers.insert("Mailledger-Omitted", what);
+                crate::metrics::EVENTS_BY_REFERENCE.inc();
+            }
             for key in ["traceparent", "tracestate"] {
                 if let Some(v) = e.metadata.get(key).and_then(|v| v.as_str()) {
-                    headers.insert(key, v);
+                    headers.insert(key, crate::text::header_safe(v).as_str());
                 }
             }
             let subject = self.names.event_subject(&subject_kind(&e.event_type));
-            acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into()).await?);
+            acks.push((e, self.js.publish_with_headers(subject, headers, body.into()).await));
             if let EmailEvent::DeadLettered(d) = &e.event {
                 let letter = json!({
                     "email_id": e.email_id,
@@ -113,14 +110,72 @@ impl Projection for EventPublisher {
                 headers.insert("Mailledger-Email-Id", e.email_id.to_string().as_str());
                 headers.insert("Mailledger-Error", crate::text::header_safe(&d.reason).as_str());
                 let subject = self.names.dlq_emails_subject.clone();
-                acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&letter)?.into()).await?);
+                acks.push((
+                    e,
+                    self.js.publish_with_headers(subject, headers, serde_json::to_vec(&letter)?.into()).await,
+                ));
             }
         }
-        for ack in acks {
-            ack.await?;
+        for (e, ack) in acks {
+            let outcome = match ack {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(_) => {}
+                // One event that can never be published must not hold back every later
+                // one: it is logged and counted, and the stream goes on.
+                Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    tracing::error!(email_id = %e.email_id, sequence = e.sequence, error = %error,
+                        "event cannot be published; skipped");
+                    crate::metrics::EVENTS_UNPUBLISHABLE.inc();
+                }
+                // Anything else (NATS away, a timeout) is retried with the whole batch.
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
     }
+}
+
+/// Room for headers under the server's `max_payload`.
+const HEADER_ROOM: usize = 8 * 1024;
+
+/// The JSON of one event as published, within `room` bytes: whole when it fits; else
+/// without the request's bodies (`"omitted": "body"`); else without its payload
+/// (`"omitted": "payload"`). A subscriber fetches what was left out by email id
+/// (`GET /api/v1/emails/{id}/events`).
+fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'static str>)> {
+    let payload = match serde_json::to_value(&e.event)? {
+        Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or_default(),
+        other => other,
+    };
+    let mut body = json!({
+        "email_id": e.email_id,
+        "sequence": e.sequence,
+        "position": e.checkpoint.position,
+        "type": e.event_type,
+        "version": e.event_version,
+        "recorded_at": e.recorded_at,
+        "payload": payload,
+        "metadata": e.metadata,
+    });
+    let bytes = serde_json::to_vec(&body)?;
+    if bytes.len() <= room {
+        return Ok((bytes, None));
+    }
+    if let Some(request) = body["payload"].get_mut("request").and_then(Value::as_object_mut) {
+        request.remove("text");
+        request.remove("html");
+        body["omitted"] = json!("body");
+        let bytes = serde_json::to_vec(&body)?;
+        if bytes.len() <= room {
+            return Ok((bytes, Some("body")));
+        }
+    }
+    body["payload"] = Value::Null;
+    body["omitted"] = json!("payload");
+    Ok((serde_json::to_vec(&body)?, Some("payload")))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
 pub struct RunnerOptions {
     /// Events per batch (and per transaction).
     pub batch_size: i64,
+    /// Bytes of events per batch, about (at least one event): what a batch, and a
+    /// projection retrying it, holds in memory.
+    pub batch_bytes: i64,
     /// How often to look for events when no notification comes.
     pub poll_interval: Duration,
     /// How often a standby instance tries to take the lock.
@@ -36,6 +39,7 @@ impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            batch_bytes: 16 * 1024 * 1024,
             poll_interval: Duration::from_secs(1),
             standby_interval: Duration::from_secs(2),
             coalesce: Duration::from_millis(20),
@@ -85,7 +89,8 @@ impl Runner {
         // the disk. A crash loses at most its last moments, which it then applies again.
         sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
         let at = checkpoints::load(&mut tx, name).await?;
-        let events = feed::read_after(&mut tx, at, self.options.batch_size, self.upcasters).await?;
+        let events =
+            feed::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes, self.upcasters).await?;
         let Some(last) = events.last().map(|e| e.checkpoint) else {
             tx.commit().await?;
             return Ok(0);
@@ -122,11 +127,13 @@ impl Runner {
     pub async fn catch_up(&self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
+            // A short batch may have been cut by its byte budget: only an empty one
+            // says the feed is drained.
             let n = self.try_execute_once().await?;
-            total += n;
-            if (n as i64) < self.options.batch_size {
+            if n == 0 {
                 return Ok(total);
             }
+            total += n;
         }
     }
 

@@ -2,9 +2,10 @@
 //! `{v: version, view: json}` with a TTL.
 //!
 //! Writes are guarded by version in one Lua script, so an older view never replaces a
-//! newer one whatever order writers arrive in. Redis is optional: every operation has a
-//! short timeout, a failure is logged and counted, and callers fall back to PostgreSQL.
-//! A connection that cannot be made is retried at most once a second.
+//! newer one whatever order writers arrive in. Redis is optional: a read has 0.5 s in
+//! all (connecting included), a failure is logged and counted, and callers fall back to
+//! PostgreSQL; after a failure reads skip Redis for a second, so a Redis that hangs
+//! costs one request 0.5 s, not every request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +54,14 @@ struct Inner {
     ready: std::sync::OnceLock<ConnectionManager>,
     conn: Mutex<(Option<ConnectionManager>, Option<Instant>)>,
     script: redis::Script,
+    /// Until when reads skip Redis after a failure.
+    resting_until: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long one read may take, connecting included.
+const READ_BUDGET: Duration = Duration::from_millis(500);
+/// How long reads skip Redis after one failed.
+const REST: Duration = Duration::from_secs(1);
 
 impl Cache {
     /// A cache on `settings` (no connection is made until first use).
@@ -73,6 +81,7 @@ impl Cache {
                 ready: std::sync::OnceLock::new(),
                 conn: Mutex::new((None, None)),
                 script: redis::Script::new(PUT),
+                resting_until: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -121,13 +130,14 @@ impl Cache {
 
     /// Whether Redis answers (for readiness).
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let mut conn = self.connection().await?;
-        let cmd = redis::cmd("PING");
-        match tokio::time::timeout(Duration::from_millis(500), cmd.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(CacheError(e.to_string())),
-            Err(_) => Err(CacheError("timed out".into())),
-        }
+        let ping = async {
+            let mut conn = self.connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| CacheError(e.to_string()))
+        };
+        tokio::time::timeout(READ_BUDGET, ping)
+            .await
+            .unwrap_or_else(|_| Err(CacheError("timed out".into())))
+            .map(|_| ())
     }
 
     /// The cached view, if Redis has it and answers in time.
@@ -162,16 +172,18 @@ impl Cache {
 
     /// The stored JSON of one view; a miss or a failure is counted here.
     async fn fetch(&self, id: Uuid) -> Option<String> {
-        let result: Result<Option<String>, CacheError> = async {
+        if self.resting() {
+            crate::metrics::CACHE.with_label_values(&["error"]).inc();
+            return None;
+        }
+        let read = async {
             let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("HGET");
             cmd.arg(self.key(id)).arg("view");
-            tokio::time::timeout(Duration::from_millis(500), cmd.query_async::<Option<String>>(&mut conn))
-                .await
-                .map_err(|_| CacheError("timed out".into()))?
-                .map_err(|e| CacheError(e.to_string()))
-        }
-        .await;
+            cmd.query_async::<Option<String>>(&mut conn).await.map_err(|e| CacheError(e.to_string()))
+        };
+        let result =
+            tokio::time::timeout(READ_BUDGET, read).await.unwrap_or_else(|_| Err(CacheError("timed out".into())));
         match result {
             Ok(Some(json)) => Some(json),
             Ok(None) => {
@@ -179,11 +191,33 @@ impl Cache {
                 None
             }
             Err(e) => {
-                tracing::debug!(error = %e, "cache read failed; reading PostgreSQL");
+                tracing::debug!(error = %e, "cache read failed; reading PostgreSQL (and skipping Redis for a second)");
+                if let Ok(mut resting) = self.inner.resting_until.lock() {
+                    *resting = Some(Instant::now() + REST);
+                }
                 crate::metrics::CACHE.with_label_values(&["error"]).inc();
                 None
             }
         }
+    }
+
+    /// Whether reads skip Redis for now (it failed a moment ago).
+    fn resting(&self) -> bool {
+        self.inner.resting_until.lock().map(|r| r.is_some_and(|t| Instant::now() < t)).unwrap_or(false)
+    }
+
+    /// Puts a view read from PostgreSQL back in the cache, in the background (the reader
+    /// does not wait for it), unless Redis failed a moment ago.
+    pub fn refill(&self, view: EmailView) {
+        if self.resting() {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cache.put_many(std::slice::from_ref(&view)).await {
+                tracing::debug!(error = %e, "cache refill failed");
+            }
+        });
     }
 
     /// Stores views, each only if newer than what Redis holds.

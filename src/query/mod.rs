@@ -14,7 +14,7 @@ use uuid::Uuid;
 use cache::Cache;
 use repository::{HistoryEntry, Repository};
 use search::{Page, SearchParams};
-use view::EmailView;
+use view::{EmailSummary, EmailView};
 
 /// What readers call.
 #[derive(Clone)]
@@ -41,10 +41,8 @@ impl ReadSide {
     /// From PostgreSQL, refilling the cache.
     async fn get_uncached(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
         let view = self.repo.get(id).await?;
-        if let Some(v) = &view
-            && let Err(e) = self.cache.put_many(std::slice::from_ref(v)).await
-        {
-            tracing::debug!(error = %e, "cache refill failed");
+        if let Some(v) = &view {
+            self.cache.refill(v.clone());
         }
         Ok(view)
     }
@@ -65,7 +63,7 @@ impl ReadSide {
     }
 
     /// A page of search results.
-    pub async fn search(&self, params: &SearchParams) -> sqlx::Result<Page<EmailView>> {
+    pub async fn search(&self, params: &SearchParams) -> sqlx::Result<Page<EmailSummary>> {
         self.repo.search(params).await
     }
 

@@ -66,7 +66,10 @@ impl RawSearch {
             None => None,
             Some(s) if STATUSES.contains(&s) => Some(s.to_owned()),
             Some(s) => {
-                return Err(FieldError::invalid("status", format!("{s:?} is not one of {}", STATUSES.join(", "))));
+                return Err(FieldError::invalid(
+                    "status",
+                    format!("{} is not one of {}", crate::text::echo(s), STATUSES.join(", ")),
+                ));
             }
         };
         let since = time("since", &self.since)?;
@@ -85,6 +88,7 @@ impl RawSearch {
             until,
             page,
             size,
+            body_chars: super::search::SNIPPET_CHARS,
         })
     }
 }

@@ -9,9 +9,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::row::{self, COLUMNS, EmailRow};
+use super::row::{self, SummaryRow, summary_columns};
 use super::search::{COUNT_CAP, Page, SearchParams};
-use super::view::EmailView;
+use super::view::{EmailSummary, EmailView};
 use crate::store::feed;
 
 /// One event of an email's history.
@@ -95,7 +95,7 @@ impl Repository {
     ///    up to [`COUNT_CAP`] matches are fetched through the filters' indexes and sorted
     ///    (`created_at + 0` keeps the planner off the order index), more are met by
     ///    walking the order index.
-    pub async fn search(&self, p: &SearchParams) -> sqlx::Result<Page<EmailView>> {
+    pub async fn search(&self, p: &SearchParams) -> sqlx::Result<Page<EmailSummary>> {
         if p.tsquery.as_deref() == Some("") {
             return Ok(Page::new(p, vec![], 0, false));
         }
@@ -122,7 +122,7 @@ impl Repository {
         let dense = counted > COUNT_CAP;
         let mut q = QueryBuilder::<Postgres>::new("");
         push_page(&mut q, p, dense);
-        let rows: Vec<EmailRow> = if dense && filtered(p) {
+        let rows: Vec<SummaryRow> = if dense && filtered(p) {
             let mut tx = self.walking_the_order_index().await?;
             let rows = q.build_query_as().fetch_all(&mut *tx).await?;
             tx.commit().await?;
@@ -165,9 +165,10 @@ impl Repository {
 /// matched (`matched`) and how many there were (`seen`).
 pub fn push_probe(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
     q.push(format!(
-        "SELECT {COLUMNS}, matched, seen FROM (SELECT *, count(*) OVER () AS matched FROM \
+        "SELECT {}, matched, seen FROM (SELECT *, count(*) OVER () AS matched FROM \
          (SELECT *, count(*) OVER () AS seen FROM \
-         (SELECT * FROM emails ORDER BY created_at DESC, id DESC LIMIT "
+         (SELECT * FROM emails ORDER BY created_at DESC, id DESC LIMIT ",
+        summary_columns(p.body_chars)
     ));
     q.push_bind(PROBE).push(") AS newest) AS probed");
     filters(q, p);
@@ -189,7 +190,7 @@ pub fn push_count(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams, dense: b
 /// The page after the count: matches sorted (`created_at + 0` keeps the planner off
 /// the order index) unless `dense` or unfiltered, then read along the order index.
 pub fn push_page(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams, dense: bool) {
-    q.push(format!("SELECT {COLUMNS} FROM emails"));
+    q.push(format!("SELECT {} FROM emails", summary_columns(p.body_chars)));
     filters(q, p);
     q.push(if filtered(p) && !dense {
         " ORDER BY created_at + interval '0 s' DESC, id DESC LIMIT "
@@ -224,15 +225,15 @@ pub const PROBE: i64 = 2_000;
 #[derive(sqlx::FromRow)]
 struct Probed {
     #[sqlx(flatten)]
-    row: EmailRow,
+    row: SummaryRow,
     matched: i64,
     seen: i64,
 }
 
-impl Page<EmailView> {
+impl Page<EmailSummary> {
     /// The page of `rows` (one more than the page size when there are more) for a
     /// search with `counted` matches, counted up to `COUNT_CAP + 1` when `capped`.
-    fn new(p: &SearchParams, mut rows: Vec<EmailRow>, counted: i64, capped: bool) -> Self {
+    fn new(p: &SearchParams, mut rows: Vec<SummaryRow>, counted: i64, capped: bool) -> Self {
         let offset = p.offset();
         let has_more = rows.len() > p.size as usize;
         rows.truncate(p.size as usize);
@@ -242,7 +243,7 @@ impl Page<EmailView> {
             if total_exact { counted } else { COUNT_CAP.max(offset + rows.len() as i64 + i64::from(has_more)) };
         let size = i64::from(p.size);
         Page {
-            items: rows.into_iter().map(EmailView::from).collect(),
+            items: rows.into_iter().map(EmailSummary::from).collect(),
             total_count,
             total_exact,
             total_pages: (total_count + size - 1) / size,

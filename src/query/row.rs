@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::view::EmailView;
+use super::view::{EmailSummary, EmailView};
 
 /// The live read model's table.
 pub const TABLE: &str = "emails";
@@ -86,6 +86,69 @@ impl From<EmailRow> for EmailView {
             subject: r.subject,
             body: r.body,
             html: r.html,
+            status: r.status,
+            attempts: r.attempts.max(0) as u32,
+            last_error: r.last_error,
+            message_id: r.message_id,
+            source: r.source,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            sent_at: r.sent_at,
+            next_attempt_at: r.next_attempt_at,
+            version: r.last_sequence,
+        }
+    }
+}
+
+/// The columns of a search result: a row without its bodies, the first `body_chars`
+/// characters of the text body standing in (PostgreSQL reads only that slice).
+pub fn summary_columns(body_chars: u32) -> String {
+    format!(
+        "id, from_address, from_name, to_addresses, cc_addresses, bcc_addresses, subject, \
+         substring(body, 1, {body_chars}) AS snippet, char_length(body) > {body_chars} AS snippet_cut, \
+         html IS NOT NULL AS has_html, status, attempts, last_error, message_id, source, created_at, updated_at, \
+         sent_at, next_attempt_at, last_sequence"
+    )
+}
+
+/// A row read with [`summary_columns`].
+#[derive(Debug, sqlx::FromRow)]
+pub struct SummaryRow {
+    id: Uuid,
+    from_address: String,
+    from_name: Option<String>,
+    to_addresses: Vec<String>,
+    cc_addresses: Vec<String>,
+    bcc_addresses: Vec<String>,
+    subject: String,
+    snippet: String,
+    snippet_cut: bool,
+    has_html: bool,
+    status: String,
+    attempts: i32,
+    last_error: Option<String>,
+    message_id: Option<String>,
+    source: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_sequence: i64,
+}
+
+impl From<SummaryRow> for EmailSummary {
+    fn from(r: SummaryRow) -> Self {
+        Self {
+            id: r.id,
+            from: r.from_address,
+            from_name: r.from_name,
+            to: r.to_addresses,
+            cc: r.cc_addresses,
+            bcc: r.bcc_addresses,
+            subject: r.subject,
+            snippet: r.snippet,
+            snippet_truncated: r.snippet_cut,
+            has_html: r.has_html,
             status: r.status,
             attempts: r.attempts.max(0) as u32,
             last_error: r.last_error,

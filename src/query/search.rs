@@ -20,11 +20,14 @@ pub const MAX_WINDOW: u64 = 10_000;
 /// Matches counted exactly; past this `total_count` is a lower bound.
 pub const COUNT_CAP: i64 = 10_000;
 
+/// Characters of the text body a search result carries by default.
+pub const SNIPPET_CHARS: u32 = 200;
+
 /// Statuses an email can be in (the `status` filter).
 pub const STATUSES: &[&str] = &["requested", "queued", "failed", "sent", "dead_lettered"];
 
 /// A search, checked.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchParams {
     /// The `tsquery` built from the user's text, if any. `Some("")` when the text had no
     /// word in it (nothing can match).
@@ -43,6 +46,25 @@ pub struct SearchParams {
     pub page: u32,
     /// Page size, 1 to [`MAX_PAGE_SIZE`].
     pub size: u32,
+    /// Characters of the text body each result carries ([`SNIPPET_CHARS`] unless a
+    /// caller needs more).
+    pub body_chars: u32,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        Self {
+            tsquery: None,
+            status: None,
+            from: None,
+            to: None,
+            since: None,
+            until: None,
+            page: 1,
+            size: DEFAULT_PAGE_SIZE,
+            body_chars: SNIPPET_CHARS,
+        }
+    }
 }
 
 impl SearchParams {

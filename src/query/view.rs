@@ -65,6 +65,59 @@ pub struct EmailView {
     pub version: i64,
 }
 
+/// One search result: an email without its bodies. `snippet` holds the first characters
+/// of the text body (200 by default); the whole email is one `GET` away.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EmailSummary {
+    /// The email's id.
+    pub id: Uuid,
+    /// Sender address.
+    pub from: String,
+    /// Sender display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
+    /// `To` addresses.
+    pub to: Vec<String>,
+    /// `Cc` addresses.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// `Bcc` addresses.
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// Subject line.
+    pub subject: String,
+    /// The start of the plain-text body.
+    pub snippet: String,
+    /// Whether the body goes on past the snippet.
+    pub snippet_truncated: bool,
+    /// Whether the email has an HTML body.
+    pub has_html: bool,
+    /// `queued`, `failed` (retrying), `sent` or `dead_lettered`.
+    pub status: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The last delivery error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 5322 Message-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// `nats`, `rest` or `grpc`.
+    pub source: String,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When anything last happened to it.
+    pub updated_at: DateTime<Utc>,
+    /// When the SMTP server accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When the next delivery attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Sequence of the last event folded in.
+    pub version: i64,
+}
+
 fn addresses(list: &[Mailbox]) -> Vec<String> {
     list.iter().map(|m| m.address.to_string()).collect()
 }

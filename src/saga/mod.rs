@@ -31,7 +31,7 @@ use crate::command::{
 };
 use crate::config::DeliverySettings;
 use crate::ledger::{Ledger, LedgerError, now};
-use crate::render::LettreRenderer;
+use crate::render::Renderer;
 use crate::store::feed::{self, FeedEvent};
 use mailer::Mailer;
 
@@ -150,8 +150,8 @@ impl Sender {
         let started = std::time::Instant::now();
         let result = tracing::Instrument::instrument(
             async {
-                match LettreRenderer::message(&parts.email, &parts.message_id, parts.date) {
-                    Ok(message) => self.mailer.send(id, message.envelope(), &message.formatted()).await,
+                match Renderer::render(&parts.email, &parts.message_id, parts.date) {
+                    Ok(message) => self.mailer.send(id, &message.envelope, &message.bytes).await,
                     Err(e) => {
                         Err(mailer::Rejected { code: None, message: format!("cannot render: {e}"), permanent: true })
                     }

@@ -7,6 +7,9 @@
 //! answers every request. Under load the batches grow on their own (whatever arrives
 //! while a commit is in flight goes in the next one); alone, a request waits for nobody.
 //!
+//! A statement the store refuses for one email's sake is split until that email stands
+//! alone ([`insert_isolating`]): the others are committed, and only it is refused.
+//!
 //! `ON CONFLICT DO NOTHING` tells each email apart: an email whose first event is
 //! already stored (a retry, or a key reused for another email) comes back as
 //! [`Appended::Exists`] and the caller decides through the aggregate, while the rest of
@@ -128,36 +131,71 @@ async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
         }
     }
     crate::metrics::APPEND_BATCH.observe(batch.len() as f64);
-    match insert(pool, &batch).await {
-        Ok(stored) => {
-            for job in batch {
-                let answer = match stored.get(job.email.id.as_str()).copied().unwrap_or(0) {
-                    0 => Ok(Appended::Exists),
-                    n if n == job.email.events.len() => Ok(Appended::Inserted),
-                    n => {
-                        // Every history starts with all of a new email's events, in one
-                        // statement: a partial one means the store was written by hand.
-                        tracing::error!(email_id = %job.email.id, stored = n, "only part of a new email's events were appended");
-                        Err(AppendError::Internal(format!("email {} has a partial history", job.email.id).into()))
-                    }
-                };
-                let _ = job.reply.send(answer);
+    let answers = insert_isolating(pool, &batch).await;
+    // A repeat shares its first request's fate: committed (then it exists) or not.
+    let mut fate: HashMap<&str, Result<(), (bool, String)>> = HashMap::with_capacity(repeats.len());
+    for (job, answer) in batch.iter().zip(&answers) {
+        let settled = match answer {
+            Ok(_) => Ok(()),
+            Err(AppendError::Unavailable(e)) => Err((true, e.to_string())),
+            Err(AppendError::Internal(e)) => Err((false, e.to_string())),
+        };
+        fate.insert(job.email.id.as_str(), settled);
+    }
+    let repeat_answers: Vec<Result<Appended, AppendError>> = repeats
+        .iter()
+        .map(|job| match fate.get(job.email.id.as_str()) {
+            Some(Err((true, e))) => Err(AppendError::Unavailable(e.clone().into())),
+            Some(Err((false, e))) => Err(AppendError::Internal(e.clone().into())),
+            _ => Ok(Appended::Exists),
+        })
+        .collect();
+    for (job, answer) in batch.into_iter().zip(answers).chain(repeats.into_iter().zip(repeat_answers)) {
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// Inserts `batch` and gives each job its answer. A statement the store refuses for a
+/// reason other than an outage is split in halves, each tried on its own, until the
+/// rows it refuses stand alone: **a batch never fails an innocent member** (a refused
+/// row costs its batch about log₂(batch) more statements).
+fn insert_isolating<'a>(
+    pool: &'a PgPool,
+    batch: &'a [Job],
+) -> futures::future::BoxFuture<'a, Vec<Result<Appended, AppendError>>> {
+    Box::pin(async move {
+        if batch.is_empty() {
+            return vec![];
+        }
+        match insert(pool, batch).await {
+            Ok(stored) => batch.iter().map(|job| answer(job, &stored)).collect(),
+            Err(e) if super::is_unavailable(&e) => {
+                let message = e.to_string();
+                batch.iter().map(|_| Err(AppendError::Unavailable(message.clone().into()))).collect()
             }
-            for job in repeats {
-                let _ = job.reply.send(Ok(Appended::Exists));
+            Err(e) if batch.len() == 1 => {
+                tracing::warn!(email_id = %batch[0].email.id, error = %e, "the event store refused a new email");
+                vec![Err(AppendError::Internal(e.to_string().into()))]
+            }
+            Err(_) => {
+                let (left, right) = batch.split_at(batch.len() / 2);
+                let mut answers = insert_isolating(pool, left).await;
+                answers.extend(insert_isolating(pool, right).await);
+                answers
             }
         }
-        Err(e) => {
-            let transient = super::is_unavailable(&e);
-            let message = e.to_string();
-            for job in batch.into_iter().chain(repeats) {
-                let error: Box<dyn std::error::Error + Send + Sync> = message.clone().into();
-                let _ = job.reply.send(Err(if transient {
-                    AppendError::Unavailable(error)
-                } else {
-                    AppendError::Internal(error)
-                }));
-            }
+    })
+}
+
+fn answer(job: &Job, stored: &HashMap<String, usize>) -> Result<Appended, AppendError> {
+    match stored.get(job.email.id.as_str()).copied().unwrap_or(0) {
+        0 => Ok(Appended::Exists),
+        n if n == job.email.events.len() => Ok(Appended::Inserted),
+        n => {
+            // Every history starts with all of a new email's events, in one statement:
+            // a partial one means the store was written by hand.
+            tracing::error!(email_id = %job.email.id, stored = n, "only part of a new email's events were appended");
+            Err(AppendError::Internal(format!("email {} has a partial history", job.email.id).into()))
         }
     }
 }

@@ -71,25 +71,45 @@ pub enum FeedError {
 const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, recorded_at FROM events";
 
-/// Reads up to `limit` events after `after`, in commit order, below the horizon.
+/// Reads up to `limit` events after `after`, in commit order, below the horizon, and
+/// no more than about `max_bytes` of them (always at least one): a batch of ten-megabyte
+/// bodies holds a few of them, not `limit`.
 ///
 /// The query is shaped for one plan whatever the statistics say: a walk of the
 /// `(txid, position)` index from the checkpoint, stopped by the LIMIT. (A filter on
 /// `aggregate_type` here once tempted the planner into scanning the whole store on
 /// every batch — the primary key starts with that column — so other aggregate types,
-/// if any ever appear, are skipped while decoding instead.)
+/// if any ever appear, are skipped while decoding instead.) A row's size is its stored
+/// size, or for a large (compressed, out-of-line) payload the size of its text: only
+/// those rows pay for being measured.
 pub async fn read_after(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
+    max_bytes: i64,
     upcasters: &[Upcaster],
 ) -> Result<Vec<FeedEvent>, FeedError> {
-    let sql = format!(
-        "{SELECT} WHERE (txid, position) > ($1::text::xid8, $2) \
-         AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY events.txid, events.position LIMIT $3"
-    );
-    let rows = sqlx::query(&sql).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(conn).await?;
+    let sql = "WITH next AS ( \
+           SELECT txid, position, \
+             CASE WHEN pg_column_size(payload) > 2000 THEN octet_length(payload::text) ELSE pg_column_size(payload) END \
+             + pg_column_size(metadata) AS bytes \
+           FROM events WHERE (txid, position) > ($1::text::xid8, $2) \
+             AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+           ORDER BY txid, position LIMIT $3), \
+         kept AS (SELECT txid, position FROM \
+           (SELECT txid, position, sum(bytes) OVER (ORDER BY txid, position) - bytes AS before FROM next) n \
+           WHERE before < $4) \
+         SELECT e.txid::text AS txid, e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+           e.event_version, e.payload, e.metadata, e.recorded_at \
+         FROM kept JOIN events e ON e.txid = kept.txid AND e.position = kept.position \
+         ORDER BY e.txid, e.position";
+    let rows = sqlx::query(sql)
+        .bind(after.txid.to_string())
+        .bind(after.position)
+        .bind(limit)
+        .bind(max_bytes.max(1))
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .filter(|r| r.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email"))
         .map(|r| decode_row(r, upcasters))

@@ -53,6 +53,7 @@ use append::{AppendError, Appended, Appender, NewEmail};
 /// The event store, as the write side uses it. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct EventStore {
+    pool: PgPool,
     cqrs: Arc<PostgresCqrs<Email>>,
     appender: Appender,
 }
@@ -64,13 +65,19 @@ impl EventStore {
         let events = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
             .with_upcasters(upcast::for_cqrs());
         let cqrs = cqrs_es::CqrsFramework::new(events, vec![], services);
-        Self { cqrs: Arc::new(cqrs), appender: Appender::start(pool) }
+        Self { cqrs: Arc::new(cqrs), appender: Appender::start(pool.clone()), pool }
     }
 
     /// Appends a new email's whole history (the first write path); returns once it is
     /// committed, or reports that the email already exists.
     pub(crate) async fn append_new(&self, email: NewEmail) -> Result<Appended, AppendError> {
         self.appender.append(email).await
+    }
+
+    /// Whether the store answers at all: one trivial read of `events`. Tells a store that
+    /// is down or broken (every command fails) from one that refuses one command.
+    pub(crate) async fn probe(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1 FROM events LIMIT 1").execute(&self.pool).await.map(|_| ())
     }
 
     /// Runs `command` on the email `id` through cqrs-es (the second write path): load,

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequestLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 /// `x-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,20 +41,29 @@ pub fn sanitise<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
+/// Makes a random (v4) UUID from the thread's generator: tower-http's `MakeRequestUuid`
+/// asks the kernel for every one, a system call per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeUuid;
+
+impl MakeRequestId for MakeUuid {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        HeaderValue::from_str(&id.to_string()).ok().map(RequestId::new)
+    }
+}
+
 /// The three layers, for an axum router or a tonic server.
 pub type Layers<B> = Stack<
     PropagateRequestIdLayer,
-    Stack<
-        SetRequestIdLayer<MakeRequestUuid>,
-        Stack<MapRequestLayer<fn(http::Request<B>) -> http::Request<B>>, Identity>,
-    >,
+    Stack<SetRequestIdLayer<MakeUuid>, Stack<MapRequestLayer<fn(http::Request<B>) -> http::Request<B>>, Identity>>,
 >;
 
 /// [`sanitise`], then make one if missing, then echo it.
 pub fn layers<B>() -> ServiceBuilder<Layers<B>> {
     ServiceBuilder::new()
         .layer(MapRequestLayer::new(sanitise::<B> as fn(http::Request<B>) -> http::Request<B>))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
 }
 

@@ -46,6 +46,7 @@ impl Projection for Recorder {
 fn options(batch: i64) -> RunnerOptions {
     RunnerOptions {
         batch_size: batch,
+        batch_bytes: 1 << 20,
         poll_interval: Duration::from_millis(50),
         standby_interval: Duration::from_millis(100),
         coalesce: Duration::ZERO,

@@ -12,6 +12,7 @@ mod events_stream;
 mod feed;
 mod group_commit;
 mod grpc_intake;
+mod hardening;
 mod nats_intake;
 mod nats_restart;
 mod operability;

@@ -135,7 +135,9 @@ fn the_compose_file_names_the_whole_stack() {
         assert_eq!(services[instance]["build"]["dockerfile"].as_str(), Some("Dockerfile"));
     }
     let nats = serde_yaml_ng::to_string(&services["nats"]).unwrap();
-    assert!(nats.contains("-js") && nats.contains("/data"), "JetStream on a persistent volume: {nats}");
+    assert!(nats.contains("natsdata:/data") && nats.contains("nats.conf"), "JetStream on a persistent volume: {nats}");
+    let conf = std::fs::read_to_string(format!("{ROOT}/compose/nats.conf")).unwrap();
+    assert!(conf.contains("store_dir: \"/data\"") && conf.contains("sync_interval: always"), "{conf}");
     let prometheus = std::fs::read_to_string(format!("{ROOT}/monitoring/prometheus.yml")).unwrap();
     assert!(
         prometheus.contains("mailledger-1:9090") && prometheus.contains("mailledger-2:9090"),

@@ -1,6 +1,7 @@
 //! gRPC over tonic: the original `EmailService`, server reflection and the standard
 //! health service.
 
+pub mod codec;
 mod error;
 pub(crate) mod service;
 
@@ -27,27 +28,42 @@ use crate::query::ReadSide;
 type EmailServer = proto::email_service_server::EmailServiceServer<service::EmailGrpc>;
 
 /// Every gRPC service mailledger serves, with the health reporter to flip on shutdown.
-pub(crate) fn routes(ledger: Ledger, reads: ReadSide) -> anyhow::Result<(Routes, HealthReporter)> {
+pub(crate) fn routes(
+    ledger: Ledger,
+    reads: ReadSide,
+    max_request_bytes: usize,
+) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads));
+    // The same request size REST takes (tonic's default is 4 MiB).
+    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads))
+        .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(email).add_service(health).add_service(reflection);
     Ok((routes, reporter))
 }
 
 /// Serves `routes` on the `incoming` connections (plain TCP or TLS), reported serving
 /// until `stop`, then not serving while the calls in flight finish.
-pub(crate) async fn serve<I, IO, IE>(incoming: I, routes: Routes, health: HealthReporter, stop: CancellationToken)
-where
+pub(crate) async fn serve<I, IO, IE>(
+    incoming: I,
+    routes: Routes,
+    health: HealthReporter,
+    timeout: std::time::Duration,
+    stop: CancellationToken,
+) where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     health.set_serving::<EmailServer>().await;
     let served = tonic::transport::Server::builder()
+        .timeout(timeout)
+        // A peer that stops answering pings is dropped.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(crate::transport::request_id::layers())
         .layer(crate::observe::grpc::ObserveLayer)
         .add_routes(routes)

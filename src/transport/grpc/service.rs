@@ -17,7 +17,7 @@ use crate::command::{EmailDraft, Source, address::split_list};
 use crate::ledger::{CreateEmail, Ledger};
 use crate::query::ReadSide;
 use crate::query::params::RawSearch;
-use crate::query::view::EmailView;
+use crate::query::view::{EmailSummary, EmailView};
 
 /// The gRPC face of the ledger.
 pub struct EmailGrpc {
@@ -45,16 +45,24 @@ fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
+/// A timestamp from a request: a real instant between the years 1 and 9999 (what the
+/// store and RFC 3339 can hold), else `INVALID_ARGUMENT` naming the field.
 fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
+    use chrono::Datelike;
     t.map(|t| {
-        DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-            .ok_or_else(|| Status::invalid_argument(format!("{field}: out of range")))
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .filter(|at| (1..=9999).contains(&at.year()))
+            .ok_or_else(|| Status::invalid_argument(format!("{field}: out of range (years 1 to 9999)")))
     })
     .transpose()
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Status> {
-    raw.parse().map_err(|_| Status::invalid_argument(format!("EmailID: {raw:?} is not an email id (a UUID)")))
+    raw.parse().map_err(|_| {
+        Status::invalid_argument(format!("EmailID: {} is not an email id (a UUID)", crate::text::echo(raw)))
+    })
 }
 
 fn internal<E: Into<anyhow::Error>>(e: E) -> Status {
@@ -85,6 +93,26 @@ fn to_proto(v: EmailView) -> Email {
         updated_at: Some(timestamp(v.updated_at)),
         sent_at: v.sent_at.map(timestamp),
         html: v.html.unwrap_or_default(),
+    }
+}
+
+/// A search result as a proto `Email`: `Message` holds the start of the body (the
+/// whole email is one `GetByID` away), `Html` is empty.
+fn summary_to_proto(v: EmailSummary) -> Email {
+    let to = v.to.iter().chain(&v.cc).cloned().collect::<Vec<_>>().join(", ");
+    Email {
+        email_id: v.id.to_string(),
+        from: v.from,
+        to,
+        subject: v.subject,
+        message: v.snippet,
+        created_at: Some(timestamp(v.created_at)),
+        status: v.status,
+        attempts: v.attempts,
+        last_error: v.last_error.unwrap_or_default(),
+        updated_at: Some(timestamp(v.updated_at)),
+        sent_at: v.sent_at.map(timestamp),
+        html: String::new(),
     }
 }
 
@@ -152,7 +180,7 @@ impl EmailService for EmailGrpc {
             page: i64::from(page.page),
             size: i64::from(page.size),
             has_more: page.has_more,
-            emails: page.items.into_iter().map(to_proto).collect(),
+            emails: page.items.into_iter().map(summary_to_proto).collect(),
             total_count_exact: page.total_exact,
         }))
     }

@@ -27,6 +27,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409: the idempotency key was used for another email, or the state forbids it.
     Conflict(String),
+    /// 408: the request was not answered in time (its body never came, say).
+    Timeout,
     /// 503: a dependency is down; retry.
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
     /// 500: a bug.
@@ -111,6 +113,12 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", v.to_string(), fields(&v))
             }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, vec![]),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request was not complete in time; send it again".into(),
+                vec![],
+            ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, vec![]),
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, source = ?e.source(), "request failed: dependency unavailable");

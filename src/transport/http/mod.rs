@@ -3,17 +3,15 @@
 pub mod emails;
 pub mod error;
 pub mod read;
+pub mod server;
 
-use std::net::SocketAddr;
-
-use axum::extract::connect_info::Connected;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
-use tokio_util::sync::CancellationToken;
+use error::ApiError;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -31,6 +29,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// Largest request body accepted.
     pub max_request_bytes: usize,
+    /// How long a request may take before it is answered 408.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The OpenAPI document.
@@ -66,24 +66,18 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route_layer(axum::middleware::from_fn(crate::observe::http::observe));
+    let timeout = state.request_timeout;
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::Timeout.into_response(),
+            }
+        }))
         .layer(super::request_id::layers())
-}
-
-/// Serves `router` on `listener` (plain TCP or TLS) until `stop`, with each
-/// connection's peer address as `ConnectInfo<SocketAddr>`.
-pub async fn serve<L>(listener: L, router: Router, stop: CancellationToken)
-where
-    L: Listener<Addr = SocketAddr>,
-    SocketAddr: for<'a> Connected<IncomingStream<'a, L>>,
-{
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
 }
 
 /// The request's correlation id: its `X-Request-Id` (see [`super::request_id`]).
@@ -97,10 +91,11 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-/// Readiness: PostgreSQL, NATS and Redis reachable (each named when not).
+/// Readiness: PostgreSQL and NATS reachable (each named when not); Redis down is
+/// `degraded` (reads go to PostgreSQL), still 200.
 #[utoipa::path(get, path = "/ready", tag = "operations", responses(
-    (status = 200, description = "Every dependency reachable", body = ReadinessReport),
-    (status = 503, description = "A dependency is unreachable", body = ReadinessReport),
+    (status = 200, description = "PostgreSQL and NATS reachable (Redis may be listed in `degraded`)", body = ReadinessReport),
+    (status = 503, description = "PostgreSQL or NATS is unreachable", body = ReadinessReport),
 ))]
 pub async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     let report = state.readiness.check().await;

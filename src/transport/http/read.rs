@@ -15,13 +15,14 @@ use super::error::{ApiError, ErrorBody};
 use crate::query::params::RawSearch;
 use crate::query::repository::HistoryEntry;
 use crate::query::search::Page;
-use crate::query::view::EmailView;
+use crate::query::view::{EmailSummary, EmailView};
 
 /// A page of search results.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchBody {
-    /// This page's emails, newest first.
-    pub emails: Vec<EmailView>,
+    /// This page's emails, newest first, as summaries (the start of the body in
+    /// `snippet`; `GET /api/v1/emails/{id}` for the whole email).
+    pub emails: Vec<EmailSummary>,
     /// Matching emails. Exact up to 10,000; past that it is 10,000 and
     /// `total_count_exact` is false.
     pub total_count: i64,
@@ -37,8 +38,8 @@ pub struct SearchBody {
     pub has_more: bool,
 }
 
-impl From<Page<EmailView>> for SearchBody {
-    fn from(p: Page<EmailView>) -> Self {
+impl From<Page<EmailSummary>> for SearchBody {
+    fn from(p: Page<EmailSummary>) -> Self {
         Self {
             emails: p.items,
             total_count: p.total_count,
@@ -95,7 +96,7 @@ pub struct AsOfQuery {
 
 /// Parses an email id from a path, or answers 400.
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse().map_err(|_| ApiError::BadRequest(format!("{raw:?} is not an email id (a UUID)")))
+    raw.parse().map_err(|_| ApiError::BadRequest(format!("{} is not an email id (a UUID)", crate::text::echo(raw))))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

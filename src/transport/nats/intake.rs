@@ -4,9 +4,16 @@
 //! - committed (or an idempotent repeat) → **ack**, only after the commit;
 //! - refused for good (malformed JSON, invalid fields, key reused for another email,
 //!   unknown subject) → published to `<ns>.dlq.commands`, then **term** (never redelivered);
-//! - failed for now (database down, a bug) → **nak** with a back-off that grows with
-//!   the delivery count (1 s, 2 s, 4 s … 60 s). The message stays in the stream, so it
-//!   survives a restart of the service, of PostgreSQL or of NATS.
+//! - the event store down or broken (every command would fail) → **held**: retried here
+//!   with a growing pause (0.5 s … 10 s), the server told it is in progress so it is
+//!   not redelivered meanwhile; at shutdown it is handed back (nak). Intake pauses by
+//!   itself (every permit held) and resumes when the store does, and the message stays
+//!   in the stream across restarts of the service, PostgreSQL or NATS;
+//! - refused by a store that otherwise works (a poison command) → tried once more,
+//!   then dead-lettered with the store's reason: **anything that fails the same way
+//!   twice is not transient**, and valid traffic flows beside it;
+//! - on its `nats.max_deliver`-th delivery (the service stopped while holding it every
+//!   time) → dead-lettered without being handled, never left stranded in the stream.
 //!
 //! The email id comes from the payload's `idempotency_key`, else the `Nats-Msg-Id`
 //! header, else the stream sequence (with the stream's creation time): a redelivery
@@ -48,6 +55,8 @@ pub struct NatsIntake {
     ledger: Ledger,
     names: Arc<NatsNames>,
     in_flight: usize,
+    max_deliver: i64,
+    stop: CancellationToken,
     /// When the commands stream was created: part of the fallback idempotency key, so a
     /// recreated stream (whose sequences start again at 1) never reuses an old key.
     epoch: String,
@@ -64,7 +73,7 @@ impl NatsIntake {
             description: Some("mailledger command intake, shared by every instance".into()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: settings.ack_wait,
-            max_deliver: -1,
+            max_deliver: i64::from(settings.max_deliver),
             max_ack_pending: i64::from(settings.max_ack_pending),
             filter_subject: names.commands_filter.clone(),
             ..Default::default()
@@ -80,12 +89,22 @@ impl NatsIntake {
             }
         };
         let in_flight = settings.max_ack_pending as usize;
-        Ok(Self { js, consumer, ledger, names: Arc::new(names), in_flight, epoch })
+        Ok(Self {
+            js,
+            consumer,
+            ledger,
+            names: Arc::new(names),
+            in_flight,
+            max_deliver: i64::from(settings.max_deliver),
+            stop: CancellationToken::new(),
+            epoch,
+        })
     }
 
     /// Pulls and handles commands until `shutdown`; then stops pulling, hands back what
     /// it pulled but did not start, and waits for the commands in flight.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stop = shutdown.clone();
         let permits = Arc::new(Semaphore::new(self.in_flight));
         let tracker = TaskTracker::new();
         let mut failures = 0u32;
@@ -212,6 +231,12 @@ impl NatsIntake {
             msg_id: msg_id.clone(),
             payload: message.payload.clone(),
         };
+        if delivered >= self.max_deliver {
+            let reason = format!(
+                "delivered {delivered} times without being settled (the service stopped while handling it each time)"
+            );
+            return self.dead_letter(letter(reason, None), delivered).await;
+        }
         if subject != self.names.create_subject {
             crate::metrics::invalid_command("nats");
             return self.dead_letter(letter(format!("unknown command subject {subject}"), None), delivered).await;
@@ -238,24 +263,57 @@ impl NatsIntake {
         if let Some(id) = &msg_id {
             metadata.insert("nats_msg_id".into(), id.clone());
         }
+        let sane = |v: &String| crate::text::is_token(v, crate::transport::request_id::MAX_LEN);
         let correlation = header("X-Request-Id")
-            .or_else(|| header("Correlation-Id"))
+            .filter(sane)
+            .or_else(|| header("Correlation-Id").filter(sane))
             .or_else(|| msg_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         metadata.insert("correlation_id".into(), correlation);
-        match self.ledger.create(CreateEmail { draft, source: Source::Nats, idempotency_key, metadata }).await {
-            Ok(accepted) => {
-                tracing::debug!(email_id = %accepted.id, sequence, "command committed");
-                Outcome::Acked
-            }
-            Err(LedgerError::Invalid(v)) => self.dead_letter(invalid(letter, &v), delivered).await,
-            Err(e @ (LedgerError::Conflict | LedgerError::Refused(_))) => {
-                self.dead_letter(letter(e.to_string(), None), delivered).await
-            }
-            Err(e) => {
-                let delay = backoff(delivered.max(1) as u32);
-                tracing::warn!(error = %e, sequence, delivered, retry_in = ?delay, "command not committed; will retry");
-                Outcome::Nacked(delay)
+        let request = CreateEmail { draft, source: Source::Nats, idempotency_key, metadata };
+        self.commit(message, request, letter, sequence, delivered).await
+    }
+
+    /// Commits one command, holding it while the store is down (see the module header).
+    async fn commit(
+        &self,
+        message: &Message,
+        request: CreateEmail,
+        letter: impl Fn(String, Option<String>) -> DeadLetter,
+        sequence: u64,
+        delivered: i64,
+    ) -> Outcome {
+        let mut pause = Duration::from_millis(500);
+        let mut refused_once = false;
+        loop {
+            match self.ledger.create(request.clone()).await {
+                Ok(accepted) => {
+                    tracing::debug!(email_id = %accepted.id, sequence, "command committed");
+                    return Outcome::Acked;
+                }
+                Err(LedgerError::Invalid(v)) => return self.dead_letter(invalid(letter, &v), delivered).await,
+                Err(e @ (LedgerError::Conflict | LedgerError::Refused(_))) => {
+                    return self.dead_letter(letter(e.to_string(), None), delivered).await;
+                }
+                Err(e) => {
+                    let store_down = matches!(e, LedgerError::Unavailable(_)) || !self.ledger.store_answers().await;
+                    if store_down {
+                        tracing::warn!(error = %e, sequence, retry_in = ?pause, "event store unavailable; holding the command");
+                    } else if refused_once {
+                        let reason = format!("refused twice by the event store: {e}");
+                        return self.dead_letter(letter(reason, None), delivered).await;
+                    } else {
+                        refused_once = true;
+                        tracing::warn!(error = %e, sequence, "the event store refused a command; trying it once more");
+                    }
+                    // Held: tell the server it is in progress, so it is not redelivered.
+                    let _ = message.ack_with(AckKind::Progress).await;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Outcome::Nacked(Duration::ZERO),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }

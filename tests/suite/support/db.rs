@@ -269,3 +269,22 @@ pub async fn search_oracle(
     .await
     .expect("oracle")
 }
+
+/// Makes the store refuse (with an error, as a broken or hostile row would be refused)
+/// every new email whose request mentions `marker`: a row that fails on its own.
+pub async fn refuse_requests_mentioning(pool: &PgPool, marker: &str) {
+    let quoted = marker.replace('\'', "''");
+    sqlx::query(&format!(
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.event_type = 'Requested' AND NEW.payload::text LIKE '%{quoted}%' THEN \
+             RAISE EXCEPTION 'refused by the test: %', NEW.aggregate_id; \
+           END IF; RETURN NEW; END $$"
+    ))
+    .execute(pool)
+    .await
+    .expect("trigger function");
+    sqlx::query("CREATE TRIGGER refuse_marked BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_marked()")
+        .execute(pool)
+        .await
+        .expect("trigger");
+}

@@ -1,7 +1,9 @@
 //! A real SMTP server for tests and the benchmark (shared: tests include it by path): speaks enough RFC 5321 for lettre (EHLO, MAIL, RCPT,
 //! DATA with dot-unstuffing, RSET, NOOP, QUIT) over TCP, answers the end of each DATA
 //! with the next scripted reply (250 when the script is empty), and records every
-//! transaction it saw. It can be stopped and started again on the same port.
+//! transaction it saw. Like a strict real server, it refuses a message with a line over
+//! RFC 5322's 998 octets (`500 5.5.2 line too long`). It can be stopped and started
+//! again on the same port.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -181,6 +183,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
         } else if upper == "DATA" {
             write.write_all(b"354 go ahead\r\n").await?;
             let mut data = String::new();
+            let mut too_long = false;
             loop {
                 line.clear();
                 if lines.read_line(&mut line).await? == 0 {
@@ -189,12 +192,16 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                 if line == ".\r\n" {
                     break;
                 }
+                too_long |= line.trim_end_matches(['\r', '\n']).len() > 998;
                 data.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
             let (code, text) = {
                 let mut s = state.lock().unwrap();
-                let (code, text) =
-                    s.script.pop_front().or_else(|| s.default.clone()).unwrap_or((250, "2.0.0 queued".into()));
+                let (code, text) = if too_long {
+                    (500, "5.5.2 line too long".to_owned())
+                } else {
+                    s.script.pop_front().or_else(|| s.default.clone()).unwrap_or((250, "2.0.0 queued".into()))
+                };
                 s.received.push(Received {
                     at: std::time::Instant::now(),
                     mail_from: from.clone(),
