@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SERVICES := scripts/ensure-services.sh
 
-.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert
+.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -33,6 +33,11 @@ test: check-toolchain services
 ## BENCH_SCALE=0.1 for a quick look, BENCH_SCALE=2 for 2,000,000 emails; BENCH_ROUNDS=5.
 bench: check-toolchain services
 	$(CARGO) bench --bench bench
+
+## An API key with every scope, for a first try: the key is the last line printed.
+## KEY=$$(make -s key | tail -n 1); NAME=… for another name.
+key: check-toolchain services
+	@$(CARGO) run --release --quiet --bin mailledger -- keys create --name $${NAME:-first} --scope all
 
 ## A local CA and a server certificate for nginx (nginx/certs).
 cert:

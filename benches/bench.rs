@@ -172,8 +172,8 @@ async fn intake_nats(pool: &PgPool, js: &async_nats::jetstream::Context, n: usiz
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn intake_rest(pool: &PgPool, base_url: &str, n: usize, round: usize, concurrency: usize) -> f64 {
-    let client = reqwest::Client::new();
+async fn intake_rest(pool: &PgPool, svc: &Service, n: usize, round: usize, concurrency: usize) -> f64 {
+    let (client, base_url) = (svc.client(), &svc.http);
     let url = format!("{base_url}/api/v1/emails");
     let before = count_events(pool).await;
     let started = Instant::now();
@@ -311,7 +311,7 @@ async fn main() {
                 wait_quiet(&pool).await;
                 lim.push(insert_limit(&pool, pool_size, n(3000.0), r + 100).await);
                 wait_quiet(&pool).await;
-                fig.push(intake_rest(&pool, &svc.http, n(3000.0), r, 32).await);
+                fig.push(intake_rest(&pool, &svc, n(3000.0), r, 32).await);
                 eprintln!("  intake_rest round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
             }
             let notes = format!("{} emails a round from 32 concurrent HTTP/1.1 clients", n(3000.0));
@@ -352,7 +352,7 @@ async fn main() {
             };
             wait_quiet(&pool).await;
             let ids = Arc::new(ids);
-            let client = reqwest::Client::new();
+            let client = svc.client();
             let hello = trivial_http().await;
             let (hits0, misses0) = (
                 svc.counter("mailledger_cache_requests_total", "hit").await,
@@ -408,13 +408,15 @@ async fn main() {
                 .await;
                 lim.push(rate);
                 lim_p99.push(p);
-                let (ch, ids) = (channel.clone(), ids.clone());
+                let (ch, ids, bearer) = (channel.clone(), ids.clone(), svc.bearer());
                 let (rate, p) = load(32, 5.0 * scale.min(1.0), move |i| {
                     use mailledger::transport::grpc::proto::{GetByIdReq, email_service_client::EmailServiceClient};
                     let mut c = EmailServiceClient::new(ch.clone());
-                    let id = ids[i % ids.len()].to_string();
+                    let mut request =
+                        tonic::Request::new(GetByIdReq { email_id: ids[i % ids.len()].to_string(), as_of: None });
+                    request.metadata_mut().insert("authorization", bearer.clone());
                     async move {
-                        c.get_by_id(GetByIdReq { email_id: id, as_of: None }).await.unwrap();
+                        c.get_by_id(request).await.unwrap();
                     }
                 })
                 .await;
@@ -621,7 +623,7 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize, rebuild_a
 
     // search p95 at the API vs the same SQL's execution time.
     let svc = Service::start(&db, &[("MAILLEDGER__DELIVERY__ENABLED", "false".into())]).await;
-    let client = reqwest::Client::new();
+    let client = svc.client();
     for (name, word) in [("search_common", "hello"), ("search_medium", "invoice"), ("search_rare", "zanzibar")] {
         let (mut api, mut sql) = (vec![], vec![]);
         let (mut matches, mut exact) = (0, true);

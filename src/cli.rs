@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
+use crate::access::keys::NewKey;
+use crate::access::{self, Principal};
 use crate::config::Settings;
 use crate::ledger::Ledger;
 use crate::ops::progress::Bar;
@@ -57,9 +59,13 @@ pub enum Command {
         /// Only this email's events.
         #[arg(long)]
         email: Option<Uuid>,
-        /// Only this event type (requested, persisted, sent, failed, dead_lettered, redriven).
-        #[arg(long = "type", value_name = "KIND")]
+        /// Only this event type (requested, persisted, sent, failed, dead_lettered, redriven,
+        /// key_created, key_revoked).
+        #[arg(long = "type", value_name = "KIND", value_parser = crate::ops::replay::parse_kind)]
         kind: Option<String>,
+        /// Only events of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Print one email's timeline.
     History {
@@ -83,6 +89,51 @@ pub enum Command {
     },
     /// Projection lag, waiting commands and the delivery queue.
     Status,
+    /// API keys: make, list, revoke.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a key. Its secret is the last line of the output, shown this once.
+    Create {
+        /// A name for people (and the metrics).
+        #[arg(long)]
+        name: String,
+        /// send, read, redrive, admin — comma-separated — or all.
+        #[arg(long = "scope", value_name = "SCOPES")]
+        scopes: String,
+        /// The tenant it acts in (default `default`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A domain it may send from (repeat for several; none: any).
+        #[arg(long = "from-domain", value_name = "DOMAIN")]
+        from_domains: Vec<String>,
+        /// When it stops working: a duration (90d, 12h) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Requests per second (default: auth.rate_per_second).
+        #[arg(long = "rate")]
+        rate_per_second: Option<f64>,
+        /// Requests at once above the rate (default: auth.burst).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Emails a day (default: auth.daily_quota; 0: none).
+        #[arg(long)]
+        daily_quota: Option<i64>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key: it stops working everywhere within a second.
+    Revoke {
+        /// The key's id.
+        id: Uuid,
+    },
 }
 
 /// `dlq` subcommands.
@@ -107,6 +158,7 @@ pub enum DlqAction {
 /// Runs one command to its end; the exit code says how it went (errors are the caller's
 /// to print).
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    crate::transport::tls::install_default_provider();
     if let Command::Serve = command {
         Application::build(settings).await?.run_until_stopped().await?;
         return Ok(ExitCode::SUCCESS);
@@ -117,9 +169,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     match command {
         Command::Serve => unreachable!("handled above"),
         Command::Migrate => eprintln!("mailledger: migrations applied"),
-        Command::Replay { since, until, email, kind } => {
+        Command::Replay { since, until, email, kind, tenant } => {
             let bar = Bar::new("replay");
-            let window = Window { since, until, email, event_type: kind.as_deref().map(replay::event_type_name) };
+            let window = Window { since, until, email, event_type: kind, tenant };
             replay::replay(&pool, &window, &mut out, &bar).await?;
             bar.finish();
         }
@@ -148,9 +200,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             eprintln!("mailledger: {n} dead-lettered email(s)");
         }
         Command::Dlq { action: DlqAction::Redrive { ids, all: _, by } } => {
-            let by = by.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
             let ledger = Ledger::new(pool.clone(), settings.limits);
-            let done = dlq::redrive(&pool, &ledger, &ids, &by).await?;
+            let done = dlq::redrive(&pool, &ledger, &ids, &operator(), by.as_deref()).await?;
             for id in &done {
                 writeln!(out, "{id}")?;
             }
@@ -168,7 +219,63 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let target = nats.as_ref().map(|c| (c, names.commands_stream.clone(), names.consumer.clone()));
             status::print(&pool, target, &mut out).await?;
         }
+        Command::Keys { action } => keys(&pool, action, &mut out).await?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command: `cli:$USER`.
+fn operator() -> Principal {
+    Principal::operator(&std::env::var("USER").unwrap_or_else(|_| "operator".into()))
+}
+
+async fn keys(pool: &sqlx::PgPool, action: KeysAction, out: &mut impl Write) -> anyhow::Result<()> {
+    let by = operator();
+    match action {
+        KeysAction::Create { name, scopes, tenant, from_domains, expires, rate_per_second, burst, daily_quota } => {
+            let new = NewKey { name, scopes, tenant, from_domains, expires, rate_per_second, burst, daily_quota };
+            let (record, key) = access::keys::create(pool, &new, &by).await?;
+            writeln!(out, "key {} {:?}: tenant {}, scopes {}", record.id, record.name, record.tenant, record.scopes)?;
+            if !record.from_domains.is_empty() {
+                writeln!(out, "sends only from: {}", record.from_domains.join(", "))?;
+            }
+            if let Some(at) = record.expires_at {
+                writeln!(out, "expires: {}", at.to_rfc3339())?;
+            }
+            writeln!(out, "the key (shown this once; give it as `Authorization: Bearer <key>`):")?;
+            writeln!(out, "{key}")?;
+        }
+        KeysAction::List => {
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+            };
+            writeln!(
+                out,
+                "id                                    name                 tenant       scopes                  created          last used        expires          revoked"
+            )?;
+            for k in access::keys::list(pool, &by).await? {
+                writeln!(
+                    out,
+                    "{}  {:<20} {:<12} {:<23} {}  {}  {}  {}",
+                    k.id,
+                    k.name,
+                    k.tenant,
+                    k.scopes.to_string(),
+                    time(Some(k.created_at)),
+                    time(k.last_used_at),
+                    time(k.expires_at),
+                    k.revoked_at.map_or_else(
+                        || "-".to_owned(),
+                        |t| format!("{} by {}", time(Some(t)), k.revoked_by.unwrap_or_default())
+                    ),
+                )?;
+            }
+        }
+        KeysAction::Revoke { id } => {
+            let record = access::keys::revoke(pool, id, &by).await?;
+            writeln!(out, "revoked {} {:?}", record.id, record.name)?;
+        }
+    }
+    Ok(())
 }

@@ -33,6 +33,10 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_TLS_CLIENT_CA", "tls.client_ca"),
     ("MAILLEDGER_DELIVERY_BACKOFF", "delivery.backoff"),
     ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "delivery.max_attempts"),
+    ("MAILLEDGER_AUTH", "auth.mode"),
+    ("MAILLEDGER_NATS_CREDS", "nats.creds"),
+    ("MAILLEDGER_NATS_CA", "nats.tls_ca"),
+    ("MAILLEDGER_REDIS_CA", "redis.tls_ca"),
 ];
 
 /// Everything the service can be told.
@@ -57,6 +61,8 @@ pub struct Settings {
     pub metrics: ListenSettings,
     /// TLS on the REST and gRPC listeners.
     pub tls: TlsSettings,
+    /// API keys: on or off, and the default limits of a key.
+    pub auth: AuthSettings,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for in-flight work.
@@ -103,6 +109,16 @@ pub struct NatsSettings {
     /// JetStream duplicate window.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Refuse (dead-letter) commands without a valid `Authorization: Bearer <key>`
+    /// header. Off by default: NATS's own accounts and permissions guard the subject.
+    pub require_key: bool,
+    /// A `.creds` file (user JWT and nkey seed) or an nkey seed file for the service's
+    /// own connection.
+    #[serde(deserialize_with = "optional_path")]
+    pub creds: Option<PathBuf>,
+    /// PEM CA certificate(s) the server's certificate must chain to (`tls://`).
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The subjects and stream names derived from [`NatsSettings`].
@@ -172,6 +188,34 @@ pub struct RedisSettings {
     /// Time to live of a cached view.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// PEM CA certificate(s) the server's certificate must chain to (`rediss://`).
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Whether requests must present an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request presents a key (the default).
+    On,
+    /// No key is asked for: every request acts with every scope in tenant `default`.
+    /// For local development only.
+    Off,
+}
+
+/// API keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `on` or `off` (`MAILLEDGER_AUTH`).
+    pub mode: AuthMode,
+    /// Requests per second a key may make (its own setting wins).
+    pub rate_per_second: f64,
+    /// Requests a key may make at once above its rate.
+    pub burst: u32,
+    /// Emails a key may send a day; 0: no quota (its own setting wins).
+    pub daily_quota: i64,
 }
 
 /// SMTP settings.
@@ -374,6 +418,12 @@ impl Settings {
 
     /// Rules that span more than one value's type.
     fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.auth.rate_per_second.is_finite() && self.auth.rate_per_second > 0.0) {
+            return Err(("auth.rate_per_second", "must be more than 0".into()));
+        }
+        if self.auth.burst == 0 {
+            return Err(("auth.burst", "must be at least 1".into()));
+        }
         if self.nats.max_deliver < 2 {
             return Err(("nats.max_deliver", "must be at least 2".into()));
         }

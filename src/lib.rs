@@ -30,6 +30,7 @@
 //! |---|---|
 //! | [`command`] | the `Email` aggregate: value types, commands, events, rules (pure) |
 //! | [`store`] | the event store: every statement on `events` and checkpoints, the feed, commit announcements |
+//! | [`access`] | API keys, principals, tenants, scopes, rate limits and quotas |
 //! | [`ledger`] | the write API every transport calls |
 //! | [`query`] | the read side: `EmailView`, the `emails` table, search, the Redis cache |
 //! | [`projections`] | what tails the feed: the runner, the read model, cache and NATS projections |
@@ -40,6 +41,7 @@
 //! | [`startup`] | [`startup::Application`]: wiring and one shutdown for everything |
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -212,6 +212,33 @@ pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `mailledger_key_requests_total{key, outcome}`: requests by API key name (never the
+/// key) and what became of them: allowed, unauthenticated (key ""), forbidden,
+/// rate_limited, quota_exceeded.
+pub static KEY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_key_requests_total",
+        "Requests by API key name and outcome (allowed, unauthenticated, forbidden, rate_limited, quota_exceeded)",
+        &["key", "outcome"],
+    )
+});
+
+/// Counts one request of key `name`.
+pub fn key_request(name: &str, outcome: &str) {
+    KEY_REQUESTS.with_label_values(&[name, outcome]).inc();
+}
+
+/// The `outcome` label of an access error.
+pub fn access_outcome(e: &crate::access::AccessError) -> &'static str {
+    use crate::access::AccessError;
+    match e {
+        AccessError::Unauthenticated(_) => "unauthenticated",
+        AccessError::Forbidden(_) => "forbidden",
+        AccessError::RateLimited(_) => "rate_limited",
+        AccessError::QuotaExceeded(_) => "quota_exceeded",
+    }
+}
+
 /// Registers every metric (so each is exported from the start).
 pub fn init() {
     LazyLock::force(&COMMANDS);
@@ -237,6 +264,7 @@ pub fn init() {
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
     LazyLock::force(&EVENTS_BY_REFERENCE);
     LazyLock::force(&EVENTS_UNPUBLISHABLE);
+    LazyLock::force(&KEY_REQUESTS);
     // Every series whose labels are known up front starts at 0: `rate()` and
     // `increase()` see a counter's first step only from a sample before it.
     for source in ["nats", "rest", "grpc"] {

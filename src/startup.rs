@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::keyring::Keyring;
 use crate::config::{NatsSettings, Settings, redact};
 use crate::ledger::Ledger;
 use crate::observe::health::Readiness;
@@ -75,6 +76,7 @@ impl Application {
     /// intake waits for it).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         metrics::init();
+        transport::tls::install_default_provider();
         let tls = ServerTls::load(&settings.tls)?;
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
@@ -83,15 +85,25 @@ impl Application {
         let addrs = listeners.addrs()?;
 
         let work = Work { shutdown: CancellationToken::new(), tracker: TaskTracker::new() };
+        let keyring = Keyring::load(pool.clone(), &settings.auth).await.context("cannot load the API keys")?;
+        if !keyring.enforced() {
+            tracing::warn!(
+                "authentication is OFF (MAILLEDGER_AUTH=off): anyone who reaches a port acts with every scope"
+            );
+        }
+        work.spawn(keyring.clone().run(work.shutdown.clone()));
         let notifier = Notifier::start(&pool, work.shutdown.clone());
-        let ledger = Ledger::new(pool.clone(), settings.limits).with_announcer(notifier.announcer());
+        let ledger = Ledger::new(pool.clone(), settings.limits)
+            .with_announcer(notifier.announcer())
+            .with_keyring(keyring.clone());
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
         spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
         let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
-        serve(&work, &settings, listeners, tls.as_ref(), ledger.clone(), reads, readiness)?;
+        let edge = Edge { ledger: ledger.clone(), reads, readiness, keyring: keyring.clone(), pool: pool.clone() };
+        serve(&work, &settings, listeners, tls.as_ref(), edge)?;
         work.spawn(crate::observe::monitor::run(
             pool.clone(),
             nats.clone(),
@@ -102,6 +114,7 @@ impl Application {
             nats.clone(),
             settings.nats.clone(),
             ledger,
+            keyring,
             pool.clone(),
             notifier,
             work.shutdown.clone(),
@@ -213,39 +226,51 @@ fn spawn_sender(
     Ok(())
 }
 
+/// What the listeners serve.
+struct Edge {
+    ledger: Ledger,
+    reads: ReadSide,
+    readiness: Readiness,
+    keyring: Keyring,
+    pool: PgPool,
+}
+
 /// REST, gRPC (TLS when configured, with SIGHUP reloading it) and metrics.
 fn serve(
     work: &Work,
     settings: &Settings,
     listeners: Listeners,
     tls: Option<&ServerTls>,
-    ledger: Ledger,
-    reads: ReadSide,
-    readiness: Readiness,
+    edge: Edge,
 ) -> anyhow::Result<()> {
     let stop = &work.shutdown;
     let state = HttpState {
-        ledger: ledger.clone(),
-        reads: reads.clone(),
-        readiness,
+        ledger: edge.ledger.clone(),
+        reads: edge.reads.clone(),
+        readiness: edge.readiness,
         max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
         request_timeout: settings.http.request_timeout,
+        keyring: edge.keyring.clone(),
+        pool: edge.pool,
     };
     let router = transport::http::router(state);
-    let (routes, health) = transport::grpc::routes(ledger, reads, max_request_bytes(settings.limits.max_body_bytes))?;
+    let (routes, health) =
+        transport::grpc::routes(edge.ledger, edge.reads, max_request_bytes(settings.limits.max_body_bytes))?;
+    let grpc_served =
+        transport::grpc::Served { routes, health, keyring: edge.keyring, timeout: settings.grpc.request_timeout };
     match tls {
         Some(tls) => {
             let rest = tls.listener(listeners.http, Protocol::Rest);
             work.spawn(transport::http::server::serve(rest, router, settings.http.clone(), stop.clone()));
             let grpc = tls.listener(listeners.grpc, Protocol::Grpc).into_incoming();
-            work.spawn(transport::grpc::serve(grpc, routes, health, settings.grpc.request_timeout, stop.clone()));
+            work.spawn(transport::grpc::serve(grpc, grpc_served, stop.clone()));
             #[cfg(unix)]
             work.spawn(reload_on_hangup(tls.clone(), stop.clone())?);
         }
         None => {
             work.spawn(transport::http::server::serve(listeners.http, router, settings.http.clone(), stop.clone()));
             let grpc = tonic::transport::server::TcpIncoming::from(listeners.grpc);
-            work.spawn(transport::grpc::serve(grpc, routes, health, settings.grpc.request_timeout, stop.clone()));
+            work.spawn(transport::grpc::serve(grpc, grpc_served, stop.clone()));
         }
     }
     let stop = stop.clone();
@@ -265,6 +290,7 @@ async fn run_nats(
     nats: async_nats::Client,
     settings: NatsSettings,
     ledger: Ledger,
+    keyring: Keyring,
     pool: PgPool,
     notifier: Notifier,
     stop: CancellationToken,
@@ -274,7 +300,7 @@ async fn run_nats(
     let setup = || async {
         transport::nats::ensure_streams(&js, &settings).await?;
         publisher.ensure_stream().await?;
-        NatsIntake::setup(js.clone(), &settings, ledger.clone()).await
+        NatsIntake::setup(js.clone(), &settings, ledger.clone(), keyring.clone()).await
     };
     let ready = setup
         .retry(

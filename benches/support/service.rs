@@ -9,6 +9,9 @@ pub struct Service {
     pub http: String,
     pub grpc: String,
     pub metrics: String,
+    /// An API key with every scope and no practical rate limit (the bench measures the
+    /// service, not its limits).
+    pub key: String,
 }
 
 pub fn free_port() -> u16 {
@@ -19,6 +22,14 @@ impl Service {
     /// Starts `mailledger serve` with `env` on top of the given database and namespace.
     pub async fn start(database_url: &str, extra: &[(&str, String)]) -> Service {
         let (http, grpc, metrics) = (free_port(), free_port(), free_port());
+        let made = Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .args(["keys", "create", "--name", "bench", "--scope", "all", "--rate", "1000000", "--burst", "1000000"])
+            .env("MAILLEDGER_DATABASE_URL", database_url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("mailledger keys create runs");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let key = String::from_utf8(made.stdout).unwrap().lines().last().unwrap().to_owned();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailledger"));
         cmd.arg("serve")
             .env("MAILLEDGER_DATABASE_URL", database_url)
@@ -42,6 +53,7 @@ impl Service {
             http: format!("http://127.0.0.1:{http}"),
             grpc: format!("http://127.0.0.1:{grpc}"),
             metrics: format!("http://127.0.0.1:{metrics}/metrics"),
+            key,
         };
         let started = Instant::now();
         let client = reqwest::Client::new();
@@ -55,6 +67,18 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         service
+    }
+
+    /// A REST client that sends the key.
+    pub fn client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.key).parse().unwrap());
+        reqwest::Client::builder().default_headers(headers).build().unwrap()
+    }
+
+    /// `authorization: Bearer <key>` for gRPC calls.
+    pub fn bearer(&self) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+        format!("Bearer {}", self.key).parse().unwrap()
     }
 
     pub fn pid(&self) -> u32 {

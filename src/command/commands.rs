@@ -78,10 +78,23 @@ pub struct RedriveCommand {
     pub at: DateTime<Utc>,
 }
 
-/// The email id an idempotency key stands for: the same key always names the same email,
-/// whichever transport it came in on.
+/// The email id an idempotency key stands for in the default tenant: the same key
+/// always names the same email, whichever transport it came in on.
 pub fn email_id_for_key(key: &str) -> Uuid {
     /// Namespace of mailledger's idempotency keys (a fixed, random UUID).
     const NAMESPACE: Uuid = Uuid::from_u128(0x6d61_696c_6c65_4467_8e72_1f0b_5a3c_9d01);
     Uuid::new_v5(&NAMESPACE, key.as_bytes())
+}
+
+/// The email id an idempotency key stands for in `tenant`: tenants never share an email
+/// by using the same key (the default tenant's ids are [`email_id_for_key`]'s, as before
+/// tenants existed).
+pub fn email_id_for_tenant_key(tenant: &str, key: &str) -> Uuid {
+    /// Namespace of the other tenants' idempotency keys (a fixed, random UUID).
+    const TENANTS: Uuid = Uuid::from_u128(0x7465_6e61_6e74_4b65_9a1c_33d0_e4b7_5f12);
+    if tenant == "default" {
+        email_id_for_key(key)
+    } else {
+        Uuid::new_v5(&TENANTS, format!("{tenant}\0{key}").as_bytes())
+    }
 }

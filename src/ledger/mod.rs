@@ -9,14 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use backon::Retryable;
-use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::AggregateError;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::access::keyring::{Authenticated, Keyring};
+use crate::access::{AccessError, Principal, Scope};
 use crate::command::{
     Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
-    ValidationErrors, email_id_for_key,
+    ValidationErrors, email_id_for_tenant_key,
 };
 use crate::render::Renderer;
 use crate::store::EventStore;
@@ -37,6 +38,8 @@ pub struct CreateEmail {
     pub idempotency_key: Option<String>,
     /// Where it came from, for auditors (`correlation_id`, `nats_msg_id`, `caller`, …).
     pub metadata: HashMap<String, String>,
+    /// Who asks: the email belongs to its tenant, and its events name it as the actor.
+    pub by: Authenticated,
 }
 
 /// An accepted (committed) email.
@@ -58,6 +61,9 @@ pub enum LedgerError {
     /// The command does not apply to the email in its current state (or it is unknown).
     #[error(transparent)]
     Refused(EmailError),
+    /// The caller may not do this (a scope, a sender domain, a quota).
+    #[error(transparent)]
+    Denied(AccessError),
     /// The database could not be reached; retry later.
     #[error("event store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -80,6 +86,7 @@ pub struct Ledger {
     limits: Limits,
     services: EmailServices,
     announcer: Option<Announcer>,
+    keyring: Option<Keyring>,
 }
 
 impl Ledger {
@@ -87,12 +94,18 @@ impl Ledger {
     /// must be called inside a Tokio runtime.
     pub fn new(pool: PgPool, limits: Limits) -> Self {
         let services = EmailServices { renderer: Arc::new(Renderer) };
-        Self { store: EventStore::new(pool, services.clone()), limits, services, announcer: None }
+        Self { store: EventStore::new(pool, services.clone()), limits, services, announcer: None, keyring: None }
     }
 
     /// Announces every commit (so projections here and elsewhere wake at once).
     pub(crate) fn with_announcer(mut self, announcer: Announcer) -> Self {
         self.announcer = Some(announcer);
+        self
+    }
+
+    /// Counts sends against keys' daily quotas.
+    pub(crate) fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
         self
     }
 
@@ -118,6 +131,7 @@ impl Ledger {
             Ok(_) => "accepted",
             Err(LedgerError::Invalid(_)) => "invalid",
             Err(LedgerError::Conflict | LedgerError::Refused(_)) => "conflict",
+            Err(LedgerError::Denied(_)) => "denied",
             Err(LedgerError::Unavailable(_)) => "unavailable",
             Err(LedgerError::Internal(_)) => "internal",
         };
@@ -129,13 +143,20 @@ impl Ledger {
         if let Some(key) = &request.idempotency_key {
             check_idempotency_key(key).map_err(|e| LedgerError::Invalid(ValidationErrors::single(e)))?;
         }
+        let principal = &request.by.principal;
+        principal.require(Scope::Send).map_err(LedgerError::Denied)?;
         let email = request.draft.validate(&self.limits).map_err(LedgerError::Invalid)?;
+        principal.may_send_from(&email.from.address).map_err(LedgerError::Denied)?;
+        if let Some(keyring) = &self.keyring {
+            keyring.check_quota(request.by.key.as_deref()).map_err(LedgerError::Denied)?;
+        }
         let email_id = match &request.idempotency_key {
-            Some(key) => email_id_for_key(key),
+            Some(key) => email_id_for_tenant_key(&principal.tenant, key),
             None => Uuid::now_v7(),
         };
         let mut metadata = clean(request.metadata);
         metadata.insert("source".into(), request.source.as_str().into());
+        principal.stamp(&mut metadata);
         crate::telemetry::inject_current(&mut metadata);
         if let Some(key) = &request.idempotency_key {
             metadata.insert("idempotency_key".into(), key.clone());
@@ -149,8 +170,18 @@ impl Ledger {
             received_at: now(),
         };
         let command = EmailCommand::Request(Box::new(command));
-        if !self.try_append_new(email_id, command.clone(), &metadata).await? {
-            // The id exists: a retry (no-op) or a reused key (conflict). The aggregate decides.
+        if self.try_append_new(email_id, command.clone(), &metadata).await? {
+            if let Some(keyring) = &self.keyring {
+                keyring.count_send(request.by.key.as_deref());
+            }
+        } else {
+            // The id exists: a retry (no-op) or a reused key (conflict). The aggregate
+            // decides — and a key of another tenant is told of a conflict, never of the
+            // other tenant's email.
+            let owner = self.store.tenant_of(email_id).await.map_err(|e| LedgerError::Unavailable(Box::new(e)))?;
+            if owner.as_deref().is_some_and(|t| t != request.by.principal.tenant) {
+                return Err(LedgerError::Conflict);
+            }
             self.execute(email_id, command, metadata).await?;
         }
         Ok(Accepted { id: email_id })
@@ -205,14 +236,25 @@ impl Ledger {
         self.store.probe().await.is_ok()
     }
 
-    /// Queues a dead-lettered email again, recording who asked.
+    /// Queues a dead-lettered email again, recording who asked (`by`, or the principal's
+    /// name). An email of another tenant is not found.
     pub async fn redrive(
         &self,
         email_id: Uuid,
-        by: &str,
-        metadata: HashMap<String, String>,
+        principal: &Principal,
+        by: Option<&str>,
+        mut metadata: HashMap<String, String>,
     ) -> Result<(), LedgerError> {
-        let command = EmailCommand::Redrive(crate::command::RedriveCommand { by: by.to_owned(), at: now() });
+        principal.require(Scope::Redrive).map_err(LedgerError::Denied)?;
+        let owner = self.store.tenant_of(email_id).await.map_err(|e| LedgerError::Unavailable(Box::new(e)))?;
+        if !owner.as_deref().is_some_and(|t| principal.sees(t)) {
+            return Err(LedgerError::Refused(EmailError::NotFound));
+        }
+        principal.stamp(&mut metadata);
+        // Outcomes and redrives belong to the email's tenant, whoever acted.
+        metadata.insert("tenant".into(), owner.unwrap_or_default());
+        let by = by.unwrap_or(&principal.name).to_owned();
+        let command = EmailCommand::Redrive(crate::command::RedriveCommand { by, at: now() });
         self.execute(email_id, command, metadata).await
     }
 
@@ -284,8 +326,4 @@ fn classify(error: AggregateError<EmailError>) -> LedgerError {
     }
 }
 
-/// The current time at PostgreSQL's precision (microseconds), so a time read back from
-/// a column equals the one in the event.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
+pub use crate::store::now;

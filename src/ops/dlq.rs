@@ -6,6 +6,7 @@ use std::io::Write;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::access::Principal;
 use crate::ledger::Ledger;
 use crate::query::row;
 
@@ -29,13 +30,19 @@ pub async fn list(pool: &PgPool, out: &mut impl Write) -> anyhow::Result<usize> 
 }
 
 /// Redrives `ids` (or every dead letter when `ids` is empty); returns the ids redriven.
-pub async fn redrive(pool: &PgPool, ledger: &Ledger, ids: &[Uuid], by: &str) -> anyhow::Result<Vec<Uuid>> {
+pub async fn redrive(
+    pool: &PgPool,
+    ledger: &Ledger,
+    ids: &[Uuid],
+    operator: &Principal,
+    by: Option<&str>,
+) -> anyhow::Result<Vec<Uuid>> {
     let ids =
         if ids.is_empty() { row::dead_letters(pool).await?.into_iter().map(|v| v.id).collect() } else { ids.to_vec() };
     let mut done = Vec::new();
     for id in ids {
         let metadata = HashMap::from([("transport".to_owned(), "cli".to_owned())]);
-        ledger.redrive(id, by, metadata).await.map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+        ledger.redrive(id, operator, by, metadata).await.map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
         done.push(id);
     }
     Ok(done)

@@ -12,6 +12,20 @@ use chrono::SecondsFormat;
 use super::progress::Progress;
 use crate::store::replay::{self, Window};
 
+/// Every event type the store holds.
+pub const KINDS: &[&str] =
+    &["Requested", "Persisted", "Sent", "Failed", "DeadLettered", "Redriven", "KeyCreated", "KeyRevoked"];
+
+/// A `--type` value: `dead_lettered`, `DeadLettered` or `deadlettered`… as stored, or
+/// an error listing the kinds there are.
+pub fn parse_kind(text: &str) -> Result<String, String> {
+    let name = event_type_name(text);
+    KINDS.iter().find(|k| k.eq_ignore_ascii_case(&name)).map(|k| (*k).to_owned()).ok_or_else(|| {
+        let snake: Vec<String> = KINDS.iter().map(|k| crate::projections::events::subject_kind(k)).collect();
+        format!("no event type {}; choose one of {}", crate::text::echo(text), snake.join(", "))
+    })
+}
+
 /// `dead_lettered` → `DeadLettered`; `Sent` stays `Sent`.
 pub fn event_type_name(kind: &str) -> String {
     kind.split('_')
@@ -33,10 +47,16 @@ pub async fn replay(
     progress.start(total.max(0) as u64);
     let mut unreported = 0u64;
     let written = replay::for_each(pool, window, |row| {
+        // An email's events name it `email_id`; another aggregate's (an API key's) say
+        // which it is.
+        let id = if row.aggregate_type == "Email" {
+            format!(r#""email_id":{}"#, serde_json::to_string(row.email_id)?)
+        } else {
+            format!(r#""aggregate":{},"id":{}"#, serde_json::to_string(row.aggregate_type)?, serde_json::to_string(row.email_id)?)
+        };
         writeln!(
             out,
-            r#"{{"email_id":{},"sequence":{},"position":{},"type":{},"version":{},"recorded_at":"{}","payload":{},"metadata":{}}}"#,
-            serde_json::to_string(row.email_id)?,
+            r#"{{{id},"sequence":{},"position":{},"type":{},"version":{},"recorded_at":"{}","payload":{},"metadata":{}}}"#,
             row.sequence,
             row.position,
             serde_json::to_string(row.event_type)?,
@@ -65,5 +85,8 @@ mod tests {
         assert_eq!(super::event_type_name("dead_lettered"), "DeadLettered");
         assert_eq!(super::event_type_name("Sent"), "Sent");
         assert_eq!(super::event_type_name("sent"), "Sent");
+        assert_eq!(super::parse_kind("key_created").unwrap(), "KeyCreated");
+        assert_eq!(super::parse_kind("deadlettered").unwrap(), "DeadLettered");
+        assert!(super::parse_kind("bogus").unwrap_err().contains("dead_lettered"));
     }
 }

@@ -46,21 +46,14 @@ impl Projection for CacheProjection {
         let (mut views, mut elsewhere) = (Vec::new(), Vec::new());
         for (id, list) in &in_batch {
             let complete = list.iter().enumerate().all(|(i, e)| e.sequence == i as i64 + 1);
-            match complete
-                .then(|| EmailView::fold(list.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
-                .flatten()
-            {
+            match complete.then(|| EmailView::from_history(list.iter().copied())).flatten() {
                 Some(view) => views.push(view),
                 None => elsewhere.push(*id),
             }
         }
         if !elsewhere.is_empty() {
             let histories = feed::read_emails(conn, &elsewhere).await?;
-            views.extend(
-                histories
-                    .iter()
-                    .filter_map(|events| EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event)))),
-            );
+            views.extend(histories.iter().filter_map(EmailView::from_history));
         }
         self.cache.put_many(&views).await?;
         Ok(())

@@ -25,14 +25,14 @@ local cur = redis.call('HGET', KEYS[1], 'v')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'view', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'view', ARGV[2], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
 /// The shape of the cached `EmailView` JSON: bump it whenever that JSON changes (the
 /// cache then refills from PostgreSQL, or at once with `mailledger reproject cache`).
-pub const VIEW_VERSION: &str = "v1";
+pub const VIEW_VERSION: &str = "v2";
 
 /// A cache failure (never shown to a client).
 #[derive(Debug, thiserror::Error)]
@@ -66,10 +66,10 @@ const REST: Duration = Duration::from_secs(1);
 impl Cache {
     /// A cache on `settings` (no connection is made until first use).
     pub fn new(settings: &RedisSettings) -> Self {
-        let client = match redis::Client::open(settings.url.as_str()) {
+        let client = match Self::client(settings) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(error = %e, "Redis URL unusable; the cache is off");
+                tracing::error!(error = %e, "Redis settings unusable; the cache is off");
                 None
             }
         };
@@ -83,6 +83,19 @@ impl Cache {
                 script: redis::Script::new(PUT),
                 resting_until: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    /// The client for these settings: `rediss://` verifies the server against
+    /// `redis.tls_ca` when given, else against the system's roots.
+    fn client(settings: &RedisSettings) -> Result<redis::Client, String> {
+        match &settings.tls_ca {
+            Some(ca) if settings.url.scheme() == "rediss" => {
+                let pem = std::fs::read(ca).map_err(|e| format!("MAILLEDGER_REDIS_CA {}: {e}", ca.display()))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(settings.url.as_str(), certs).map_err(|e| e.to_string())
+            }
+            _ => redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string()),
         }
     }
 
@@ -142,16 +155,17 @@ impl Cache {
 
     /// The cached view, if Redis has it and answers in time.
     pub async fn get(&self, id: Uuid) -> Option<EmailView> {
-        let json = self.fetch(id).await?;
+        let (json, _) = self.fetch(id).await?;
         self.counted(id, serde_json::from_str(&json))
     }
 
     /// The cached view as the JSON it is stored as (`EmailView`'s own serialisation),
-    /// for a reader that would only serialise it again. `None` when Redis does not have
-    /// it, does not answer in time, or holds something that is not JSON.
-    pub async fn get_json(&self, id: Uuid) -> Option<String> {
-        let json = self.fetch(id).await?;
-        self.counted(id, serde_json::from_str::<serde::de::IgnoredAny>(&json)).map(|_| json)
+    /// for a reader that would only serialise it again, with the tenant it belongs to.
+    /// `None` when Redis does not have it, does not answer in time, or holds something
+    /// that is not JSON.
+    pub async fn get_json(&self, id: Uuid) -> Option<(String, String)> {
+        let (json, tenant) = self.fetch(id).await?;
+        self.counted(id, serde_json::from_str::<serde::de::IgnoredAny>(&json)).map(|_| (json, tenant))
     }
 
     /// Counts a value read from the cache as a hit, or as an error when it does not
@@ -170,17 +184,21 @@ impl Cache {
         }
     }
 
-    /// The stored JSON of one view; a miss or a failure is counted here.
-    async fn fetch(&self, id: Uuid) -> Option<String> {
+    /// The stored JSON of one view and its tenant; a miss or a failure is counted here.
+    async fn fetch(&self, id: Uuid) -> Option<(String, String)> {
         if self.resting() {
             crate::metrics::CACHE.with_label_values(&["error"]).inc();
             return None;
         }
         let read = async {
             let mut conn = self.connection().await?;
-            let mut cmd = redis::cmd("HGET");
-            cmd.arg(self.key(id)).arg("view");
-            cmd.query_async::<Option<String>>(&mut conn).await.map_err(|e| CacheError(e.to_string()))
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.key(id)).arg("view").arg("t");
+            let (view, tenant) = cmd
+                .query_async::<(Option<String>, Option<String>)>(&mut conn)
+                .await
+                .map_err(|e| CacheError(e.to_string()))?;
+            Ok(view.zip(tenant))
         };
         let result =
             tokio::time::timeout(READ_BUDGET, read).await.unwrap_or_else(|_| Err(CacheError("timed out".into())));
@@ -242,6 +260,7 @@ impl Cache {
                 .arg(view.version)
                 .arg(json)
                 .arg(ttl_ms)
+                .arg(&view.tenant)
                 .ignore();
         }
         let run = async {

@@ -11,6 +11,8 @@ pub mod view;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::access::Principal;
+
 use cache::Cache;
 use repository::{HistoryEntry, Repository};
 use search::{Page, SearchParams};
@@ -29,13 +31,14 @@ impl ReadSide {
         Self { repo, cache }
     }
 
-    /// One email: the cache first, then the read model (and the cache is refilled).
-    /// A Redis outage only costs the detour.
-    pub async fn get(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
+    /// One email, when `by` may see it: the cache first, then the read model (and the
+    /// cache is refilled). A Redis outage only costs the detour. Another tenant's email
+    /// is not found, exactly as an unknown one.
+    pub async fn get(&self, id: Uuid, by: &Principal) -> sqlx::Result<Option<EmailView>> {
         if let Some(view) = self.cache.get(id).await {
-            return Ok(Some(view));
+            return Ok(Some(view).filter(|v| by.sees(&v.tenant)));
         }
-        self.get_uncached(id).await
+        Ok(self.get_uncached(id).await?.filter(|v| by.sees(&v.tenant)))
     }
 
     /// From PostgreSQL, refilling the cache.
@@ -48,27 +51,31 @@ impl ReadSide {
     }
 
     /// One email's current view as JSON — from the cache as stored, without decoding
-    /// and encoding it again, else from PostgreSQL (refilling the cache).
-    pub async fn get_json(&self, id: Uuid) -> sqlx::Result<Option<String>> {
-        if let Some(json) = self.cache.get_json(id).await {
-            return Ok(Some(json));
+    /// and encoding it again, else from PostgreSQL (refilling the cache) — when `by` may
+    /// see it.
+    pub async fn get_json(&self, id: Uuid, by: &Principal) -> sqlx::Result<Option<String>> {
+        if let Some((json, tenant)) = self.cache.get_json(id).await {
+            return Ok(Some(json).filter(|_| by.sees(&tenant)));
         }
-        let view = self.get_uncached(id).await?;
+        let view = self.get_uncached(id).await?.filter(|v| by.sees(&v.tenant));
         Ok(view.map(|v| serde_json::to_string(&v).expect("a view always serialises")))
     }
 
     /// The email as it was at `at`, from its events (not from the read model).
-    pub async fn as_of(&self, id: Uuid, at: DateTime<Utc>) -> anyhow::Result<Option<EmailView>> {
-        self.repo.as_of(id, at).await
+    pub async fn as_of(&self, id: Uuid, at: DateTime<Utc>, by: &Principal) -> anyhow::Result<Option<EmailView>> {
+        Ok(self.repo.as_of(id, at).await?.filter(|v| by.sees(&v.tenant)))
     }
 
-    /// A page of search results.
-    pub async fn search(&self, params: &SearchParams) -> sqlx::Result<Page<EmailSummary>> {
-        self.repo.search(params).await
+    /// A page of search results, in `by`'s tenant (every tenant for an admin).
+    pub async fn search(&self, params: &SearchParams, by: &Principal) -> sqlx::Result<Page<EmailSummary>> {
+        let params = SearchParams { tenant: by.tenant_filter().map(str::to_owned), ..params.clone() };
+        self.repo.search(&params).await
     }
 
-    /// An email's events, in order.
-    pub async fn history(&self, id: Uuid) -> sqlx::Result<Vec<HistoryEntry>> {
-        self.repo.history(id).await
+    /// An email's events, in order (none for another tenant's email).
+    pub async fn history(&self, id: Uuid, by: &Principal) -> sqlx::Result<Vec<HistoryEntry>> {
+        let events = self.repo.history(id).await?;
+        let tenant = events.first().map(|e| crate::query::view::tenant_in(&e.metadata));
+        Ok(if tenant.is_some_and(|t| by.sees(&t)) { events } else { vec![] })
     }
 }

@@ -89,6 +89,7 @@ impl RawSearch {
             page,
             size,
             body_chars: super::search::SNIPPET_CHARS,
+            tenant: None,
         })
     }
 }

@@ -72,7 +72,7 @@ impl Repository {
     pub async fn as_of(&self, id: Uuid, at: DateTime<Utc>) -> anyhow::Result<Option<EmailView>> {
         let mut conn = self.pool.acquire().await?;
         let events = feed::read_email(&mut conn, id, Some(at)).await?;
-        Ok(EmailView::fold(events.iter().map(|e| (e.sequence, e.recorded_at, &e.event))))
+        Ok(EmailView::from_history(&events))
     }
 
     /// Every event of `id`, in order (empty for an unknown id).
@@ -166,10 +166,13 @@ impl Repository {
 pub fn push_probe(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
     q.push(format!(
         "SELECT {}, matched, seen FROM (SELECT *, count(*) OVER () AS matched FROM \
-         (SELECT *, count(*) OVER () AS seen FROM \
-         (SELECT * FROM emails ORDER BY created_at DESC, id DESC LIMIT ",
+         (SELECT *, count(*) OVER () AS seen FROM (SELECT * FROM emails",
         summary_columns(p.body_chars)
     ));
+    if let Some(tenant) = &p.tenant {
+        q.push(" WHERE tenant = ").push_bind(tenant.clone());
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ");
     q.push_bind(PROBE).push(") AS newest) AS probed");
     filters(q, p);
     q.push(") AS m ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(p.size) + 1);
@@ -260,6 +263,10 @@ fn filters(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
         q.push(if first { " WHERE " } else { " AND " });
         first = false;
     };
+    if let Some(tenant) = &p.tenant {
+        and(q);
+        q.push("tenant = ").push_bind(tenant.clone());
+    }
     if let Some(ts) = &p.tsquery {
         and(q);
         q.push("search @@ to_tsquery('simple', ").push_bind(ts.clone()).push(")");

@@ -20,7 +20,7 @@ pub const TABLE: &str = "emails";
 /// Columns of `emails`, in the order of [`EmailRow`].
 pub const COLUMNS: &str = "id, from_address, from_name, to_addresses, cc_addresses, bcc_addresses, recipients, subject, \
      body, html, status, attempts, last_error, message_id, source, created_at, updated_at, sent_at, next_attempt_at, \
-     last_sequence";
+     last_sequence, tenant";
 
 /// One `emails` row, as JSON for `jsonb_to_recordset`.
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
@@ -45,6 +45,7 @@ pub struct EmailRow {
     sent_at: Option<DateTime<Utc>>,
     next_attempt_at: Option<DateTime<Utc>>,
     last_sequence: i64,
+    tenant: String,
 }
 
 impl From<&EmailView> for EmailRow {
@@ -70,6 +71,7 @@ impl From<&EmailView> for EmailRow {
             sent_at: v.sent_at,
             next_attempt_at: v.next_attempt_at,
             last_sequence: v.version,
+            tenant: v.tenant.clone(),
         }
     }
 }
@@ -96,6 +98,7 @@ impl From<EmailRow> for EmailView {
             sent_at: r.sent_at,
             next_attempt_at: r.next_attempt_at,
             version: r.last_sequence,
+            tenant: r.tenant,
         }
     }
 }
@@ -107,7 +110,7 @@ pub fn summary_columns(body_chars: u32) -> String {
         "id, from_address, from_name, to_addresses, cc_addresses, bcc_addresses, subject, \
          substring(body, 1, {body_chars}) AS snippet, char_length(body) > {body_chars} AS snippet_cut, \
          html IS NOT NULL AS has_html, status, attempts, last_error, message_id, source, created_at, updated_at, \
-         sent_at, next_attempt_at, last_sequence"
+         sent_at, next_attempt_at, last_sequence, tenant"
     )
 }
 
@@ -134,6 +137,7 @@ pub struct SummaryRow {
     sent_at: Option<DateTime<Utc>>,
     next_attempt_at: Option<DateTime<Utc>>,
     last_sequence: i64,
+    tenant: String,
 }
 
 impl From<SummaryRow> for EmailSummary {
@@ -159,6 +163,7 @@ impl From<SummaryRow> for EmailSummary {
             sent_at: r.sent_at,
             next_attempt_at: r.next_attempt_at,
             version: r.last_sequence,
+            tenant: r.tenant,
         }
     }
 }
@@ -198,7 +203,8 @@ pub async fn upsert(conn: &mut PgConnection, table: &str, views: &[EmailView]) -
            id uuid, from_address text, from_name text, to_addresses text[], cc_addresses text[], \
            bcc_addresses text[], recipients text[], subject text, body text, html text, status text, \
            attempts integer, last_error text, message_id text, source text, created_at timestamptz, \
-           updated_at timestamptz, sent_at timestamptz, next_attempt_at timestamptz, last_sequence bigint) \
+           updated_at timestamptz, sent_at timestamptz, next_attempt_at timestamptz, last_sequence bigint, \
+           tenant text) \
          ON CONFLICT (id) DO UPDATE SET {updates} WHERE {table}.last_sequence < EXCLUDED.last_sequence"
     );
     sqlx::query(&sql).bind(json).execute(conn).await?;

@@ -49,6 +49,8 @@ pub struct SearchParams {
     /// Characters of the text body each result carries ([`SNIPPET_CHARS`] unless a
     /// caller needs more).
     pub body_chars: u32,
+    /// Only this tenant's emails (set from the caller's key; `None` for an admin).
+    pub tenant: Option<String>,
 }
 
 impl Default for SearchParams {
@@ -63,6 +65,7 @@ impl Default for SearchParams {
             page: 1,
             size: DEFAULT_PAGE_SIZE,
             body_chars: SNIPPET_CHARS,
+            tenant: None,
         }
     }
 }

@@ -63,6 +63,18 @@ pub struct EmailView {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Sequence of the last event folded in: the view's version.
     pub version: i64,
+    /// The tenant it belongs to (its creator's).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    crate::access::DEFAULT_TENANT.to_owned()
+}
+
+/// The tenant an event's metadata names (`default` for events from before tenants).
+pub fn tenant_in(metadata: &serde_json::Value) -> String {
+    metadata.get("tenant").and_then(|t| t.as_str()).map_or_else(default_tenant, str::to_owned)
 }
 
 /// One search result: an email without its bodies. `snippet` holds the first characters
@@ -116,6 +128,9 @@ pub struct EmailSummary {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Sequence of the last event folded in.
     pub version: i64,
+    /// The tenant it belongs to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 fn addresses(list: &[Mailbox]) -> Vec<String> {
@@ -156,7 +171,23 @@ impl EmailView {
             sent_at: None,
             next_attempt_at: None,
             version: sequence,
+            tenant: default_tenant(),
         })
+    }
+
+    /// Folds an email's history as the store hands it out (the tenant from its first
+    /// event's metadata).
+    pub fn from_history<'a>(events: impl IntoIterator<Item = &'a FeedEvent>) -> Option<EmailView> {
+        let mut tenant = None;
+        let view = Self::fold(
+            events
+                .into_iter()
+                .inspect(|e| {
+                    tenant.get_or_insert_with(|| tenant_in(&e.metadata));
+                })
+                .map(|e| (e.sequence, e.recorded_at, &e.event)),
+        );
+        view.map(|v| EmailView { tenant: tenant.unwrap_or_else(default_tenant), ..v })
     }
 
     /// This view with one more event applied.
@@ -217,7 +248,7 @@ pub fn fold_batch(mut current: HashMap<Uuid, EmailView>, events: &[FeedEvent]) -
         }
         let folded = match current.remove(&e.email_id) {
             Some(view) => Some(view.apply(e.sequence, e.recorded_at, &e.event)),
-            None => EmailView::fold([(e.sequence, e.recorded_at, &e.event)]),
+            None => EmailView::from_history([e]),
         };
         if let Some(view) = folded {
             if !changed.contains(&view.id) {

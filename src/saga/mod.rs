@@ -202,8 +202,12 @@ impl Sender {
                 (EmailCommand::RecordFailure(c), Delivery::Failed { permanent: rejected.permanent })
             }
         };
-        let mut metadata =
-            HashMap::from([("transport".to_owned(), "saga".to_owned()), ("worker".to_owned(), self.owner.clone())]);
+        let mut metadata = HashMap::from([
+            ("transport".to_owned(), "saga".to_owned()),
+            ("worker".to_owned(), self.owner.clone()),
+            ("actor".to_owned(), format!("saga:{}", self.owner)),
+            ("tenant".to_owned(), crate::query::view::tenant_in(&parts.metadata)),
+        ]);
         if let Some(c) = parts.correlation_id {
             metadata.insert("correlation_id".into(), c);
         }

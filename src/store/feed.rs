@@ -147,6 +147,18 @@ pub async fn read_emails(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Ve
     Ok(groups)
 }
 
+/// The tenant of email `email_id` (from its first event's metadata; `default` for an
+/// email recorded before tenants), or `None` when there is no such email.
+pub async fn tenant_of(pool: &sqlx::PgPool, email_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(metadata->>'tenant', 'default') FROM events \
+         WHERE aggregate_type = 'Email' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(email_id.to_string())
+    .fetch_optional(pool)
+    .await
+}
+
 /// One stored event as it is, for people and exports: its payload is the event's own
 /// fields (not wrapped in its type's name), nothing decoded or upcast.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -32,6 +32,7 @@ pub(crate) mod checkpoints;
 mod db;
 pub mod feed;
 pub(crate) mod notify;
+pub(crate) mod records;
 pub(crate) mod replay;
 pub(crate) mod stats;
 pub mod upcast;
@@ -49,6 +50,13 @@ pub use db::{MIGRATOR, connect, is_unavailable, migrate};
 
 use crate::command::{Email, EmailCommand, EmailError, EmailServices};
 use append::{AppendError, Appended, Appender, NewEmail};
+
+/// The current time at PostgreSQL's precision (microseconds), so a time read back from
+/// a column equals the one in the event.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}
 
 /// The event store, as the write side uses it. Cheap to clone.
 #[derive(Clone)]
@@ -78,6 +86,12 @@ impl EventStore {
     /// is down or broken (every command fails) from one that refuses one command.
     pub(crate) async fn probe(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1 FROM events LIMIT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// The tenant email `id` belongs to (`None`: no such email). Emails recorded before
+    /// tenants existed belong to `default`.
+    pub(crate) async fn tenant_of(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        feed::tenant_of(&self.pool, id).await
     }
 
     /// Runs `command` on the email `id` through cqrs-es (the second write path): load,

@@ -18,11 +18,15 @@ pub struct Window {
     pub email: Option<Uuid>,
     /// Only this event type, as stored (`DeadLettered`).
     pub event_type: Option<String>,
+    /// Only events of this tenant (`default` for events from before tenants).
+    pub tenant: Option<String>,
 }
 
 /// One replayed row, borrowed from the cursor: JSON fields as the stored text.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayRow<'a> {
+    /// `events.aggregate_type`: `Email`, or `ApiKey` for key events.
+    pub aggregate_type: &'a str,
     /// `events.aggregate_id`.
     pub email_id: &'a str,
     /// Sequence within the email.
@@ -57,6 +61,9 @@ fn filtered<'a>(q: &mut QueryBuilder<'a, Postgres>, w: &'a Window) {
     if let Some(kind) = &w.event_type {
         q.push(" AND event_type = ").push_bind(kind.clone());
     }
+    if let Some(tenant) = &w.tenant {
+        q.push(" AND coalesce(metadata->>'tenant', 'default') = ").push_bind(tenant.clone());
+    }
 }
 
 /// How many events the window holds.
@@ -74,7 +81,7 @@ pub async fn for_each(
     mut each: impl FnMut(ReplayRow<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT aggregate_id, sequence, position, event_type, event_version, recorded_at, \
+        "SELECT aggregate_type, aggregate_id, sequence, position, event_type, event_version, recorded_at, \
          coalesce(payload -> event_type, payload)::text AS payload, metadata::text AS metadata FROM events",
     );
     filtered(&mut q, window);
@@ -84,6 +91,7 @@ pub async fn for_each(
     let mut n = 0u64;
     while let Some(row) = rows.try_next().await? {
         each(ReplayRow {
+            aggregate_type: row.try_get("aggregate_type")?,
             email_id: row.try_get("aggregate_id")?,
             sequence: row.try_get("sequence")?,
             position: row.try_get("position")?,

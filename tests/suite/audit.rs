@@ -36,7 +36,11 @@ async fn replay_gives_every_event_of_a_window_once_in_commit_order() {
 
     let (code, out, _) = mailledger(&app, &["replay"]);
     assert_eq!(code, 0);
-    let all = lines(&out);
+    let every = lines(&out);
+    // The test's own API key was made first: its `KeyCreated` leads the replay.
+    assert_eq!((every[0]["aggregate"].as_str(), every[0]["type"].as_str()), (Some("ApiKey"), Some("KeyCreated")));
+    assert_eq!(every[0]["metadata"]["actor"], "cli:tests");
+    let all: Vec<Value> = every.into_iter().filter(|v| v.get("email_id").is_some()).collect();
     let got: Vec<(String, i64)> =
         all.iter().map(|v| (v["email_id"].as_str().unwrap().to_owned(), v["position"].as_i64().unwrap())).collect();
     assert_eq!(got, expected, "every event once, in commit order");
@@ -47,6 +51,8 @@ async fn replay_gives_every_event_of_a_window_once_in_commit_order() {
     assert_eq!(first["type"], "Requested");
     assert_eq!(first["payload"]["request"]["subject"], "replayed 0");
     assert_eq!(first["metadata"]["transport"], "rest");
+    assert_eq!(first["metadata"]["actor"], "tests", "the key that asked");
+    assert_eq!(first["metadata"]["tenant"], "default");
 
     let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (_, out, _) = mailledger(&app, &["replay", "--since", &rfc(middle)]);
@@ -66,6 +72,9 @@ async fn replay_gives_every_event_of_a_window_once_in_commit_order() {
     let (code, _, err) = mailledger(&app, &["replay", "--since", "yesterday"]);
     assert_eq!(code, 2);
     assert!(err.contains("RFC 3339"), "{err}");
+    let (code, _, err) = mailledger(&app, &["replay", "--type", "bogus"]);
+    assert_eq!(code, 2, "an unknown kind is a usage error");
+    assert!(err.contains("dead_lettered"), "{err}");
 }
 
 #[tokio::test]
@@ -87,7 +96,6 @@ async fn history_of_a_known_and_an_unknown_email() {
 #[tokio::test]
 async fn as_of_each_step_of_a_failed_then_sent_timeline() {
     use mailledger::transport::grpc::proto::GetByIdReq;
-    use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
     let sink = SmtpSink::start().await;
     sink.script(&[(451, "4.3.0 later")]);
     let app = TestApp::delivering_to(
@@ -105,7 +113,7 @@ async fn as_of_each_step_of_a_failed_then_sent_timeline() {
         .map(|e| (e["type"].as_str().unwrap().to_owned(), e["recorded_at"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(steps.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["Requested", "Persisted", "Failed", "Sent"]);
-    let mut grpc = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut grpc = app.grpc_client().await;
     for ((_, at), (status, attempts)) in steps.iter().skip(1).zip([("queued", 0), ("failed", 1), ("sent", 2)]) {
         let r = app.client.get(app.url(&format!("/api/v1/emails/{id}"))).query(&[("as_of", at)]).send().await.unwrap();
         let view: Value = r.json().await.unwrap();

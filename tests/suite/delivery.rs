@@ -223,7 +223,6 @@ async fn two_instances_share_the_work_and_still_deliver_exactly_once() {
 #[tokio::test]
 async fn a_dead_letter_can_be_redriven_over_rest_and_grpc() {
     use mailledger::transport::grpc::proto::RedriveReq;
-    use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
     let sink = SmtpSink::start().await;
     sink.script(&[(550, "5.1.1 no such user"), (550, "5.1.1 no such user")]);
     let app = app_with(&sink, &[]).await;
@@ -240,7 +239,7 @@ async fn a_dead_letter_can_be_redriven_over_rest_and_grpc() {
     assert_eq!(r.status(), 202);
     wait_types(&app, &id, &["Requested", "Persisted", "Failed", "DeadLettered", "Redriven", "Failed", "DeadLettered"])
         .await;
-    let mut grpc = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut grpc = app.grpc_client().await;
     grpc.redrive(RedriveReq { email_id: id.clone(), by: "grpc-ops".into() }).await.unwrap();
     eventually(WAIT, || async { types(&app, &id).await.last().map(String::as_str) == Some("Sent") }).await;
     let h = history(&app, &id).await;

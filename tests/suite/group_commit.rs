@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::support::{TestApp, db, original_payload};
+use mailledger::access::keyring::Authenticated;
 use mailledger::command::{Limits, Source};
 use mailledger::ledger::{CreateEmail, Ledger, LedgerError};
 use mailledger::transport::payload::CreateEmailPayload;
@@ -13,7 +14,8 @@ use uuid::Uuid;
 fn request(subject: &str, key: Option<String>) -> CreateEmail {
     let bytes = serde_json::to_vec(&original_payload(subject)).unwrap();
     let (draft, _) = CreateEmailPayload::from_json(&bytes).unwrap().into_draft();
-    CreateEmail { draft, source: Source::Rest, idempotency_key: key, metadata: HashMap::new() }
+    let by = Authenticated { principal: mailledger::access::Principal::operator("tests"), key: None };
+    CreateEmail { draft, source: Source::Rest, idempotency_key: key, metadata: HashMap::new(), by }
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 
 use crate::support::TestApp;
 use mailledger::transport::grpc::proto::CreateReq;
-use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use tonic::Code;
 
 fn request(to: &str, subject: &str) -> CreateReq {
@@ -18,7 +17,7 @@ fn request(to: &str, subject: &str) -> CreateReq {
 #[tokio::test]
 async fn create_records_the_email_and_answers_with_its_id() {
     let app = TestApp::spawn().await;
-    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut client = app.grpc_client().await;
     let res =
         client.create(request("rcpt@example.org, \"Lee, Ann\" <ann@example.org>", "hi")).await.unwrap().into_inner();
     assert_eq!(res.status, "accepted");
@@ -31,7 +30,7 @@ async fn create_records_the_email_and_answers_with_its_id() {
 #[tokio::test]
 async fn invalid_input_is_invalid_argument_and_stores_nothing() {
     let app = TestApp::spawn().await;
-    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut client = app.grpc_client().await;
     let cases = [
         (CreateReq::default(), "from: is required"),
         (request("", "s"), "to: at least one recipient"),
@@ -50,7 +49,7 @@ async fn invalid_input_is_invalid_argument_and_stores_nothing() {
 #[tokio::test]
 async fn idempotency_key_field_or_metadata() {
     let app = TestApp::spawn().await;
-    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut client = app.grpc_client().await;
     let keyed = CreateReq { idempotency_key: "g-1".into(), ..request("rcpt@example.org", "s") };
     let a = client.create(keyed.clone()).await.unwrap().into_inner();
     let mut by_metadata = tonic::Request::new(request("rcpt@example.org", "s"));
@@ -78,7 +77,7 @@ async fn health_service_reports_serving() {
 #[tokio::test]
 async fn the_request_id_is_echoed_in_the_answer_metadata() {
     let app = TestApp::spawn().await;
-    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut client = app.grpc_client().await;
     let mut req = tonic::Request::new(request("rcpt@example.org", "with an id"));
     req.metadata_mut().insert("x-request-id", "grpc-req-7".parse().unwrap());
     let res = client.create(req).await.unwrap();

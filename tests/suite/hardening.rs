@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use crate::support::smtp::SmtpSink;
 use crate::support::{RedisServer, TestApp, db, eventually, free_port, original_payload};
 use futures::StreamExt;
-use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use mailledger::transport::grpc::proto::{CreateReq, GetByIdReq};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,7 +40,7 @@ async fn a_nul_is_refused_by_name_on_every_transport_and_never_a_500() {
         let answer: Value = r.json().await.unwrap();
         assert_eq!(answer["error"]["fields"][0]["field"], field, "{answer}");
     }
-    let mut grpc = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut grpc = app.grpc_client().await;
     let err = grpc.create(grpc_request("b@example.org", "nul\u{0}here")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("message"), "{}", err.message());
@@ -229,7 +228,7 @@ impl tonic::codec::Decoder for RawCodec {
 #[tokio::test]
 async fn grpc_answers_invalid_argument_for_bad_times_and_bytes_and_takes_what_rest_takes() {
     let app = TestApp::spawn().await;
-    let mut grpc = EmailServiceClient::connect(app.grpc.clone()).await.unwrap().max_encoding_message_size(32 << 20);
+    let mut grpc = app.grpc_client().await.max_encoding_message_size(32 << 20);
     let id = grpc.create(grpc_request("b@example.org", "hello")).await.unwrap().into_inner().email_id;
     for (seconds, nanos) in
         [(-100_000_000_000_000, 0), (i64::MAX, 0), (253_402_300_800, 0), (0, -1), (0, 2_000_000_000)]
@@ -247,7 +246,9 @@ async fn grpc_answers_invalid_argument_for_bad_times_and_bytes_and_takes_what_re
     let mut raw = tonic::client::Grpc::new(channel);
     raw.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static("/emailService.EmailService/Create");
-    let err = raw.unary(tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0f]), path, RawCodec).await.unwrap_err();
+    let mut garbage = tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0f]);
+    garbage.metadata_mut().insert("authorization", format!("Bearer {}", app.key).parse().unwrap());
+    let err = raw.unary(garbage, path, RawCodec).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // A 100 KB id is not echoed back whole (it would overflow the client's metadata).
@@ -285,11 +286,12 @@ async fn slow_clients_are_cut_off_and_never_starve_the_others() {
     }
     // A body promised and never sent: 408 with the JSON error shape.
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(
-        b"POST /api/v1/emails HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST /api/v1/emails HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{",
+        app.key
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
     let mut answer = vec![];
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await.expect("answered").unwrap();
     let answer = String::from_utf8_lossy(&answer);

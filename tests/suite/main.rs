@@ -5,6 +5,7 @@
 
 mod support;
 
+mod access;
 mod audit;
 mod cache;
 mod delivery;
@@ -13,6 +14,7 @@ mod feed;
 mod group_commit;
 mod grpc_intake;
 mod hardening;
+mod hops;
 mod nats_intake;
 mod nats_restart;
 mod operability;

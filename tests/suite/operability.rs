@@ -72,10 +72,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
     app.wait_projected(3).await;
     eventually(WAIT, || async { sink.received().len() >= 3 }).await;
     app.get_json(&format!("/api/v1/emails/{id}")).await;
-    let mut grpc =
-        mailledger::transport::grpc::proto::email_service_client::EmailServiceClient::connect(app.grpc.clone())
-            .await
-            .unwrap();
+    let mut grpc = app.grpc_client().await;
     grpc.get_by_id(mailledger::transport::grpc::proto::GetByIdReq { email_id: id.clone(), as_of: None }).await.unwrap();
 
     let mut wanted = metric_names("monitoring/grafana/dashboards/mailledger.json");
@@ -185,8 +182,11 @@ async fn nginx_terminates_tls_for_rest_and_grpc() {
     eventually(Duration::from_secs(10), || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }).await;
 
     let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    let client =
-        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .default_headers(app.auth_headers())
+        .build()
+        .unwrap();
     let base = format!("https://localhost:{port}");
     let r = client.post(format!("{base}/api/v1/emails")).json(&original_payload("through nginx")).send().await.unwrap();
     assert_eq!(r.status(), 202);
@@ -198,7 +198,7 @@ async fn nginx_terminates_tls_for_rest_and_grpc() {
         .domain_name("localhost");
     let channel =
         tonic::transport::Channel::from_shared(base).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let mut grpc = mailledger::transport::grpc::proto::email_service_client::EmailServiceClient::new(channel);
+    let mut grpc = crate::support::grpc_with_key(channel, &app.key);
     let email = grpc
         .get_by_id(mailledger::transport::grpc::proto::GetByIdReq { email_id: id, as_of: None })
         .await

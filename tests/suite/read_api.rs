@@ -2,7 +2,6 @@
 //! filters, hostile text), history, as-of; and the OpenAPI document with Swagger UI.
 
 use crate::support::{TestApp, db};
-use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use mailledger::transport::grpc::proto::{GetByIdReq, HistoryReq, SearchReq};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -205,7 +204,7 @@ async fn as_of_folds_the_events_up_to_an_instant() {
 #[tokio::test]
 async fn grpc_get_search_and_history() {
     let (app, ids) = seeded().await;
-    let mut client = EmailServiceClient::connect(app.grpc.clone()).await.unwrap();
+    let mut client = app.grpc_client().await;
     let email = client
         .get_by_id(GetByIdReq { email_id: ids[1].clone(), as_of: None })
         .await

@@ -99,7 +99,8 @@ async fn reproject_while_reads_run_never_shows_a_partial_table() {
             "emails_pkey",
             "emails_recipients",
             "emails_search",
-            "emails_status_created"
+            "emails_status_created",
+            "emails_tenant_created"
         ]
     );
 }
@@ -150,7 +151,17 @@ async fn reproject_reads_old_event_versions_through_upcasters() {
         Arc::new(mailledger::projections::emails::EmailsProjection::new()),
         RunnerOptions::default(),
     );
-    let err = plain.catch_up().await.unwrap_err();
+    let started = std::time::Instant::now();
+    let err = loop {
+        // (Until the cluster's horizon, held back by other tests' transactions, passes it.)
+        match plain.catch_up().await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "the old event was never read");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert!(format!("{err:#}").contains("no upcaster from Sent version 0.9"), "{err:#}");
 
     let report = reproject(&pool, Target::Emails, None, 100, TEST_UPCASTERS, &Silent).await.unwrap();

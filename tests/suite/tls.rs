@@ -7,15 +7,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::pki::{Ca, Issued};
 use crate::support::{Isolation, TestApp, original_payload};
 use mailledger::startup::Application;
 use mailledger::transport::grpc::proto::email_service_client::EmailServiceClient;
 use mailledger::transport::grpc::proto::{CreateReq, GetByIdReq};
 use mailledger::transport::tls::PemFile;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use reqwest::Version;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,50 +21,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Well within the 10 s a handshake may take: what "not held up" means here.
 const PROMPT: Duration = Duration::from_secs(5);
-
-/// A certificate authority of one test's own.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-/// A certificate and its key, as PEM, and the certificate as DER.
-struct Issued {
-    cert: String,
-    key: String,
-    der: Vec<u8>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A server certificate for localhost and 127.0.0.1.
-    fn server(&self, name: &str) -> Issued {
-        self.issue(vec!["localhost".into(), "127.0.0.1".into()], name, ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    /// A client certificate.
-    fn client(&self, name: &str) -> Issued {
-        self.issue(vec![], name, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn issue(&self, names: Vec<String>, name: &str, usage: ExtendedKeyUsagePurpose) -> Issued {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        Issued { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().to_vec() }
-    }
-}
 
 /// The PEM files the service is pointed at.
 struct Files(tempfile::TempDir);
@@ -103,7 +56,7 @@ impl Files {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut app = TestApp::spawn_with(&env).await;
-        app.client = trusting(ca).build().unwrap();
+        app.client = trusting(ca).default_headers(app.auth_headers()).build().unwrap();
         app
     }
 }
@@ -133,13 +86,13 @@ async fn grpc(
     app: &TestApp,
     ca: &Ca,
     identity: Option<&Issued>,
-) -> Result<EmailServiceClient<Channel>, tonic::transport::Error> {
+) -> Result<crate::support::Grpc, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())).domain_name("localhost");
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
     }
     let channel = Channel::from_shared(app.grpc.clone()).unwrap().tls_config(tls)?.connect().await?;
-    Ok(EmailServiceClient::new(channel))
+    Ok(crate::support::grpc_with_key(channel, &app.key))
 }
 
 fn create_request(subject: &str) -> CreateReq {
@@ -178,8 +131,8 @@ async fn rest_over_https_with_http1_and_http2() {
     assert!(app.http.starts_with("https://"));
 
     for (n, (client, version)) in [
-        (trusting(&ca).http1_only().build().unwrap(), Version::HTTP_11),
-        (trusting(&ca).build().unwrap(), Version::HTTP_2), // h2 chosen by ALPN
+        (trusting(&ca).http1_only().default_headers(app.auth_headers()).build().unwrap(), Version::HTTP_11),
+        (trusting(&ca).default_headers(app.auth_headers()).build().unwrap(), Version::HTTP_2), // h2 chosen by ALPN
     ]
     .into_iter()
     .enumerate()

@@ -5,7 +5,18 @@
 
 use tonic::Status;
 
+use crate::access::AccessError;
 use crate::ledger::LedgerError;
+
+impl From<AccessError> for Status {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Unauthenticated(m) => Status::unauthenticated(m),
+            AccessError::Forbidden(m) => Status::permission_denied(m),
+            AccessError::RateLimited(_) | AccessError::QuotaExceeded(_) => Status::resource_exhausted(e.to_string()),
+        }
+    }
+}
 
 impl From<LedgerError> for Status {
     fn from(e: LedgerError) -> Self {
@@ -15,6 +26,7 @@ impl From<LedgerError> for Status {
                 Status::already_exists("this idempotency key was already used with a different request")
             }
             LedgerError::Refused(e) => Status::failed_precondition(e.to_string()),
+            LedgerError::Denied(e) => e.into(),
             LedgerError::Unavailable(e) => {
                 tracing::warn!(error = %e, "gRPC call failed: dependency unavailable");
                 Status::unavailable("temporarily unavailable; retry later")

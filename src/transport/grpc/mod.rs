@@ -1,6 +1,7 @@
 //! gRPC over tonic: the original `EmailService`, server reflection and the standard
 //! health service.
 
+mod auth;
 pub mod codec;
 mod error;
 pub(crate) mod service;
@@ -47,17 +48,25 @@ pub(crate) fn routes(
 
 /// Serves `routes` on the `incoming` connections (plain TCP or TLS), reported serving
 /// until `stop`, then not serving while the calls in flight finish.
-pub(crate) async fn serve<I, IO, IE>(
-    incoming: I,
-    routes: Routes,
-    health: HealthReporter,
-    timeout: std::time::Duration,
-    stop: CancellationToken,
-) where
+/// What the gRPC listener serves, and how.
+pub(crate) struct Served {
+    /// Every service.
+    pub routes: Routes,
+    /// Flipped to not serving at shutdown.
+    pub health: HealthReporter,
+    /// Calls are authenticated against it.
+    pub keyring: crate::access::keyring::Keyring,
+    /// A call not answered by then ends.
+    pub timeout: std::time::Duration,
+}
+
+pub(crate) async fn serve<I, IO, IE>(incoming: I, served: Served, stop: CancellationToken)
+where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Served { routes, health, keyring, timeout } = served;
     health.set_serving::<EmailServer>().await;
     let served = tonic::transport::Server::builder()
         .timeout(timeout)
@@ -66,6 +75,7 @@ pub(crate) async fn serve<I, IO, IE>(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(crate::transport::request_id::layers())
         .layer(crate::observe::grpc::ObserveLayer)
+        .layer(auth::AuthLayer::new(keyring))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;

@@ -13,6 +13,8 @@ use super::proto::{
     CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, RedriveReq, RedriveRes,
     SearchReq, SearchRes,
 };
+use crate::access::Scope;
+use crate::access::keyring::Authenticated;
 use crate::command::{EmailDraft, Source, address::split_list};
 use crate::ledger::{CreateEmail, Ledger};
 use crate::query::ReadSide;
@@ -35,6 +37,16 @@ impl EmailGrpc {
 /// Proto3 cannot tell "absent" from "empty": an empty string is absent.
 fn present(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+/// Who the call acts as (put there by [`super::auth`]; anonymous when the layer was not
+/// in front, which only tests do).
+fn caller<T>(request: &Request<T>) -> Authenticated {
+    request
+        .extensions()
+        .get::<Authenticated>()
+        .cloned()
+        .unwrap_or(Authenticated { principal: crate::access::Principal::anonymous(), key: None })
 }
 
 fn metadata_str<'a, T>(request: &'a Request<T>, key: &str) -> Option<&'a str> {
@@ -127,6 +139,7 @@ impl EmailService for EmailGrpc {
             metadata.insert("caller".into(), peer.to_string());
         }
         let header_key = metadata_str(&request, "idempotency-key").map(str::to_owned);
+        let by = caller(&request);
         let req = request.into_inner();
         let body_key = present(req.idempotency_key);
         let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
@@ -145,22 +158,26 @@ impl EmailService for EmailGrpc {
             headers: req.headers.into_iter().collect(),
         };
         let accepted =
-            self.ledger.create(CreateEmail { draft, source: Source::Grpc, idempotency_key, metadata }).await?;
+            self.ledger.create(CreateEmail { draft, source: Source::Grpc, idempotency_key, metadata, by }).await?;
         Ok(Response::new(CreateRes { status: "accepted".into(), email_id: accepted.id.to_string() }))
     }
 
     async fn get_by_id(&self, request: Request<GetByIdReq>) -> Result<Response<GetByIdRes>, Status> {
+        let by = caller(&request).principal;
+        by.require(Scope::Read)?;
         let req = request.into_inner();
         let id = parse_id(&req.email_id)?;
         let view = match from_timestamp("AsOf", req.as_of)? {
-            None => self.reads.get(id).await.map_err(internal)?,
-            Some(at) => self.reads.as_of(id, at).await.map_err(internal)?,
+            None => self.reads.get(id, &by).await.map_err(internal)?,
+            Some(at) => self.reads.as_of(id, at, &by).await.map_err(internal)?,
         };
         let view = view.ok_or_else(|| Status::not_found(format!("no email {id}")))?;
         Ok(Response::new(GetByIdRes { email: Some(to_proto(view)) }))
     }
 
     async fn search(&self, request: Request<SearchReq>) -> Result<Response<SearchRes>, Status> {
+        let by = caller(&request).principal;
+        by.require(Scope::Read)?;
         let req = request.into_inner();
         let raw = RawSearch {
             q: present(req.search),
@@ -173,7 +190,7 @@ impl EmailService for EmailGrpc {
             size: Some(req.size),
         };
         let params = raw.parse().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let page = self.reads.search(&params).await.map_err(internal)?;
+        let page = self.reads.search(&params, &by).await.map_err(internal)?;
         Ok(Response::new(SearchRes {
             total_count: page.total_count,
             total_pages: page.total_pages,
@@ -186,8 +203,10 @@ impl EmailService for EmailGrpc {
     }
 
     async fn history(&self, request: Request<HistoryReq>) -> Result<Response<HistoryRes>, Status> {
+        let by = caller(&request).principal;
+        by.require(Scope::Read)?;
         let id = parse_id(&request.into_inner().email_id)?;
-        let entries = self.reads.history(id).await.map_err(internal)?;
+        let entries = self.reads.history(id, &by).await.map_err(internal)?;
         if entries.is_empty() {
             return Err(Status::not_found(format!("no email {id}")));
         }
@@ -208,18 +227,18 @@ impl EmailService for EmailGrpc {
 
     async fn redrive(&self, request: Request<RedriveReq>) -> Result<Response<RedriveRes>, Status> {
         let peer = request.remote_addr();
+        let principal = caller(&request).principal;
         let req = request.into_inner();
         let id = parse_id(&req.email_id)?;
-        let by = present(req.by)
-            .unwrap_or_else(|| format!("grpc@{}", peer.map_or("unknown".into(), |p| p.ip().to_string())));
-        if by.len() > 256 || by.chars().any(char::is_control) {
+        let by = present(req.by);
+        if by.as_deref().is_some_and(|by| by.len() > 256 || by.chars().any(char::is_control)) {
             return Err(Status::invalid_argument("By: give 1 to 256 printable characters"));
         }
         let mut metadata = HashMap::from([("transport".to_owned(), "grpc".to_owned())]);
         if let Some(p) = peer {
             metadata.insert("caller".into(), p.to_string());
         }
-        match self.ledger.redrive(id, &by, metadata).await {
+        match self.ledger.redrive(id, &principal, by.as_deref(), metadata).await {
             Ok(()) => Ok(Response::new(RedriveRes { status: "queued".into() })),
             Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
                 Err(Status::not_found(format!("no email {id}")))

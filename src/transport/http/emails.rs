@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use super::HttpState;
 use super::error::{ApiError, ErrorBody};
+use crate::access::keyring::Authenticated;
 use crate::command::{FieldError, Source, ValidationErrors};
 use crate::ledger::CreateEmail;
 use crate::transport::payload::CreateEmailPayload;
@@ -53,6 +55,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 )]
 pub async fn create_email(
     State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -101,7 +104,8 @@ pub async fn create_email(
     if let Some(agent) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
         metadata.insert("user_agent".into(), agent.chars().take(256).collect());
     }
-    let accepted = state.ledger.create(CreateEmail { draft, source: Source::Rest, idempotency_key, metadata }).await?;
+    let accepted =
+        state.ledger.create(CreateEmail { draft, source: Source::Rest, idempotency_key, metadata, by }).await?;
     let location = format!("/api/v1/emails/{}", accepted.id);
     let mut response = (StatusCode::ACCEPTED, Json(CreatedBody { id: accepted.id })).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -115,7 +119,7 @@ pub async fn create_email(
 #[serde(deny_unknown_fields)]
 pub struct RedriveBody {
     /// Operator name, recorded in the `Redriven` event (default: the `X-Operator` header,
-    /// else `api@<caller address>`).
+    /// else the key's name). The key is recorded as the actor either way.
     pub by: Option<String>,
 }
 
@@ -135,6 +139,7 @@ pub struct RedriveBody {
 )]
 pub async fn redrive(
     State(state): State<HttpState>,
+    Extension(auth): Extension<Authenticated>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
@@ -146,11 +151,8 @@ pub async fn redrive(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?
     };
-    let by = body
-        .by
-        .or_else(|| headers.get("x-operator").and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| format!("api@{}", peer.ip()));
-    if by.is_empty() || by.len() > 256 || by.chars().any(char::is_control) {
+    let by = body.by.or_else(|| headers.get("x-operator").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    if by.as_deref().is_some_and(|by| by.is_empty() || by.len() > 256 || by.chars().any(char::is_control)) {
         return Err(ApiError::BadRequest("by: give 1 to 256 printable characters".into()));
     }
     let metadata = HashMap::from([
@@ -158,7 +160,7 @@ pub async fn redrive(
         ("correlation_id".to_owned(), super::correlation_id(&headers)),
         ("caller".to_owned(), peer.to_string()),
     ]);
-    match state.ledger.redrive(id, &by, metadata).await {
+    match state.ledger.redrive(id, &auth.principal, by.as_deref(), metadata).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(CreatedBody { id })).into_response()),
         Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
             Err(ApiError::NotFound(format!("no email {id}")))

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::access::AccessError;
 use crate::command::{FieldError, ValidationErrors};
 use crate::ledger::LedgerError;
 use crate::transport::payload::PayloadError;
@@ -29,6 +30,12 @@ pub enum ApiError {
     Conflict(String),
     /// 408: the request was not answered in time (its body never came, say).
     Timeout,
+    /// 401: no usable API key.
+    Unauthenticated(String),
+    /// 403: the key may not do this.
+    Forbidden(String),
+    /// 429: a rate or quota is spent; retry after this many seconds.
+    TooMany(String, u64),
     /// 503: a dependency is down; retry.
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
     /// 500: a bug.
@@ -83,8 +90,19 @@ impl From<LedgerError> for ApiError {
                 ApiError::Conflict("this Idempotency-Key was already used with a different request".into())
             }
             LedgerError::Refused(e) => ApiError::Conflict(e.to_string()),
+            LedgerError::Denied(e) => e.into(),
             LedgerError::Unavailable(e) => ApiError::Unavailable(e),
             LedgerError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Unauthenticated(m) => ApiError::Unauthenticated(m),
+            AccessError::Forbidden(m) => ApiError::Forbidden(m),
+            AccessError::RateLimited(s) | AccessError::QuotaExceeded(s) => ApiError::TooMany(e.to_string(), s),
         }
     }
 }
@@ -113,6 +131,18 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", v.to_string(), fields(&v))
             }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, vec![]),
+            ApiError::Unauthenticated(m) => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+                let challenge = HeaderValue::from_static("Bearer realm=\"mailledger\"");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+                return response;
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, vec![]),
+            ApiError::TooMany(m, retry_after) => {
+                let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                return response;
+            }
             ApiError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
@@ -140,6 +170,10 @@ impl IntoResponse for ApiError {
         };
         (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response()
     }
+}
+
+fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    (status, Json(ErrorBody { error: ErrorDetail { code, message, fields: vec![] } })).into_response()
 }
 
 fn fields(v: &ValidationErrors) -> Vec<FieldErrorBody> {

@@ -2,6 +2,7 @@
 
 pub mod emails;
 pub mod error;
+pub mod keys;
 pub mod read;
 pub mod server;
 
@@ -9,12 +10,14 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use error::ApiError;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::access::keyring::Keyring;
 use crate::ledger::Ledger;
 use crate::observe::health::{Readiness, ReadinessReport};
 
@@ -31,6 +34,10 @@ pub struct HttpState {
     pub max_request_bytes: usize,
     /// How long a request may take before it is answered 408.
     pub request_timeout: std::time::Duration,
+    /// The API keys requests are authenticated against.
+    pub keyring: Keyring,
+    /// For key management.
+    pub pool: sqlx::PgPool,
 }
 
 /// The OpenAPI document.
@@ -39,12 +46,42 @@ pub struct HttpState {
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
     paths(
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
-        read::get_email_original, read::search_original, health, ready
+        read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke, health, ready
     ),
-    components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody, error::ErrorBody, ReadinessReport)),
-    tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"))
+    components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
+        error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey)),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+    tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
+         (name = "keys", description = "API keys (the `admin` scope)"))
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme: `Authorization: Bearer mlk_…`.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("mlk_… (mailledger keys create)".into());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Authenticates a request to the API (every `/api/v1` route): the principal it acts as
+/// goes into its extensions, or it is answered 401 / 429 here.
+async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+    let values = request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes());
+    match state.keyring.authenticate(values) {
+        Ok(authenticated) => {
+            request.extensions_mut().insert(authenticated);
+            next.run(request).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
 
 /// Largest request body for a given body limit: JSON escaping can double a body.
 pub fn max_request_bytes(max_body_bytes: usize) -> usize {
@@ -54,7 +91,7 @@ pub fn max_request_bytes(max_body_bytes: usize) -> usize {
 /// All REST routes.
 pub fn router(state: HttpState) -> Router {
     let limit = state.max_request_bytes;
-    let api = Router::new()
+    let protected = Router::new()
         .route("/api/v1/emails", post(emails::create_email).get(read::search))
         .route("/api/v1/email", post(emails::create_email))
         .layer(DefaultBodyLimit::max(limit))
@@ -63,6 +100,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/emails/{id}/redrive", post(emails::redrive))
         .route("/api/v1/email/search", get(read::search_original))
         .route("/api/v1/email/{id}", get(read::get_email_original))
+        .route("/api/v1/keys", post(keys::create).get(keys::list))
+        .route("/api/v1/keys/{id}", delete(keys::revoke))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    let api = Router::new()
+        .merge(protected)
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route_layer(axum::middleware::from_fn(crate::observe::http::observe));

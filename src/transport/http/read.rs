@@ -12,10 +12,13 @@ use uuid::Uuid;
 
 use super::HttpState;
 use super::error::{ApiError, ErrorBody};
+use crate::access::Scope;
+use crate::access::keyring::Authenticated;
 use crate::query::params::RawSearch;
 use crate::query::repository::HistoryEntry;
 use crate::query::search::Page;
 use crate::query::view::{EmailSummary, EmailView};
+use axum::Extension;
 
 /// A page of search results.
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,10 +111,10 @@ fn not_found(id: Uuid) -> ApiError {
 }
 
 /// The email as it was at `raw` (an RFC 3339 time), from its events.
-async fn view_as_of(state: &HttpState, id: Uuid, raw: &str) -> Result<EmailView, ApiError> {
+async fn view_as_of(state: &HttpState, id: Uuid, raw: &str, by: &Authenticated) -> Result<EmailView, ApiError> {
     let at = chrono::DateTime::parse_from_rfc3339(raw)
         .map_err(|e| ApiError::BadRequest(format!("as_of: not an RFC 3339 time ({e})")))?;
-    state.reads.as_of(id, at.to_utc()).await?.ok_or_else(|| not_found(id))
+    state.reads.as_of(id, at.to_utc(), &by.principal).await?.ok_or_else(|| not_found(id))
 }
 
 /// One email by id; with `as_of`, as it was at that instant.
@@ -126,19 +129,21 @@ async fn view_as_of(state: &HttpState, id: Uuid, raw: &str) -> Result<EmailView,
 )]
 pub async fn get_email(
     State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
     Path(id): Path<String>,
     as_of: Result<Query<AsOfQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    by.principal.require(Scope::Read)?;
     let id = parse_id(&id)?;
     match query(as_of)?.as_of.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => current(&state, id).await,
-        Some(raw) => Ok(Json(view_as_of(&state, id, raw).await?).into_response()),
+        None => current(&state, id, &by).await,
+        Some(raw) => Ok(Json(view_as_of(&state, id, raw, &by).await?).into_response()),
     }
 }
 
 /// The current view, as the cache holds it: its JSON is `EmailView`'s own.
-async fn current(state: &HttpState, id: Uuid) -> Result<Response, ApiError> {
-    let json = state.reads.get_json(id).await?.ok_or_else(|| not_found(id))?;
+async fn current(state: &HttpState, id: Uuid, by: &Authenticated) -> Result<Response, ApiError> {
+    let json = state.reads.get_json(id, &by.principal).await?.ok_or_else(|| not_found(id))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
@@ -148,13 +153,19 @@ async fn current(state: &HttpState, id: Uuid) -> Result<Response, ApiError> {
     params(("id" = Uuid, Path, description = "Email id")),
     responses((status = 200, body = EmailView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn get_email_original(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    current(&state, parse_id(&id)?).await
+pub async fn get_email_original(
+    State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    by.principal.require(Scope::Read)?;
+    current(&state, parse_id(&id)?, &by).await
 }
 
-async fn run_search(state: &HttpState, raw: RawSearch) -> Result<Json<SearchBody>, ApiError> {
+async fn run_search(state: &HttpState, raw: RawSearch, by: &Authenticated) -> Result<Json<SearchBody>, ApiError> {
+    by.principal.require(Scope::Read)?;
     let params = raw.parse().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(Json(state.reads.search(&params).await?.into()))
+    Ok(Json(state.reads.search(&params, &by.principal).await?.into()))
 }
 
 /// Search emails, newest first.
@@ -168,6 +179,7 @@ async fn run_search(state: &HttpState, raw: RawSearch) -> Result<Json<SearchBody
 )]
 pub async fn search(
     State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<SearchBody>, ApiError> {
     let q = query(q)?;
@@ -181,7 +193,7 @@ pub async fn search(
         page: q.page,
         size: q.size,
     };
-    run_search(&state, raw).await
+    run_search(&state, raw, &by).await
 }
 
 /// The original search path.
@@ -192,10 +204,11 @@ pub async fn search(
 )]
 pub async fn search_original(
     State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
     q: Result<Query<OriginalSearchQuery>, QueryRejection>,
 ) -> Result<Json<SearchBody>, ApiError> {
     let q = query(q)?;
-    run_search(&state, RawSearch { q: q.search, page: q.page, size: q.size, ..Default::default() }).await
+    run_search(&state, RawSearch { q: q.search, page: q.page, size: q.size, ..Default::default() }, &by).await
 }
 
 /// An email's history: every event, in order, with its type, sequence, time, payload
@@ -211,10 +224,12 @@ pub async fn search_original(
 )]
 pub async fn history(
     State(state): State<HttpState>,
+    Extension(by): Extension<Authenticated>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    by.principal.require(Scope::Read)?;
     let id = parse_id(&id)?;
-    let events = state.reads.history(id).await?;
+    let events = state.reads.history(id, &by.principal).await?;
     if events.is_empty() {
         return Err(not_found(id));
     }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dlq::{self, DeadLetter};
+use crate::access::keyring::Keyring;
 use crate::command::{Source, ValidationErrors};
 use crate::config::{NatsNames, NatsSettings};
 use crate::ledger::{CreateEmail, Ledger, LedgerError};
@@ -57,6 +58,8 @@ pub struct NatsIntake {
     in_flight: usize,
     max_deliver: i64,
     stop: CancellationToken,
+    keyring: Keyring,
+    require_key: bool,
     /// When the commands stream was created: part of the fallback idempotency key, so a
     /// recreated stream (whose sequences start again at 1) never reuses an old key.
     epoch: String,
@@ -64,7 +67,12 @@ pub struct NatsIntake {
 
 impl NatsIntake {
     /// Ensures the durable consumer exists (updating its limits to the settings).
-    pub async fn setup(js: jetstream::Context, settings: &NatsSettings, ledger: Ledger) -> anyhow::Result<Self> {
+    pub async fn setup(
+        js: jetstream::Context,
+        settings: &NatsSettings,
+        ledger: Ledger,
+        keyring: Keyring,
+    ) -> anyhow::Result<Self> {
         let names = settings.names();
         let mut stream = js.get_stream(&names.commands_stream).await?;
         let epoch = stream.info().await?.created.unix_timestamp_nanos().to_string();
@@ -97,6 +105,8 @@ impl NatsIntake {
             in_flight,
             max_deliver: i64::from(settings.max_deliver),
             stop: CancellationToken::new(),
+            keyring,
+            require_key: settings.require_key,
             epoch,
         })
     }
@@ -241,6 +251,12 @@ impl NatsIntake {
             crate::metrics::invalid_command("nats");
             return self.dead_letter(letter(format!("unknown command subject {subject}"), None), delivered).await;
         }
+        let by = match self.keyring.authenticate_command(header("Authorization").as_deref(), &subject, self.require_key)
+        {
+            Ok(by) => by,
+            // The reason names what was wrong, never the key.
+            Err(e) => return self.dead_letter(letter(format!("refused: {e}"), None), delivered).await,
+        };
         let payload = match CreateEmailPayload::from_json(&message.payload) {
             Ok(p) => p,
             Err(e) => {
@@ -270,7 +286,7 @@ impl NatsIntake {
             .or_else(|| msg_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         metadata.insert("correlation_id".into(), correlation);
-        let request = CreateEmail { draft, source: Source::Nats, idempotency_key, metadata };
+        let request = CreateEmail { draft, source: Source::Nats, idempotency_key, metadata, by };
         self.commit(message, request, letter, sequence, delivered).await
     }
 
@@ -292,7 +308,7 @@ impl NatsIntake {
                     return Outcome::Acked;
                 }
                 Err(LedgerError::Invalid(v)) => return self.dead_letter(invalid(letter, &v), delivered).await,
-                Err(e @ (LedgerError::Conflict | LedgerError::Refused(_))) => {
+                Err(e @ (LedgerError::Conflict | LedgerError::Refused(_) | LedgerError::Denied(_))) => {
                     return self.dead_letter(letter(e.to_string(), None), delivered).await;
                 }
                 Err(e) => {

@@ -22,8 +22,7 @@ use crate::config::{NatsSettings, redact};
 /// ends the process. The first connection is retried too, so the service can start
 /// before NATS does.
 pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
-    let url = settings.url.as_str().to_owned();
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("mailledger")
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -34,10 +33,45 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
                 async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
                 other => tracing::info!(event = %other, "NATS event"),
             }
-        })
-        .connect(&url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", redact(&settings.url)))
+        });
+    // async-nats does not send credentials written in the URL: take them out and give
+    // them as options (`nats://user:password@…`, or `nats://TOKEN@…`).
+    let mut url = settings.url.clone();
+    if !url.username().is_empty() {
+        let decode = |s: &str| percent_decode(s);
+        options = match url.password() {
+            Some(password) => options.user_and_password(decode(url.username()), decode(password)),
+            None => options.token(decode(url.username())),
+        };
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    let url = url.to_string();
+    if let Some(path) = &settings.creds {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("MAILLEDGER_NATS_CREDS {}: cannot be read", path.display()))?;
+        options = if text.contains("BEGIN NATS USER JWT") {
+            options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("MAILLEDGER_NATS_CREDS {}: not a usable .creds file", path.display()))?
+        } else {
+            // An nkey seed file: the seed alone (SU…).
+            options.nkey(text.trim().to_owned())
+        };
+    }
+    if settings.url.scheme() == "tls" {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &settings.tls_ca {
+        anyhow::ensure!(ca.is_file(), "MAILLEDGER_NATS_CA {}: no such file", ca.display());
+        options = options.require_tls(true).add_root_certificates(ca.clone());
+    }
+    options.connect(&url).await.with_context(|| format!("cannot connect to NATS at {}", redact(&settings.url)))
+}
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 /// Creates the streams if they do not exist (idempotent; safe from many instances).

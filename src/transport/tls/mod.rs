@@ -23,6 +23,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsSettings;
 
+/// Makes ring the process's default rustls provider, for the clients that take the
+/// default (Redis's `rediss://`, sqlx's PostgreSQL TLS). Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The listener a configuration is for: they offer different protocols (ALPN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

@@ -27,12 +27,23 @@ impl Stored {
     }
 }
 
-/// Every stored event, in commit order (`txid, position`).
+/// Every stored email event, in commit order (`txid, position`). (Key events, of
+/// aggregate type `ApiKey`, are in [`key_events`].)
 pub async fn events(pool: &PgPool) -> Vec<Stored> {
+    events_of_aggregate(pool, "Email").await
+}
+
+/// Every stored event of API keys, in commit order.
+pub async fn key_events(pool: &PgPool) -> Vec<Stored> {
+    events_of_aggregate(pool, "ApiKey").await
+}
+
+async fn events_of_aggregate(pool: &PgPool, aggregate_type: &str) -> Vec<Stored> {
     sqlx::query_as(
         "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position, txid::text AS txid \
-         FROM events ORDER BY events.txid, position",
+         FROM events WHERE aggregate_type = $1 ORDER BY events.txid, position",
     )
+    .bind(aggregate_type)
     .fetch_all(pool)
     .await
     .expect("read events")
@@ -42,7 +53,7 @@ pub async fn events(pool: &PgPool) -> Vec<Stored> {
 pub async fn events_of(pool: &PgPool, id: &str) -> Vec<Stored> {
     sqlx::query_as(
         "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position, txid::text AS txid \
-         FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+         FROM events WHERE aggregate_type = 'Email' AND aggregate_id = $1 ORDER BY sequence",
     )
     .bind(id)
     .fetch_all(pool)
@@ -52,21 +63,26 @@ pub async fn events_of(pool: &PgPool, id: &str) -> Vec<Stored> {
 
 /// Events in the store (of one email, or of all).
 pub async fn event_count(pool: &PgPool, id: Option<&str>) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR aggregate_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .expect("count events")
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Email' AND ($1::text IS NULL OR aggregate_id = $1)",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("count events")
 }
 
 /// Distinct emails in the store.
 pub async fn email_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events").fetch_one(pool).await.expect("count")
+    sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Email'")
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 /// Events of one type in the store.
 pub async fn count_of_type(pool: &PgPool, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Email' AND event_type = $1")
         .bind(event_type)
         .fetch_one(pool)
         .await

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod pki;
+pub mod servers;
 pub mod smtp;
 
 use std::process::{Child, Command, Stdio};
@@ -78,8 +80,11 @@ pub struct TestApp {
     pub http: String,
     pub grpc: String,
     pub metrics: String,
-    /// Plain HTTP; tests of a TLS app put a client that trusts their CA here.
+    /// Plain HTTP, sending the admin key; tests of a TLS app put a client that trusts
+    /// their CA here.
     pub client: reqwest::Client,
+    /// An API key with every scope (tenant `default`), made when the app was spawned.
+    pub key: String,
     /// The REST and gRPC listeners' TLS, when the settings turn it on.
     pub tls: Option<ServerTls>,
     pub pool: PgPool,
@@ -108,6 +113,8 @@ impl TestApp {
         let settings = iso.settings(extra);
         let nats_url = settings.nats.url.to_string();
         let scheme = if settings.tls.enabled() { "https" } else { "http" };
+        // The key exists before the service loads its keyring.
+        let key = make_key(&fresh_database(&iso).await, "tests", "all", None).await;
         let app = Application::build(settings).await.expect("application starts");
         let http = format!("{scheme}://{}", app.http_addr());
         let grpc = format!("{scheme}://{}", app.grpc_addr());
@@ -123,7 +130,8 @@ impl TestApp {
             http,
             grpc,
             metrics,
-            client: reqwest::Client::new(),
+            client: client_with_key(&key),
+            key,
             tls,
             pool,
             nats,
@@ -175,6 +183,24 @@ impl TestApp {
             handle.await.expect("app task").expect("clean shutdown");
         }
         started.elapsed()
+    }
+
+    /// A gRPC client that sends this app's admin key.
+    pub async fn grpc_client(&self) -> Grpc {
+        let channel = tonic::transport::Endpoint::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap();
+        grpc_with_key(channel, &self.key)
+    }
+
+    /// Makes a key over the admin API (so this instance knows it at once); returns it.
+    pub async fn new_key(&self, body: serde_json::Value) -> String {
+        let r = self.post_json("/api/v1/keys", &body).await;
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        r.json::<serde_json::Value>().await.unwrap()["key"].as_str().unwrap().to_owned()
+    }
+
+    /// `Authorization: Bearer <admin key>`, for clients a test builds itself.
+    pub fn auth_headers(&self) -> reqwest::header::HeaderMap {
+        auth_headers(&self.key)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -482,4 +508,53 @@ impl Drop for RedisServer {
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Makes an API key straight in the database (as `mailledger keys create` does).
+pub async fn make_key(pool: &PgPool, name: &str, scopes: &str, tenant: Option<&str>) -> String {
+    // Tests fire hundreds of requests at once: their keys are not the ones rate-limited.
+    let new = mailledger::access::keys::NewKey {
+        name: name.into(),
+        scopes: scopes.into(),
+        tenant: tenant.map(str::to_owned),
+        rate_per_second: Some(1_000_000.0),
+        burst: Some(1_000_000),
+        ..Default::default()
+    };
+    let by = mailledger::access::Principal::operator("tests");
+    mailledger::access::keys::create(pool, &new, &by).await.expect("key made").1
+}
+
+/// `Authorization: Bearer <key>`.
+pub fn auth_headers(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+    headers
+}
+
+/// A REST client that sends `key`.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    reqwest::Client::builder().default_headers(auth_headers(key)).build().unwrap()
+}
+
+/// Adds `authorization: Bearer <key>` to every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The gRPC client the tests use.
+pub type Grpc = mailledger::transport::grpc::proto::email_service_client::EmailServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A gRPC client on `channel` that sends `key`.
+pub fn grpc_with_key(channel: tonic::transport::Channel, key: &str) -> Grpc {
+    let bearer = Bearer(format!("Bearer {key}").parse().unwrap());
+    mailledger::transport::grpc::proto::email_service_client::EmailServiceClient::with_interceptor(channel, bearer)
 }
