@@ -70,6 +70,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Logging.
     pub log: LogSettings,
+    /// The file the settings were read from (read again on SIGHUP).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// PostgreSQL settings.
@@ -230,6 +233,15 @@ pub struct SmtpSettings {
     /// Longest wait for one SMTP reply.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Transactions on one connection before it is closed and another opened.
+    pub messages_per_connection: usize,
+    /// A pooled connection unused this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The CA the relay's certificate must chain to (else the system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// The name given in EHLO (else this machine's host name).
+    pub helo: Option<String>,
 }
 
 /// Delivery settings.
@@ -253,6 +265,46 @@ pub struct DeliverySettings {
     /// Idle polling interval.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Limits per recipient domain: `default`, and any domain by name.
+    pub domains: BTreeMap<String, DomainPolicy>,
+    /// The first pause of a domain that throttled (421, or a 4xx saying "too many");
+    /// doubled at each further throttle, up to `throttle_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub throttle_backoff: Duration,
+    /// The longest pause of a throttling domain.
+    #[serde(with = "humantime_serde")]
+    pub throttle_backoff_max: Duration,
+    /// Deliveries started per second by every instance together (0: no limit).
+    pub max_per_second: u32,
+}
+
+/// How hard one recipient domain may be pushed. 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DomainPolicy {
+    /// Deliveries to the domain in flight at once, across every instance (each holds
+    /// one SMTP connection).
+    pub connections: u32,
+    /// Deliveries started per second, across every instance.
+    pub per_second: u32,
+    /// Deliveries started per minute, across every instance.
+    pub per_minute: u32,
+    /// Transactions on one connection before it is replaced (0: `smtp.messages_per_connection`).
+    pub messages_per_connection: u32,
+}
+
+impl DeliverySettings {
+    /// Whether any limit on starting deliveries is set (a rate or a connection cap for
+    /// some domain, or `max_per_second`).
+    pub fn limits_any(&self) -> bool {
+        self.max_per_second > 0
+            || self.domains.values().any(|p| p.connections > 0 || p.per_second > 0 || p.per_minute > 0)
+    }
+
+    /// The limits for `domain`: its own entry, else `default`.
+    pub fn policy(&self, domain: &str) -> DomainPolicy {
+        self.domains.get(domain).or_else(|| self.domains.get("default")).copied().unwrap_or_default()
+    }
 }
 
 /// The REST listener and the limits on its connections.
@@ -395,7 +447,7 @@ impl Settings {
             set(&mut tree, &key, parsed);
             origin.insert(key, var);
         }
-        let settings: Settings = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut settings: Settings = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let name = origin.get(&key).map_or_else(|| key.clone(), |var| var.clone());
             ConfigError { name, reason: e.into_inner().to_string() }
@@ -413,6 +465,7 @@ impl Settings {
                 reason: format!("not set, but {} is: TLS needs a certificate and its key", name(given)),
             });
         }
+        settings.file = file.map(Path::to_path_buf);
         Ok(settings)
     }
 
@@ -460,6 +513,22 @@ impl Settings {
         }
         if self.delivery.concurrency == 0 || self.smtp.pool_size == 0 {
             return Err(("delivery.concurrency", "must be at least 1".into()));
+        }
+        if self.smtp.messages_per_connection == 0 {
+            return Err(("smtp.messages_per_connection", "must be at least 1".into()));
+        }
+        if let Some(name) = self.delivery.domains.keys().find(|d| {
+            d.as_str() != "default" && (d.is_empty() || d.contains(['@', ' ']) || d.to_ascii_lowercase() != **d)
+        }) {
+            return Err(("delivery.domains", format!("{name:?} is not a lower-case domain name")));
+        }
+        if self.delivery.throttle_backoff.is_zero()
+            || self.delivery.throttle_backoff_max < self.delivery.throttle_backoff
+        {
+            return Err((
+                "delivery.throttle_backoff",
+                "must be longer than zero and at most throttle_backoff_max".into(),
+            ));
         }
         if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
             return Err(("limits", "limits must be at least 1".into()));

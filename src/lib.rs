@@ -34,7 +34,8 @@
 //! | [`ledger`] | the write API every transport calls |
 //! | [`query`] | the read side: `EmailView`, the `emails` table, search, the Redis cache |
 //! | [`projections`] | what tails the feed: the runner, the read model, cache and NATS projections |
-//! | [`saga`] | the sender: schedule projection, claims, SMTP, retries |
+//! | [`saga`] | the sender: schedule projection, claims and domain shaping, its SMTP client, retries |
+//! | [`suppression`] | the suppression list (per tenant): lookups, changes recorded as events |
 //! | [`transport`] | REST, gRPC, NATS intake and TLS: adapters only |
 //! | [`ops`] | operator and auditor tools behind the CLI |
 //! | [`observe`] | request spans and metrics, the gauge monitor, readiness |
@@ -55,6 +56,7 @@ pub mod render;
 pub(crate) mod saga;
 pub mod startup;
 pub mod store;
+pub mod suppression;
 pub mod telemetry;
 pub(crate) mod text;
 pub mod transport;

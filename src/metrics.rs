@@ -173,6 +173,47 @@ pub static DEAD_LETTERED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("mailledger_emails_dead_lettered_total", "Emails dead-lettered").expect("valid metric"))
 });
 
+/// `mailledger_domain_deliveries_total{domain,outcome}`: recipients per outcome (sent,
+/// deferred, refused, suppressed) by recipient domain — a domain named in
+/// `delivery.domains`, else `other` (so that the series stay few).
+pub static DOMAIN_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_domain_deliveries_total",
+        "Recipients by delivery outcome (sent, deferred, refused, suppressed) and recipient domain",
+        &["domain", "outcome"],
+    )
+});
+
+/// `mailledger_domain_in_flight{domain}`: deliveries this instance is making.
+pub static DOMAIN_IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec("mailledger_domain_in_flight", "Deliveries being made, by recipient domain", &["domain"])
+});
+
+/// `mailledger_domain_queued{domain}`: deliveries due now, by recipient domain (every
+/// instance's; refreshed by each sender every few seconds).
+pub static DOMAIN_QUEUED: LazyLock<IntGaugeVec> =
+    LazyLock::new(|| gauge_vec("mailledger_domain_queued", "Deliveries due now, by recipient domain", &["domain"]));
+
+/// `mailledger_domain_throttled_total{domain}`: times a domain answered "slow down"
+/// (421, or a 4xx saying so) and was paused.
+pub static DOMAIN_THROTTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_domain_throttled_total",
+        "Times a recipient domain throttled us and was paused",
+        &["domain"],
+    )
+});
+
+/// `mailledger_suppressions_total{change,source}`: addresses added to or removed from
+/// suppression lists (source `bounce` or `manual`).
+pub static SUPPRESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_suppressions_total",
+        "Suppression list changes (added, removed) by source (bounce, manual)",
+        &["change", "source"],
+    )
+});
+
 /// `mailledger_events_by_reference_total`: domain events published without their
 /// bodies or payload, because they would not fit the NATS server's `max_payload`.
 pub static EVENTS_BY_REFERENCE: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -265,6 +306,11 @@ pub fn init() {
     LazyLock::force(&EVENTS_BY_REFERENCE);
     LazyLock::force(&EVENTS_UNPUBLISHABLE);
     LazyLock::force(&KEY_REQUESTS);
+    LazyLock::force(&DOMAIN_DELIVERIES);
+    LazyLock::force(&DOMAIN_IN_FLIGHT);
+    LazyLock::force(&DOMAIN_QUEUED);
+    LazyLock::force(&DOMAIN_THROTTLED);
+    LazyLock::force(&SUPPRESSIONS);
     // Every series whose labels are known up front starts at 0: `rate()` and
     // `increase()` see a counter's first step only from a sample before it.
     for source in ["nats", "rest", "grpc"] {
@@ -277,6 +323,12 @@ pub fn init() {
     }
     for outcome in ["sent", "transient_failure", "permanent_failure"] {
         DELIVERIES.with_label_values(&[outcome]);
+    }
+    for outcome in ["sent", "deferred", "refused", "suppressed"] {
+        DOMAIN_DELIVERIES.with_label_values(&["other", outcome]);
+    }
+    for (change, source) in [("added", "bounce"), ("added", "manual"), ("removed", "manual")] {
+        SUPPRESSIONS.with_label_values(&[change, source]);
     }
     for result in ["hit", "miss", "error"] {
         CACHE.with_label_values(&[result]);

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::keyring::Keyring;
-use crate::config::{NatsSettings, Settings, redact};
+use crate::config::{DeliverySettings, NatsSettings, Settings, redact};
 use crate::ledger::Ledger;
 use crate::observe::health::Readiness;
 use crate::projections::Projection;
@@ -44,10 +44,26 @@ pub struct Application {
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
     tls: Option<ServerTls>,
+    sender: Option<Sender>,
     work: Work,
     nats: async_nats::Client,
     pool: PgPool,
     grace: Duration,
+}
+
+/// Gives a running application new delivery settings.
+#[derive(Clone)]
+pub struct Reloader(Option<Sender>);
+
+impl Reloader {
+    /// New domain limits, back-off and retry settings for the deliveries claimed from
+    /// now on, as SIGHUP does with the settings file (`concurrency` is read at start-up
+    /// only); nothing when this instance sends nothing.
+    pub fn reload_delivery(&self, delivery: DeliverySettings) {
+        if let Some(sender) = &self.0 {
+            sender.reload(delivery);
+        }
+    }
 }
 
 /// Every long-running task, and the one signal that stops them all.
@@ -99,15 +115,18 @@ impl Application {
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
-        spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
+        let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
         let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
         let edge = Edge { ledger: ledger.clone(), reads, readiness, keyring: keyring.clone(), pool: pool.clone() };
         serve(&work, &settings, listeners, tls.as_ref(), edge)?;
+        #[cfg(unix)]
+        work.spawn(reload_on_hangup(tls.clone(), sender.clone(), settings.file.clone(), work.shutdown.clone())?);
         work.spawn(crate::observe::monitor::run(
             pool.clone(),
             nats.clone(),
             settings.nats.names(),
+            settings.delivery.domains.keys().filter(|d| *d != "default").cloned().collect(),
             work.shutdown.clone(),
         ));
         work.spawn(run_nats(
@@ -127,7 +146,7 @@ impl Application {
             database = %redact(&settings.database.url), nats = %redact(&settings.nats.url),
             "mailledger started"
         );
-        Ok(Self { http_addr, grpc_addr, metrics_addr, tls, work, nats, pool, grace: settings.shutdown_grace })
+        Ok(Self { http_addr, grpc_addr, metrics_addr, tls, sender, work, nats, pool, grace: settings.shutdown_grace })
     }
 
     /// The REST address actually bound.
@@ -149,6 +168,11 @@ impl Application {
     /// its [`ServerTls::reload`] is what SIGHUP does.
     pub fn tls(&self) -> Option<ServerTls> {
         self.tls.clone()
+    }
+
+    /// What SIGHUP does to the delivery settings, as a handle (for tests and embedders).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.sender.clone())
     }
 
     /// A token that stops the application when cancelled (for tests and embedders).
@@ -217,13 +241,14 @@ fn spawn_sender(
     pool: &PgPool,
     ledger: &Ledger,
     notifier: &Notifier,
-) -> anyhow::Result<()> {
-    if settings.delivery.enabled {
-        let mailer = Mailer::new(&settings.smtp)?;
-        let sender = Sender::new(pool.clone(), ledger.clone(), mailer, settings.delivery.clone());
-        work.spawn(sender.run(work.shutdown.clone(), Some(notifier.deliveries())));
+) -> anyhow::Result<Option<Sender>> {
+    if !settings.delivery.enabled {
+        return Ok(None);
     }
-    Ok(())
+    let mailer = Mailer::new(&settings.smtp)?;
+    let sender = Sender::new(pool.clone(), ledger.clone(), mailer, settings.delivery.clone());
+    work.spawn(sender.clone().run(work.shutdown.clone(), Some(notifier.deliveries())));
+    Ok(Some(sender))
 }
 
 /// What the listeners serve.
@@ -264,8 +289,6 @@ fn serve(
             work.spawn(transport::http::server::serve(rest, router, settings.http.clone(), stop.clone()));
             let grpc = tls.listener(listeners.grpc, Protocol::Grpc).into_incoming();
             work.spawn(transport::grpc::serve(grpc, grpc_served, stop.clone()));
-            #[cfg(unix)]
-            work.spawn(reload_on_hangup(tls.clone(), stop.clone())?);
         }
         None => {
             work.spawn(transport::http::server::serve(listeners.http, router, settings.http.clone(), stop.clone()));
@@ -325,9 +348,16 @@ async fn run_nats(
     tokio::join!(intake.run(stop.clone()), runner.run(stop));
 }
 
-/// Reloads the TLS files on every SIGHUP until `stop` (a bad file keeps the old ones).
+/// On every SIGHUP until `stop`: reloads the TLS files (a bad file keeps the old ones)
+/// and the delivery settings from the settings file and environment (bad settings keep
+/// the old ones).
 #[cfg(unix)]
-fn reload_on_hangup(tls: ServerTls, stop: CancellationToken) -> anyhow::Result<impl Future<Output = ()> + Send> {
+fn reload_on_hangup(
+    tls: Option<ServerTls>,
+    sender: Option<Sender>,
+    file: Option<std::path::PathBuf>,
+    stop: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()> + Send> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     Ok(async move {
@@ -335,9 +365,21 @@ fn reload_on_hangup(tls: ServerTls, stop: CancellationToken) -> anyhow::Result<i
             tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(()) = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading the TLS certificate");
-                    // The outcome is logged by `reload`; a failure keeps the old certificate.
-                    let _ = tls.reload();
+                    if let Some(tls) = &tls {
+                        tracing::info!("SIGHUP: reloading the TLS certificate");
+                        // The outcome is logged by `reload`; a failure keeps the old certificate.
+                        let _ = tls.reload();
+                    }
+                    if let Some(sender) = &sender {
+                        match Settings::load(file.as_deref()) {
+                            Ok(settings) => {
+                                tracing::info!(domains = settings.delivery.domains.len(),
+                                    "SIGHUP: delivery settings reloaded");
+                                sender.reload(settings.delivery);
+                            }
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: settings not reloaded; keeping the old ones"),
+                        }
+                    }
                 }
             }
         }

@@ -172,6 +172,27 @@ impl Principal {
         (!self.scopes.has(Scope::Admin)).then_some(self.tenant.as_str())
     }
 
+    /// The tenant a change acts in: its own, or — admin keys only — the one `asked`.
+    pub fn acting_tenant(&self, asked: Option<&str>) -> Result<String, AccessError> {
+        match asked.filter(|t| !t.is_empty()) {
+            Some(t) if t != self.tenant && self.tenant_filter().is_some() => {
+                crate::metrics::key_request(&self.name, "forbidden");
+                Err(AccessError::Forbidden("only an admin key may act in another tenant".into()))
+            }
+            Some(t) => Ok(t.to_owned()),
+            None => Ok(self.tenant.clone()),
+        }
+    }
+
+    /// The tenant a read is limited to: none for an admin that names none (every
+    /// tenant), the one an admin names, or the key's own.
+    pub fn reading_tenant(&self, asked: Option<&str>) -> Result<Option<String>, AccessError> {
+        match (asked.filter(|t| !t.is_empty()), self.tenant_filter()) {
+            (None, None) => Ok(None),
+            (asked, _) => self.acting_tenant(asked).map(Some),
+        }
+    }
+
     /// Whether it may see something of `tenant`.
     pub fn sees(&self, tenant: &str) -> bool {
         self.tenant_filter().is_none_or(|t| t == tenant)

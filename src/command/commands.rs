@@ -18,6 +18,8 @@ pub enum EmailCommand {
     RecordFailure(RecordFailureCommand),
     /// Queue a dead-lettered email again.
     Redrive(RedriveCommand),
+    /// Record what one delivery attempt came to, recipient by recipient.
+    RecordAttempt(RecordAttemptCommand),
 }
 
 /// A producer asks for an email.
@@ -69,6 +71,45 @@ pub struct RecordFailureCommand {
     pub max_attempts: u32,
 }
 
+/// What one delivery attempt came to, recipient by recipient.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecordAttemptCommand {
+    /// Attempt number, from 1 (no SMTP transaction when every recipient left is
+    /// suppressed: then it is not counted).
+    pub attempt: u32,
+    /// Recipients the server took, with its reply.
+    pub accepted: Vec<String>,
+    /// The server's reply to the message.
+    pub reply_code: u16,
+    /// Its text.
+    pub reply_text: String,
+    /// Recipients that failed, grouped by reply.
+    pub failures: Vec<RecipientFailure>,
+    /// Recipients not attempted because they are suppressed, and why.
+    pub suppressed: Vec<String>,
+    /// The suppression's reason.
+    pub suppression_reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// When the sender would try again, if attempts remain.
+    pub retry_at: DateTime<Utc>,
+    /// Attempts allowed per round.
+    pub max_attempts: u32,
+}
+
+/// Recipients refused with one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientFailure {
+    /// Who.
+    pub recipients: Vec<String>,
+    /// What went wrong.
+    pub error: String,
+    /// The server's code, when it answered.
+    pub reply_code: Option<u16>,
+    /// A 5xx: never retried (and the address is suppressed).
+    pub permanent: bool,
+}
+
 /// An operator revives a dead letter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedriveCommand {
@@ -76,6 +117,9 @@ pub struct RedriveCommand {
     pub by: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// The bulk redrive asking, if one is: an email is redriven once per run, however
+    /// often the run is resumed.
+    pub run: Option<Uuid>,
 }
 
 /// The email id an idempotency key stands for in the default tenant: the same key

@@ -111,6 +111,9 @@ pub enum EmailError {
         /// Attempt number the command carried.
         got: u32,
     },
+    /// An outcome names a recipient the email is not waiting to deliver to.
+    #[error("the outcome names a recipient that is not pending")]
+    UnknownRecipient,
     /// The rendered message could not be built.
     #[error("the message cannot be rendered: {0}")]
     Unrenderable(String),

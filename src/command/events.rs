@@ -54,6 +54,8 @@ pub enum EmailEvent {
     DeadLettered(DeadLettered),
     /// An operator queued a dead letter again.
     Redriven(Redriven),
+    /// Recipients were not attempted: they are on the suppression list.
+    Suppressed(Suppressed),
 }
 
 /// The request, verbatim, with where it came from.
@@ -105,7 +107,7 @@ pub struct Persisted {
     pub request_digest: String,
 }
 
-/// The SMTP server accepted the message.
+/// The SMTP server accepted the message, for some recipients or all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sent {
     /// Attempt number, from 1.
@@ -116,6 +118,10 @@ pub struct Sent {
     pub reply_text: String,
     /// When the reply came.
     pub sent_at: DateTime<Utc>,
+    /// The recipients it was accepted for; empty: every recipient still pending (as
+    /// every `Sent` recorded before per-recipient outcomes means).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 /// One delivery attempt failed.
@@ -135,6 +141,9 @@ pub struct Failed {
     /// When the next attempt is due; `None` when none will be made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The recipients it concerns; empty: every recipient still pending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 /// Delivery gave up.
@@ -148,6 +157,17 @@ pub struct DeadLettered {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
+/// Recipients skipped because they are on the suppression list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppressed {
+    /// The recipients not attempted.
+    pub recipients: Vec<String>,
+    /// Why (the suppression's reason).
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// An operator queued a dead-lettered email again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Redriven {
@@ -155,6 +175,9 @@ pub struct Redriven {
     pub by: String,
     /// When.
     pub redriven_at: DateTime<Utc>,
+    /// The bulk redrive it was part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<uuid::Uuid>,
 }
 
 impl EmailEvent {
@@ -167,6 +190,7 @@ impl EmailEvent {
             EmailEvent::Failed(_) => "Failed",
             EmailEvent::DeadLettered(_) => "DeadLettered",
             EmailEvent::Redriven(_) => "Redriven",
+            EmailEvent::Suppressed(_) => "Suppressed",
         }
     }
 }

@@ -16,12 +16,12 @@ use uuid::Uuid;
 use crate::access::keyring::{Authenticated, Keyring};
 use crate::access::{AccessError, Principal, Scope};
 use crate::command::{
-    Email, EmailCommand, EmailDraft, EmailError, EmailServices, FieldError, Limits, RequestEmailCommand, Source,
-    ValidationErrors, email_id_for_tenant_key,
+    Email, EmailCommand, EmailDraft, EmailError, EmailEvent, EmailServices, FieldError, Limits, RequestEmailCommand,
+    Source, ValidationErrors, email_id_for_tenant_key,
 };
 use crate::render::Renderer;
 use crate::store::EventStore;
-use crate::store::append::{AppendError, Appended, EventRow, NewEmail};
+use crate::store::append::{AppendError, Appended, EventRow, NewEvents};
 use crate::store::notify::Announcer;
 
 /// Longest idempotency key accepted.
@@ -197,15 +197,48 @@ impl Ledger {
         command: EmailCommand,
         metadata: &HashMap<String, String>,
     ) -> Result<bool, LedgerError> {
-        let mut aggregate = Email::default();
+        Ok(self.decide_and_append(email_id, Email::default(), 0, command, metadata).await?.is_some())
+    }
+
+    /// Records the outcome of a delivery attempt decided on `state`, the email as the
+    /// sender folded it from its events up to `last_sequence`: the events follow that
+    /// sequence and are group-committed with other emails' outcomes, without loading the
+    /// history again; returns those events. When someone wrote after `last_sequence`
+    /// meanwhile, nothing is written and the command runs on the fresh history instead
+    /// ([`Ledger::execute`]; then no events are returned).
+    pub async fn record_attempt(
+        &self,
+        email_id: Uuid,
+        state: &Email,
+        last_sequence: i64,
+        command: EmailCommand,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EmailEvent>, LedgerError> {
+        let metadata = clean(metadata);
+        match self.decide_and_append(email_id, state.clone(), last_sequence, command.clone(), &metadata).await? {
+            Some(events) => Ok(events),
+            None => self.execute(email_id, command, metadata).await.map(|()| vec![]),
+        }
+    }
+
+    /// Handles `command` on `state` (the email up to `last_sequence`) and appends the
+    /// events it decides through the group commit; `None` when those sequences are
+    /// taken already (nothing written).
+    async fn decide_and_append(
+        &self,
+        email_id: Uuid,
+        mut state: Email,
+        last_sequence: i64,
+        command: EmailCommand,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Option<Vec<EmailEvent>>, LedgerError> {
         let sink = cqrs_es::event_sink::EventSink::<Email>::default();
-        cqrs_es::Aggregate::handle(&mut aggregate, command, &self.services, &sink)
+        cqrs_es::Aggregate::handle(&mut state, command, &self.services, &sink)
             .await
             .map_err(|e| classify(AggregateError::UserError(e)))?;
         let internal = |e: serde_json::Error| LedgerError::Internal(Box::new(e));
-        let events = sink
-            .collect()
-            .await
+        let decided = sink.collect().await;
+        let events = decided
             .iter()
             .map(|event| {
                 Ok(EventRow {
@@ -215,19 +248,26 @@ impl Ledger {
                 })
             })
             .collect::<Result<Vec<_>, LedgerError>>()?;
-        let email =
-            NewEmail { id: email_id.to_string(), events, metadata: serde_json::to_value(metadata).map_err(internal)? };
-        let appended = self.store.append_new(email).await.map_err(|e| match e {
+        if events.is_empty() {
+            return Ok(Some(decided));
+        }
+        let new = NewEvents {
+            id: email_id.to_string(),
+            first_sequence: last_sequence + 1,
+            events,
+            metadata: serde_json::to_value(metadata).map_err(internal)?,
+        };
+        let appended = self.store.append(new).await.map_err(|e| match e {
             AppendError::Unavailable(e) => LedgerError::Unavailable(e),
             AppendError::Internal(e) => LedgerError::Internal(e),
         })?;
-        match appended {
+        Ok(match appended {
             Appended::Inserted => {
                 self.committed();
-                Ok(true)
+                Some(decided)
             }
-            Appended::Exists => Ok(false),
-        }
+            Appended::Exists => None,
+        })
     }
 
     /// Whether the event store answers: an error that is not a command's own fault
@@ -243,6 +283,7 @@ impl Ledger {
         email_id: Uuid,
         principal: &Principal,
         by: Option<&str>,
+        run: Option<Uuid>,
         mut metadata: HashMap<String, String>,
     ) -> Result<(), LedgerError> {
         principal.require(Scope::Redrive).map_err(LedgerError::Denied)?;
@@ -254,7 +295,7 @@ impl Ledger {
         // Outcomes and redrives belong to the email's tenant, whoever acted.
         metadata.insert("tenant".into(), owner.unwrap_or_default());
         let by = by.unwrap_or(&principal.name).to_owned();
-        let command = EmailCommand::Redrive(crate::command::RedriveCommand { by, at: now() });
+        let command = EmailCommand::Redrive(crate::command::RedriveCommand { by, at: now(), run });
         self.execute(email_id, command, metadata).await
     }
 

@@ -42,7 +42,7 @@ pub async fn redrive(
     let mut done = Vec::new();
     for id in ids {
         let metadata = HashMap::from([("transport".to_owned(), "cli".to_owned())]);
-        ledger.redrive(id, operator, by, metadata).await.map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+        ledger.redrive(id, operator, by, None, metadata).await.map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
         done.push(id);
     }
     Ok(done)

@@ -32,17 +32,29 @@ pub async fn print(pool: &PgPool, id: Uuid, out: &mut impl Write) -> anyhow::Res
             EmailEvent::Persisted(p) => {
                 format!("accepted and queued: Message-ID {}, {} bytes", p.message_id, p.size_bytes)
             }
-            EmailEvent::Sent(s) => format!("sent on attempt {}: {} {}", s.attempt, s.reply_code, s.reply_text),
+            EmailEvent::Sent(s) if s.recipients.is_empty() => {
+                format!("sent on attempt {}: {} {}", s.attempt, s.reply_code, s.reply_text)
+            }
+            EmailEvent::Sent(s) => format!(
+                "sent to {} on attempt {}: {} {}",
+                s.recipients.join(", "),
+                s.attempt,
+                s.reply_code,
+                s.reply_text
+            ),
             EmailEvent::Failed(f) => {
                 let next = match f.next_attempt_at {
                     Some(t) => format!("; next attempt {}", t.format("%H:%M:%S")),
                     None => String::new(),
                 };
                 let kind = if f.permanent { "permanent" } else { "transient" };
-                format!("attempt {} failed ({kind}): {}{next}", f.attempt, f.error)
+                let whom =
+                    if f.recipients.is_empty() { String::new() } else { format!(" for {}", f.recipients.join(", ")) };
+                format!("attempt {} failed{whom} ({kind}): {}{next}", f.attempt, f.error)
             }
             EmailEvent::DeadLettered(d) => format!("dead-lettered after {} attempts: {}", d.attempts, d.reason),
             EmailEvent::Redriven(r) => format!("redriven by {}", r.by),
+            EmailEvent::Suppressed(x) => format!("not attempted for {}: {}", x.recipients.join(", "), x.reason),
         };
         writeln!(out, "  {at}  #{:<3} {:<13} {what}", e.sequence, e.event_type)?;
     }

@@ -1,11 +1,11 @@
 //! `mailledger status`: how far behind each projection is, how many commands wait in
-//! NATS, how deep the delivery queue is.
+//! NATS, how deep the delivery queue is, and the busiest recipient domains.
 
 use std::io::Write;
 
 use sqlx::PgPool;
 
-use crate::saga::schedule;
+use crate::saga::{schedule, shaping};
 use crate::store::stats;
 
 /// Prints the status report.
@@ -23,6 +23,15 @@ pub async fn print(
     }
     let q = schedule::counts(pool).await?;
     writeln!(out, "deliveries: {} due now, {} scheduled, {} being sent", q.due, q.scheduled, q.leased)?;
+    let busiest = shaping::busiest(pool, 10).await?;
+    if !busiest.is_empty() {
+        writeln!(out, "busiest recipient domains:")?;
+        for d in busiest {
+            let held = d.held_until.map(|t| format!(", paused until {}", t.format("%H:%M:%S"))).unwrap_or_default();
+            let name = if d.domain.is_empty() { "(unknown)" } else { d.domain.as_str() };
+            writeln!(out, "  {name:<32} {} due, {} scheduled, {} being sent{held}", d.due, d.scheduled, d.in_flight)?;
+        }
+    }
     match nats {
         None => writeln!(out, "commands: NATS not reachable")?,
         Some((client, stream, consumer)) => {

@@ -32,7 +32,7 @@ return 1
 
 /// The shape of the cached `EmailView` JSON: bump it whenever that JSON changes (the
 /// cache then refills from PostgreSQL, or at once with `mailledger reproject cache`).
-pub const VIEW_VERSION: &str = "v2";
+pub const VIEW_VERSION: &str = "v3";
 
 /// A cache failure (never shown to a client).
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::view::{EmailSummary, EmailView};
+use super::view::{EmailSummary, EmailView, RecipientState};
 
 /// The live read model's table.
 pub const TABLE: &str = "emails";
@@ -20,7 +20,7 @@ pub const TABLE: &str = "emails";
 /// Columns of `emails`, in the order of [`EmailRow`].
 pub const COLUMNS: &str = "id, from_address, from_name, to_addresses, cc_addresses, bcc_addresses, recipients, subject, \
      body, html, status, attempts, last_error, message_id, source, created_at, updated_at, sent_at, next_attempt_at, \
-     last_sequence, tenant";
+     last_sequence, tenant, deliveries";
 
 /// One `emails` row, as JSON for `jsonb_to_recordset`.
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
@@ -46,6 +46,7 @@ pub struct EmailRow {
     next_attempt_at: Option<DateTime<Utc>>,
     last_sequence: i64,
     tenant: String,
+    deliveries: sqlx::types::Json<Vec<RecipientState>>,
 }
 
 impl From<&EmailView> for EmailRow {
@@ -72,6 +73,7 @@ impl From<&EmailView> for EmailRow {
             next_attempt_at: v.next_attempt_at,
             last_sequence: v.version,
             tenant: v.tenant.clone(),
+            deliveries: sqlx::types::Json(v.deliveries.clone()),
         }
     }
 }
@@ -99,6 +101,7 @@ impl From<EmailRow> for EmailView {
             next_attempt_at: r.next_attempt_at,
             version: r.last_sequence,
             tenant: r.tenant,
+            deliveries: r.deliveries.0,
         }
     }
 }
@@ -185,6 +188,48 @@ pub async fn load(conn: &mut PgConnection, table: &str, ids: &[Uuid]) -> sqlx::R
     Ok(rows.into_iter().map(|r| (r.id, EmailView::from(r))).collect())
 }
 
+/// The columns an outcome changes ([`update_state`]); the rest of a row is written once.
+const STATE_COLUMNS: &str =
+    "status, attempts, last_error, updated_at, sent_at, next_attempt_at, last_sequence, deliveries";
+
+/// The rows of `ids` in `table`, by id, without their bodies: enough to fold outcomes
+/// onto and write back with [`update_state`] (never with [`upsert`]).
+pub async fn load_state(conn: &mut PgConnection, table: &str, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, EmailView>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let columns = COLUMNS.replace("body, html", "'' AS body, NULL::text AS html");
+    let sql = format!("SELECT {columns} FROM {table} WHERE id = ANY($1)");
+    let rows: Vec<EmailRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|r| (r.id, EmailView::from(r))).collect())
+}
+
+/// Writes the state of `views` (status, attempts, errors, times, per-recipient
+/// deliveries) into their existing rows, never over a newer one. The rest of the row —
+/// body, addresses, and the search vector computed from them — is left alone, so
+/// PostgreSQL neither receives the body again nor recomputes the vector.
+pub async fn update_state(conn: &mut PgConnection, table: &str, views: &[EmailView]) -> sqlx::Result<()> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = views
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "id": v.id, "status": v.status, "attempts": v.attempts, "last_error": v.last_error,
+                "updated_at": v.updated_at, "sent_at": v.sent_at, "next_attempt_at": v.next_attempt_at,
+                "last_sequence": v.version, "deliveries": v.deliveries,
+            })
+        })
+        .collect();
+    let sets = STATE_COLUMNS.split(", ").map(|c| format!("{c} = r.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "UPDATE {table} t SET {sets} FROM jsonb_to_recordset($1) AS r(id uuid, status text, attempts integer,            last_error text, updated_at timestamptz, sent_at timestamptz, next_attempt_at timestamptz,            last_sequence bigint, deliveries jsonb)          WHERE t.id = r.id AND t.last_sequence < r.last_sequence"
+    );
+    sqlx::query(&sql).bind(serde_json::Value::Array(rows)).execute(conn).await?;
+    Ok(())
+}
+
 /// Writes views into `table` with one multi-row upsert, never replacing a newer row.
 pub async fn upsert(conn: &mut PgConnection, table: &str, views: &[EmailView]) -> sqlx::Result<()> {
     if views.is_empty() {
@@ -204,7 +249,7 @@ pub async fn upsert(conn: &mut PgConnection, table: &str, views: &[EmailView]) -
            bcc_addresses text[], recipients text[], subject text, body text, html text, status text, \
            attempts integer, last_error text, message_id text, source text, created_at timestamptz, \
            updated_at timestamptz, sent_at timestamptz, next_attempt_at timestamptz, last_sequence bigint, \
-           tenant text) \
+           tenant text, deliveries jsonb) \
          ON CONFLICT (id) DO UPDATE SET {updates} WHERE {table}.last_sequence < EXCLUDED.last_sequence"
     );
     sqlx::query(&sql).bind(json).execute(conn).await?;

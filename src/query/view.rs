@@ -66,6 +66,34 @@ pub struct EmailView {
     /// The tenant it belongs to (its creator's).
     #[serde(default = "default_tenant")]
     pub tenant: String,
+    /// Each envelope recipient's state: `pending`, `sent`, `deferred` (refused for now,
+    /// to be tried again), `refused` (for good) or `suppressed` (not attempted).
+    #[serde(default)]
+    pub deliveries: Vec<RecipientState>,
+}
+
+/// Where one recipient of an email stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipientState {
+    /// The address.
+    pub address: String,
+    /// `pending`, `sent`, `deferred`, `refused` or `suppressed`.
+    pub status: String,
+    /// The server's reply code for it, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// What the server said, or why it was suppressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The attempt it was settled on (0: not yet).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl RecipientState {
+    fn pending(address: String) -> Self {
+        Self { address, status: "pending".into(), code: None, detail: None, attempt: 0 }
+    }
 }
 
 fn default_tenant() -> String {
@@ -172,6 +200,7 @@ impl EmailView {
             next_attempt_at: None,
             version: sequence,
             tenant: default_tenant(),
+            deliveries: vec![],
         })
     }
 
@@ -203,18 +232,49 @@ impl EmailView {
                 self.subject = p.subject.to_string();
                 self.message_id = Some(p.message_id.clone());
                 self.status = "queued".into();
+                self.deliveries = self.recipients().into_iter().map(RecipientState::pending).collect();
             }
             EmailEvent::Sent(s) => {
-                self.status = "sent".into();
+                self.mark(&s.recipients, |r| {
+                    *r = RecipientState {
+                        status: "sent".into(),
+                        code: Some(s.reply_code),
+                        detail: None,
+                        attempt: s.attempt,
+                        ..r.clone()
+                    };
+                });
                 self.attempts = s.attempt;
                 self.sent_at = Some(s.sent_at);
                 self.next_attempt_at = None;
+                self.status = self.settled_status();
             }
             EmailEvent::Failed(f) => {
-                self.status = "failed".into();
+                let status = if f.permanent { "refused" } else { "deferred" };
+                self.mark(&f.recipients, |r| {
+                    *r = RecipientState {
+                        status: status.into(),
+                        code: f.reply_code,
+                        detail: Some(f.error.clone()),
+                        attempt: f.attempt,
+                        ..r.clone()
+                    };
+                });
                 self.attempts = f.attempt;
                 self.last_error = Some(f.error.clone());
-                self.next_attempt_at = f.next_attempt_at;
+                self.next_attempt_at = f.next_attempt_at.or(self.next_attempt_at.filter(|_| !f.permanent));
+                self.status = self.settled_status();
+            }
+            EmailEvent::Suppressed(x) => {
+                self.mark(&x.recipients, |r| {
+                    *r = RecipientState {
+                        status: "suppressed".into(),
+                        code: None,
+                        detail: Some(x.reason.clone()),
+                        ..r.clone()
+                    };
+                });
+                self.status = self.settled_status();
             }
             EmailEvent::DeadLettered(d) => {
                 self.status = "dead_lettered".into();
@@ -224,11 +284,33 @@ impl EmailView {
             EmailEvent::Redriven(r) => {
                 self.status = "queued".into();
                 self.next_attempt_at = Some(r.redriven_at);
+                for d in self.deliveries.iter_mut().filter(|d| d.status != "sent") {
+                    d.status = "pending".into();
+                }
             }
         }
         self.version = sequence;
         self.updated_at = at;
         self
+    }
+
+    /// Applies `change` to the named recipients (none named: every one still waiting,
+    /// as outcomes recorded before per-recipient ones mean).
+    fn mark(&mut self, named: &[String], change: impl Fn(&mut RecipientState)) {
+        for d in &mut self.deliveries {
+            let waiting = matches!(d.status.as_str(), "pending" | "deferred");
+            if (named.is_empty() && waiting) || named.contains(&d.address) {
+                change(d);
+            }
+        }
+    }
+
+    /// `failed` while someone is still waiting, `sent` once nobody is and someone took
+    /// it; `failed` too when nobody did (the dead letter that follows says so).
+    fn settled_status(&self) -> String {
+        let waiting = self.deliveries.iter().any(|d| matches!(d.status.as_str(), "pending" | "deferred"));
+        let sent = self.deliveries.iter().any(|d| d.status == "sent");
+        if !waiting && sent { "sent" } else { "failed" }.into()
     }
 
     /// Every recipient: to, cc and bcc.
@@ -241,6 +323,7 @@ impl EmailView {
 /// changed. An event at or below a view's version is skipped: folding twice changes nothing.
 pub fn fold_batch(mut current: HashMap<Uuid, EmailView>, events: &[FeedEvent]) -> Vec<EmailView> {
     let mut changed: Vec<Uuid> = Vec::new();
+    let mut seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     for e in events {
         let known = current.get(&e.email_id).map(|v| v.version);
         if known.is_some_and(|version| e.sequence <= version) {
@@ -251,7 +334,7 @@ pub fn fold_batch(mut current: HashMap<Uuid, EmailView>, events: &[FeedEvent]) -
             None => EmailView::from_history([e]),
         };
         if let Some(view) = folded {
-            if !changed.contains(&view.id) {
+            if seen.insert(view.id) {
                 changed.push(view.id);
             }
             current.insert(view.id, view);

@@ -31,6 +31,10 @@ mod tests {
             concurrency: 1,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
+            domains: Default::default(),
+            throttle_backoff: Duration::from_secs(5),
+            throttle_backoff_max: Duration::from_secs(600),
+            max_per_second: 0,
         }
     }
 

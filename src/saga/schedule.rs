@@ -1,8 +1,12 @@
-//! The delivery schedule (transactional projection) and claiming due deliveries.
+//! The delivery schedule (transactional projection).
 //!
 //! `Persisted` and `Redriven` put an email on the schedule, due at once; `Failed` with a
 //! next attempt moves it to that time (and drops the lease); `Sent`, a final `Failed`
-//! and `DeadLettered` take it off. Every write is guarded by `last_sequence`.
+//! and `DeadLettered` take it off. Every write is guarded by `last_sequence`. Each row
+//! carries the email's recipient domain and tenant, for shaping ([`super::shaping`])
+//! and the suppression list. Claiming is in [`super::shaping::claim`].
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,6 +15,7 @@ use uuid::Uuid;
 
 use crate::command::EmailEvent;
 use crate::projections::{Projection, ProjectionKind};
+use crate::query::view::tenant_in;
 use crate::store::feed::FeedEvent;
 
 /// The schedule projection, writing into `deliveries` (or a shadow of it).
@@ -47,51 +52,80 @@ impl Projection for ScheduleProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        // One write per email: what its last event in the batch says. (An attempt's
+        // events come together — a `Sent` for some recipients and a `Failed` putting the
+        // others back — and only the last one counts.)
+        let mut effects: HashMap<Uuid, Effect> = HashMap::new();
         for e in events {
-            let due: Option<DateTime<Utc>> = match &e.event {
+            let due = match &e.event {
                 EmailEvent::Persisted(_) => Some(e.recorded_at),
                 EmailEvent::Redriven(r) => Some(r.redriven_at),
                 EmailEvent::Failed(f) => f.next_attempt_at,
                 EmailEvent::Sent(_) | EmailEvent::DeadLettered(_) => None,
-                EmailEvent::Requested(_) => continue,
+                EmailEvent::Requested(_) | EmailEvent::Suppressed(_) => continue,
             };
-            match due {
-                Some(due) => {
-                    let sql = format!(
-                        "INSERT INTO {t} (email_id, due_at, last_sequence) VALUES ($1, $2, $3) \
-                         ON CONFLICT (email_id) DO UPDATE SET due_at = EXCLUDED.due_at, lease_owner = NULL, \
-                         lease_until = NULL, last_sequence = EXCLUDED.last_sequence \
-                         WHERE {t}.last_sequence < EXCLUDED.last_sequence",
-                        t = self.table
-                    );
-                    sqlx::query(&sql).bind(e.email_id).bind(due).bind(e.sequence).execute(&mut *tx).await?;
-                }
-                None => {
-                    let sql = format!("DELETE FROM {} WHERE email_id = $1 AND last_sequence < $2", self.table);
-                    sqlx::query(&sql).bind(e.email_id).bind(e.sequence).execute(&mut *tx).await?;
-                }
+            let effect = effects.entry(e.email_id).or_default();
+            effect.due = due;
+            effect.sequence = e.sequence;
+            if let EmailEvent::Persisted(p) = &e.event {
+                effect.domain =
+                    p.to.iter().chain(&p.cc).chain(&p.bcc).next().map(|m| domain_of(&m.address.to_string()));
+                effect.tenant = Some(tenant_in(&e.metadata));
             }
+        }
+        let (due, gone): (Vec<(&Uuid, &Effect)>, Vec<(&Uuid, &Effect)>) =
+            effects.iter().partition(|(_, effect)| effect.due.is_some());
+        if !due.is_empty() {
+            // A row put back without a `Persisted` in this batch (a redrive) takes its
+            // domain and tenant from the read model.
+            let sql = format!(
+                "INSERT INTO {t} (email_id, due_at, last_sequence, domain, tenant) \
+                 SELECT m.id, m.due, m.seq, \
+                   coalesce(m.domain, (SELECT lower(split_part(e.recipients[1], '@', 2)) FROM emails e WHERE e.id = m.id), ''), \
+                   coalesce(m.tenant, (SELECT e.tenant FROM emails e WHERE e.id = m.id), 'default') \
+                 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::bigint[], $4::text[], $5::text[]) AS m(id, due, seq, domain, tenant) \
+                 ON CONFLICT (email_id) DO UPDATE SET due_at = EXCLUDED.due_at, lease_owner = NULL, \
+                 lease_until = NULL, last_sequence = EXCLUDED.last_sequence \
+                 WHERE {t}.last_sequence < EXCLUDED.last_sequence",
+                t = self.table
+            );
+            sqlx::query(&sql)
+                .bind(due.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+                .bind(due.iter().map(|(_, e)| e.due).collect::<Vec<_>>())
+                .bind(due.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
+                .bind(due.iter().map(|(_, e)| e.domain.clone()).collect::<Vec<_>>())
+                .bind(due.iter().map(|(_, e)| e.tenant.clone()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !gone.is_empty() {
+            let sql = format!(
+                "DELETE FROM {t} USING UNNEST($1::uuid[], $2::bigint[]) AS m(id, seq) \
+                 WHERE {t}.email_id = m.id AND {t}.last_sequence < m.seq",
+                t = self.table
+            );
+            sqlx::query(&sql)
+                .bind(gone.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+                .bind(gone.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(())
     }
 }
 
-/// Claims up to `limit` due deliveries for `owner` for `lease`: rows other workers
-/// hold are skipped, not waited for.
-pub async fn claim(pool: &PgPool, owner: &str, limit: i64, lease: std::time::Duration) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "WITH due AS ( \
-           SELECT email_id FROM deliveries \
-           WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-           ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE deliveries d SET lease_owner = $2, lease_until = now() + $3 \
-         FROM due WHERE d.email_id = due.email_id RETURNING d.email_id",
-    )
-    .bind(limit)
-    .bind(owner)
-    .bind(sqlx::postgres::types::PgInterval::try_from(lease).unwrap_or_default())
-    .fetch_all(pool)
-    .await
+/// What a batch's events do to one email's schedule row.
+#[derive(Default)]
+struct Effect {
+    due: Option<DateTime<Utc>>,
+    sequence: i64,
+    domain: Option<String>,
+    tenant: Option<String>,
+}
+
+/// The domain of an address, as schedule rows and limits name it.
+pub fn domain_of(address: &str) -> String {
+    address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
 }
 
 /// Keeps a claim (when a delivery is skipped because the schedule lags the ledger).

@@ -1,7 +1,9 @@
-//! Group commit for new emails.
+//! Group commit: new emails, and the outcomes of delivery attempts.
 //!
 //! A new email's events are appended without loading anything (its history is empty by
-//! definition). Requests queue here; each of a few writers takes everything queued (up
+//! definition); an attempt's outcome is appended after the events the sender folded
+//! (`first_sequence` = the last one's + 1), also without loading them again. Requests
+//! queue here; each of a few writers takes everything queued (up
 //! to [`MAX_BATCH`] emails) and appends it with one `INSERT … SELECT FROM UNNEST` — one
 //! statement, one durable commit, one prepared plan whatever the batch size — then
 //! answers every request. Under load the batches grow on their own (whatever arrives
@@ -32,7 +34,7 @@ const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence
      ON CONFLICT DO NOTHING \
      RETURNING aggregate_id";
 
-/// One event of a new email, numbered from 1.
+/// One event to append.
 #[derive(Debug)]
 pub struct EventRow {
     /// `events.event_type`.
@@ -43,12 +45,15 @@ pub struct EventRow {
     pub payload: serde_json::Value,
 }
 
-/// The whole history of a new email, as its aggregate produced it.
+/// Events of one email, as its aggregate produced them: a new email's whole history
+/// (`first_sequence` 1), or what follows the history it was decided on.
 #[derive(Debug)]
-pub struct NewEmail {
+pub struct NewEvents {
     /// The email's id (`events.aggregate_id`).
     pub id: String,
-    /// Its whole history, in order.
+    /// The sequence of the first of `events`.
+    pub first_sequence: i64,
+    /// The events, in order.
     pub events: Vec<EventRow>,
     /// The metadata every one of its events carries.
     pub metadata: serde_json::Value,
@@ -70,12 +75,13 @@ pub enum AppendError {
 pub enum Appended {
     /// Every event is committed.
     Inserted,
-    /// The email already had a history; nothing was written.
+    /// The email already had events at these sequences (it exists already, or someone
+    /// wrote after the history the events were decided on); nothing was written.
     Exists,
 }
 
 struct Job {
-    email: NewEmail,
+    new: NewEvents,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
@@ -98,10 +104,10 @@ impl Appender {
     }
 
     /// Appends `email`; returns once it is committed (or known to exist already).
-    pub(crate) async fn append(&self, email: NewEmail) -> Result<Appended, AppendError> {
+    pub(crate) async fn append(&self, email: NewEvents) -> Result<Appended, AppendError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || AppendError::Internal("the event appender stopped".into());
-        self.queue.send(Job { email, reply }).await.map_err(|_| stopped())?;
+        self.queue.send(Job { new: email, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -124,7 +130,7 @@ async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
     let mut repeats = vec![];
     let mut batch = Vec::with_capacity(jobs.len());
     for job in jobs.drain(..) {
-        if seen.insert(job.email.id.clone()) {
+        if seen.insert(job.new.id.clone()) {
             batch.push(job);
         } else {
             repeats.push(job);
@@ -140,11 +146,11 @@ async fn write(pool: &PgPool, jobs: &mut Vec<Job>) {
             Err(AppendError::Unavailable(e)) => Err((true, e.to_string())),
             Err(AppendError::Internal(e)) => Err((false, e.to_string())),
         };
-        fate.insert(job.email.id.as_str(), settled);
+        fate.insert(job.new.id.as_str(), settled);
     }
     let repeat_answers: Vec<Result<Appended, AppendError>> = repeats
         .iter()
-        .map(|job| match fate.get(job.email.id.as_str()) {
+        .map(|job| match fate.get(job.new.id.as_str()) {
             Some(Err((true, e))) => Err(AppendError::Unavailable(e.clone().into())),
             Some(Err((false, e))) => Err(AppendError::Internal(e.clone().into())),
             _ => Ok(Appended::Exists),
@@ -174,7 +180,7 @@ fn insert_isolating<'a>(
                 batch.iter().map(|_| Err(AppendError::Unavailable(message.clone().into()))).collect()
             }
             Err(e) if batch.len() == 1 => {
-                tracing::warn!(email_id = %batch[0].email.id, error = %e, "the event store refused a new email");
+                tracing::warn!(email_id = %batch[0].new.id, error = %e, "the event store refused an email's events");
                 vec![Err(AppendError::Internal(e.to_string().into()))]
             }
             Err(_) => {
@@ -188,21 +194,25 @@ fn insert_isolating<'a>(
 }
 
 fn answer(job: &Job, stored: &HashMap<String, usize>) -> Result<Appended, AppendError> {
-    match stored.get(job.email.id.as_str()).copied().unwrap_or(0) {
+    match stored.get(job.new.id.as_str()).copied().unwrap_or(0) {
         0 => Ok(Appended::Exists),
-        n if n == job.email.events.len() => Ok(Appended::Inserted),
+        n if n == job.new.events.len() => Ok(Appended::Inserted),
         n => {
-            // Every history starts with all of a new email's events, in one statement:
-            // a partial one means the store was written by hand.
-            tracing::error!(email_id = %job.email.id, stored = n, "only part of a new email's events were appended");
-            Err(AppendError::Internal(format!("email {} has a partial history", job.email.id).into()))
+            // Undone in its transaction (see `insert`) for appends after a history; for a
+            // new email, a partial history means the store was written by hand.
+            tracing::error!(email_id = %job.new.id, stored = n, "only part of an email's events were appended");
+            Err(AppendError::Internal(format!("email {} has a partial history", job.new.id).into()))
         }
     }
 }
 
 /// One statement for the whole batch; returns how many events were stored per email.
+/// When some of the batch follow an existing history, the statement runs in a
+/// transaction that removes again the rows of any email only part of whose events went
+/// in (another writer took one of its sequences first): such an email then counts as
+/// [`Appended::Exists`], whole or not at all.
 async fn insert(pool: &PgPool, batch: &[Job]) -> Result<HashMap<String, usize>, sqlx::Error> {
-    let rows: usize = batch.iter().map(|j| j.email.events.len()).sum();
+    let rows: usize = batch.iter().map(|j| j.new.events.len()).sum();
     let (mut ids, mut sequences, mut types, mut versions, mut payloads, mut metadata) = (
         Vec::with_capacity(rows),
         Vec::with_capacity(rows),
@@ -212,28 +222,53 @@ async fn insert(pool: &PgPool, batch: &[Job]) -> Result<HashMap<String, usize>, 
         Vec::with_capacity(rows),
     );
     for job in batch {
-        for (i, event) in job.email.events.iter().enumerate() {
-            ids.push(job.email.id.as_str());
-            sequences.push(i as i64 + 1);
+        for (i, event) in job.new.events.iter().enumerate() {
+            ids.push(job.new.id.as_str());
+            sequences.push(job.new.first_sequence + i as i64);
             types.push(event.event_type.as_str());
             versions.push(event.event_version.as_str());
             payloads.push(&event.payload);
-            metadata.push(&job.email.metadata);
+            metadata.push(&job.new.metadata);
         }
     }
-    let returned: Vec<String> = sqlx::query_scalar(INSERT)
+    let query = sqlx::query_scalar(INSERT)
         .bind(<crate::command::Email as cqrs_es::Aggregate>::TYPE)
         .bind(ids)
         .bind(sequences)
         .bind(types)
         .bind(versions)
         .bind(payloads)
-        .bind(metadata)
-        .fetch_all(pool)
-        .await?;
-    let mut stored = HashMap::with_capacity(batch.len());
-    for id in returned {
-        *stored.entry(id).or_insert(0) += 1;
+        .bind(metadata);
+    let count = |returned: Vec<String>| {
+        let mut stored: HashMap<String, usize> = HashMap::with_capacity(batch.len());
+        for id in returned {
+            *stored.entry(id).or_insert(0) += 1;
+        }
+        stored
+    };
+    if batch.iter().all(|j| j.new.first_sequence == 1) {
+        return Ok(count(query.fetch_all(pool).await?));
     }
+    let mut tx = pool.begin().await?;
+    let mut stored = count(query.fetch_all(&mut *tx).await?);
+    let partial: Vec<&str> = batch
+        .iter()
+        .filter(|j| j.new.first_sequence > 1)
+        .filter(|j| stored.get(&j.new.id).is_some_and(|&n| n < j.new.events.len()))
+        .map(|j| j.new.id.as_str())
+        .collect();
+    if !partial.is_empty() {
+        sqlx::query(
+            "DELETE FROM events WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) \
+             AND txid = pg_current_xact_id()",
+        )
+        .bind(&partial)
+        .execute(&mut *tx)
+        .await?;
+        for id in partial {
+            stored.remove(id);
+        }
+    }
+    tx.commit().await?;
     Ok(stored)
 }

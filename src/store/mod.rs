@@ -49,7 +49,7 @@ use uuid::Uuid;
 pub use db::{MIGRATOR, connect, is_unavailable, migrate};
 
 use crate::command::{Email, EmailCommand, EmailError, EmailServices};
-use append::{AppendError, Appended, Appender, NewEmail};
+use append::{AppendError, Appended, Appender, NewEvents};
 
 /// The current time at PostgreSQL's precision (microseconds), so a time read back from
 /// a column equals the one in the event.
@@ -76,9 +76,10 @@ impl EventStore {
         Self { cqrs: Arc::new(cqrs), appender: Appender::start(pool.clone()), pool }
     }
 
-    /// Appends a new email's whole history (the first write path); returns once it is
-    /// committed, or reports that the email already exists.
-    pub(crate) async fn append_new(&self, email: NewEmail) -> Result<Appended, AppendError> {
+    /// Appends events decided outside cqrs-es (the first write path: a new email's
+    /// whole history, or an attempt's outcome after the history it was decided on);
+    /// returns once they are committed, or reports that those sequences are taken.
+    pub(crate) async fn append(&self, email: NewEvents) -> Result<Appended, AppendError> {
         self.appender.append(email).await
     }
 

@@ -20,7 +20,7 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     // Requested, Persisted, then Sent (to the outbox directory).
     eventually(Duration::from_secs(10), || async { app.event_count(Some(&id)).await == 3 }).await;
     app.wait_projected(1).await;
-    let key = format!("t{}:email:v2:{id}", app.iso.suffix);
+    let key = format!("t{}:email:v3:{id}", app.iso.suffix);
     let mut redis = redis_conn("redis://127.0.0.1:6379").await;
     eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
@@ -85,7 +85,7 @@ async fn reads_survive_redis_going_away_and_the_cache_catches_up_when_it_returns
     let first = app.create(&original_payload("before the outage")).await;
     app.wait_projected(1).await;
     let mut redis = redis_conn(&url).await;
-    let key = |id: &str| format!("t{}:email:v2:{id}", app.iso.suffix);
+    let key = |id: &str| format!("t{}:email:v3:{id}", app.iso.suffix);
     eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
         let k = key(&first);

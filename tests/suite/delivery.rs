@@ -12,26 +12,19 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn app_with(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
-    let mut env: Vec<(&str, &str)> = vec![
-        ("MAILLEDGER_DELIVERY_BACKOFF", "100ms"),
-        ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "3"),
-        ("MAILLEDGER__DELIVERY__JITTER", "0"),
-    ];
-    env.extend_from_slice(extra);
-    TestApp::delivering_to(&sink.url(), &env).await
+    TestApp::sending_to(sink, extra).await
 }
 
 async fn types(app: &TestApp, id: &str) -> Vec<String> {
-    let (_, body) = app.get_json(&format!("/api/v1/emails/{id}/events")).await;
-    body.as_array().map(|a| a.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+    app.types(id).await
 }
 
 async fn history(app: &TestApp, id: &str) -> Vec<Value> {
-    app.get_json(&format!("/api/v1/emails/{id}/events")).await.1.as_array().cloned().unwrap_or_default()
+    app.history(id).await
 }
 
 async fn wait_types(app: &TestApp, id: &str, want: &[&str]) {
-    eventually(WAIT, || async { types(app, id).await == want }).await;
+    app.wait_types(id, want).await
 }
 
 #[tokio::test]
@@ -224,7 +217,7 @@ async fn two_instances_share_the_work_and_still_deliver_exactly_once() {
 async fn a_dead_letter_can_be_redriven_over_rest_and_grpc() {
     use mailledger::transport::grpc::proto::RedriveReq;
     let sink = SmtpSink::start().await;
-    sink.script(&[(550, "5.1.1 no such user"), (550, "5.1.1 no such user")]);
+    sink.script(&[(554, "5.6.0 content refused"), (554, "5.6.0 content refused")]);
     let app = app_with(&sink, &[]).await;
     let id = app.create(&original_payload("redriven")).await;
     wait_types(&app, &id, &["Requested", "Persisted", "Failed", "DeadLettered"]).await;

@@ -18,6 +18,7 @@ mod hops;
 mod nats_intake;
 mod nats_restart;
 mod operability;
+mod policies;
 mod process;
 mod read_api;
 mod reproject;

@@ -50,7 +50,7 @@ fn value(scrape: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
     let sink = SmtpSink::start().await;
-    sink.script(&[(550, "5.1.1 no such user")]);
+    sink.script(&[(554, "5.7.1 refused by policy")]);
     let app = TestApp::delivering_to(&sink.url(), &[("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "1")]).await;
     let before = app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap();
 

@@ -91,7 +91,7 @@ fn accepted() -> Vec<EmailEvent> {
 }
 
 fn sent(attempt: u32) -> EmailEvent {
-    EmailEvent::Sent(Sent { attempt, reply_code: 250, reply_text: "OK".into(), sent_at: t0() })
+    EmailEvent::Sent(Sent { attempt, reply_code: 250, reply_text: "OK".into(), sent_at: t0(), recipients: vec![] })
 }
 
 fn failed(attempt: u32, next: Option<DateTime<Utc>>) -> EmailEvent {
@@ -102,6 +102,7 @@ fn failed(attempt: u32, next: Option<DateTime<Utc>>) -> EmailEvent {
         permanent: false,
         failed_at: t0(),
         next_attempt_at: next,
+        recipients: vec![],
     })
 }
 
@@ -134,7 +135,7 @@ fn record_failure(attempt: u32, permanent: bool) -> EmailCommand {
 }
 
 fn redrive() -> EmailCommand {
-    EmailCommand::Redrive(RedriveCommand { by: "ops@example.com".into(), at: t0() })
+    EmailCommand::Redrive(RedriveCommand { by: "ops@example.com".into(), at: t0(), run: None })
 }
 
 /// States: new, queued, failed (retrying), sent, dead-lettered.
@@ -283,13 +284,12 @@ async fn failure_when_sent_or_dead_lettered_is_refused() {
 #[tokio::test]
 async fn redrive_of_a_dead_letter_queues_it_with_a_fresh_round() {
     let events = dead_lettered();
-    framework()
-        .given(events.clone())
-        .when_async(redrive())
-        .await
-        .then_expect_events(vec![EmailEvent::Redriven(Redriven { by: "ops@example.com".into(), redriven_at: t0() })]);
+    framework().given(events.clone()).when_async(redrive()).await.then_expect_events(vec![EmailEvent::Redriven(
+        Redriven { by: "ops@example.com".into(), redriven_at: t0(), run: None },
+    )]);
     // After a redrive, the next attempt is 4 and three more attempts are allowed.
-    let redriven = [events, vec![EmailEvent::Redriven(Redriven { by: "ops".into(), redriven_at: t0() })]].concat();
+    let redriven =
+        [events, vec![EmailEvent::Redriven(Redriven { by: "ops".into(), redriven_at: t0(), run: None })]].concat();
     framework()
         .given(redriven.clone())
         .when_async(record_failure(4, false))
@@ -310,4 +310,150 @@ async fn redrive_in_any_other_state_is_refused() {
 fn the_same_key_always_names_the_same_email() {
     assert_eq!(email_id_for_key("abc"), email_id_for_key("abc"));
     assert_ne!(email_id_for_key("abc"), email_id_for_key("abd"));
+}
+
+// Per-recipient outcomes: an email to three recipients.
+
+fn three_recipients() -> Vec<EmailEvent> {
+    let mut events = accepted();
+    if let EmailEvent::Persisted(p) = &mut events[1] {
+        p.to.push(crate::command::Mailbox::parse("cy@example.org").unwrap());
+        p.cc.push(crate::command::Mailbox::parse("di@example.org").unwrap());
+    }
+    events
+}
+
+fn attempt(n: u32) -> RecordAttemptCommand {
+    RecordAttemptCommand {
+        attempt: n,
+        reply_code: 250,
+        reply_text: "OK".into(),
+        at: t0(),
+        retry_at: retry_at(),
+        max_attempts: 3,
+        ..Default::default()
+    }
+}
+
+fn failure(recipients: &[&str], code: u16) -> RecipientFailure {
+    RecipientFailure {
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        error: format!("{code} no"),
+        reply_code: Some(code),
+        permanent: code >= 500,
+    }
+}
+
+#[test]
+fn some_taken_one_refused_for_good_one_for_now() {
+    let c = RecordAttemptCommand {
+        accepted: vec!["bob@example.org".into()],
+        failures: vec![failure(&["cy@example.org"], 550), failure(&["di@example.org"], 451)],
+        ..attempt(1)
+    };
+    framework().given(three_recipients()).when(EmailCommand::RecordAttempt(c)).then_expect_events(vec![
+        EmailEvent::Sent(Sent {
+            attempt: 1,
+            reply_code: 250,
+            reply_text: "OK".into(),
+            sent_at: t0(),
+            recipients: vec!["bob@example.org".into()],
+        }),
+        EmailEvent::Failed(Failed {
+            attempt: 1,
+            error: "550 no".into(),
+            reply_code: Some(550),
+            permanent: true,
+            failed_at: t0(),
+            next_attempt_at: None,
+            recipients: vec!["cy@example.org".into()],
+        }),
+        EmailEvent::Failed(Failed {
+            attempt: 1,
+            error: "451 no".into(),
+            reply_code: Some(451),
+            permanent: false,
+            failed_at: t0(),
+            next_attempt_at: Some(retry_at()),
+            recipients: vec!["di@example.org".into()],
+        }),
+    ]);
+}
+
+#[test]
+fn the_next_attempt_goes_to_the_one_still_pending_and_settles_the_email() {
+    let mut given = three_recipients();
+    let mut state = Email::default();
+    for e in three_recipients() {
+        state.apply(e);
+    }
+    let first = RecordAttemptCommand {
+        accepted: vec!["bob@example.org".into()],
+        failures: vec![failure(&["cy@example.org"], 550), failure(&["di@example.org"], 451)],
+        ..attempt(1)
+    };
+    for e in state.record_attempt(first).unwrap() {
+        state.apply(e.clone());
+        given.push(e);
+    }
+    assert_eq!(state.pending, ["di@example.org"]);
+    assert_eq!(state.status, EmailStatus::Failed);
+    // Naming a recipient that is not pending is refused.
+    let wrong = RecordAttemptCommand { accepted: vec!["bob@example.org".into()], ..attempt(2) };
+    framework()
+        .given(given.clone())
+        .when(EmailCommand::RecordAttempt(wrong))
+        .then_expect_error(EmailError::UnknownRecipient);
+    let second = RecordAttemptCommand { accepted: vec!["di@example.org".into()], ..attempt(2) };
+    let events = state.record_attempt(second).unwrap();
+    assert_eq!(events.len(), 1);
+    state.apply(events[0].clone());
+    assert_eq!(state.status, EmailStatus::Sent, "delivered to everyone who could take it");
+}
+
+#[test]
+fn nobody_deliverable_is_a_dead_letter_and_suppressed_recipients_are_recorded() {
+    let c = RecordAttemptCommand {
+        suppressed: vec!["bob@example.org".into(), "cy@example.org".into()],
+        suppression_reason: "550 bounced on 2026-11-01".into(),
+        failures: vec![failure(&["di@example.org"], 550)],
+        ..attempt(1)
+    };
+    let mut state = Email::default();
+    for e in three_recipients() {
+        state.apply(e);
+    }
+    let events = state.record_attempt(c).unwrap();
+    let kinds: Vec<&str> = events.iter().map(EmailEvent::kind).collect();
+    assert_eq!(kinds, ["Suppressed", "Failed", "DeadLettered"]);
+    for e in events {
+        state.apply(e);
+    }
+    assert_eq!(state.status, EmailStatus::DeadLettered);
+    assert!(state.pending.is_empty());
+    // A redrive makes every recipient not delivered pending again.
+    let redriven = state.redrive(RedriveCommand { by: "ops".into(), at: t0(), run: None }).unwrap();
+    state.apply(redriven[0].clone());
+    assert_eq!(state.pending.len(), 3);
+}
+
+#[test]
+fn every_recipient_suppressed_needs_no_smtp_attempt() {
+    let mut state = Email::default();
+    for e in accepted() {
+        state.apply(e);
+    }
+    let c = RecordAttemptCommand {
+        attempt: 0,
+        suppressed: vec!["bob@example.org".into()],
+        suppression_reason: "manual".into(),
+        at: t0(),
+        ..Default::default()
+    };
+    let events = state.record_attempt(c).unwrap();
+    assert_eq!(events.iter().map(EmailEvent::kind).collect::<Vec<_>>(), ["Suppressed", "DeadLettered"]);
+    for e in events {
+        state.apply(e);
+    }
+    assert_eq!(state.attempts, 0, "no SMTP attempt was made");
 }

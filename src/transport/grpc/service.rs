@@ -238,7 +238,7 @@ impl EmailService for EmailGrpc {
         if let Some(p) = peer {
             metadata.insert("caller".into(), p.to_string());
         }
-        match self.ledger.redrive(id, &principal, by.as_deref(), metadata).await {
+        match self.ledger.redrive(id, &principal, by.as_deref(), None, metadata).await {
             Ok(()) => Ok(Response::new(RedriveRes { status: "queued".into() })),
             Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
                 Err(Status::not_found(format!("no email {id}")))

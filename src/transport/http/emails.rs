@@ -160,7 +160,7 @@ pub async fn redrive(
         ("correlation_id".to_owned(), super::correlation_id(&headers)),
         ("caller".to_owned(), peer.to_string()),
     ]);
-    match state.ledger.redrive(id, &auth.principal, by.as_deref(), metadata).await {
+    match state.ledger.redrive(id, &auth.principal, by.as_deref(), None, metadata).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(CreatedBody { id })).into_response()),
         Err(crate::ledger::LedgerError::Refused(crate::command::EmailError::NotFound)) => {
             Err(ApiError::NotFound(format!("no email {id}")))

@@ -5,6 +5,7 @@ pub mod error;
 pub mod keys;
 pub mod read;
 pub mod server;
+pub mod suppressions;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -46,14 +47,17 @@ pub struct HttpState {
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
     paths(
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
-        read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke, health, ready
+        read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke,
+        suppressions::list, suppressions::export, suppressions::add, suppressions::remove, health, ready
     ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
-        error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey)),
+        error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey,
+        crate::suppression::Suppression, suppressions::Page, suppressions::ChangeBody, suppressions::RemovedBody)),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
-         (name = "keys", description = "API keys (the `admin` scope)"))
+         (name = "keys", description = "API keys (the `admin` scope)"),
+         (name = "suppressions", description = "Recipients not attempted again, per tenant"))
 )]
 pub struct ApiDoc;
 
@@ -102,6 +106,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/email/{id}", get(read::get_email_original))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))
+        .route("/api/v1/suppressions", get(suppressions::list).post(suppressions::add))
+        .route("/api/v1/suppressions/export", get(suppressions::export))
+        .route("/api/v1/suppressions/{address}", delete(suppressions::remove))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)

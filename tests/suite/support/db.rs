@@ -304,3 +304,25 @@ pub async fn refuse_requests_mentioning(pool: &PgPool, marker: &str) {
         .await
         .expect("trigger");
 }
+
+/// Every stored event of suppression lists, in commit order.
+pub async fn suppression_events(pool: &PgPool) -> Vec<Stored> {
+    events_of_aggregate(pool, "Suppression").await
+}
+
+/// The suppression list as (tenant, address, source, code, email id), in address order.
+pub async fn suppressions(pool: &PgPool) -> Vec<(String, String, String, Option<i32>, Option<Uuid>)> {
+    sqlx::query_as("SELECT tenant, address, source, code, email_id FROM suppressions ORDER BY tenant, address")
+        .fetch_all(pool)
+        .await
+        .expect("read suppressions")
+}
+
+/// A domain's pause: (seconds of its current back-off, paused until).
+pub async fn domain_pause(pool: &PgPool, domain: &str) -> Option<(f64, Option<chrono::DateTime<chrono::Utc>>)> {
+    sqlx::query_as("SELECT backoff_s, held_until FROM domain_pacing WHERE domain = $1")
+        .bind(domain)
+        .fetch_optional(pool)
+        .await
+        .expect("read domain_pacing")
+}

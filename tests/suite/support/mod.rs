@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use mailledger::config::Settings;
-use mailledger::startup::Application;
+use mailledger::startup::{Application, Reloader};
 use mailledger::transport::tls::ServerTls;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -61,12 +61,14 @@ impl Isolation {
     }
 
     /// Settings for an application in this isolation: random ports, small pool.
+    /// `MAILLEDGER_CONFIG` among `extra` names a settings file, as `--config` would.
     pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
         let mut env = self.env();
         env.push(("MAILLEDGER__REDIS__KEY_PREFIX".to_owned(), format!("t{}:", self.suffix)));
         env.push(("MAILLEDGER__SHUTDOWN_GRACE".to_owned(), "5s".to_owned()));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Settings::load_from(None, env).expect("test settings are valid")
+        let file = extra.iter().find(|(k, _)| *k == "MAILLEDGER_CONFIG").map(|(_, v)| std::path::PathBuf::from(v));
+        Settings::load_from(file.as_deref(), env).expect("test settings are valid")
     }
 
     pub fn database_url(&self) -> String {
@@ -87,6 +89,8 @@ pub struct TestApp {
     pub key: String,
     /// The REST and gRPC listeners' TLS, when the settings turn it on.
     pub tls: Option<ServerTls>,
+    /// What SIGHUP does to the delivery settings.
+    pub reloader: Reloader,
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
@@ -119,6 +123,7 @@ impl TestApp {
         let http = format!("{scheme}://{}", app.http_addr());
         let grpc = format!("{scheme}://{}", app.grpc_addr());
         let tls = app.tls();
+        let reloader = app.reloader();
         let metrics = format!("http://{}/metrics", app.metrics_addr());
         let stop = app.stopper();
         let handle = tokio::spawn(app.run_until_stopped());
@@ -133,6 +138,7 @@ impl TestApp {
             client: client_with_key(&key),
             key,
             tls,
+            reloader,
             pool,
             nats,
             js,
@@ -153,6 +159,33 @@ impl TestApp {
         ];
         env.extend_from_slice(extra);
         Self::spawn_with(&env).await
+    }
+
+    /// Spawns a sender with quick retries for tests of delivery: 100 ms back-off, no
+    /// jitter, 3 attempts, delivering to `sink`.
+    pub async fn sending_to(sink: &smtp::SmtpSink, extra: &[(&str, &str)]) -> Self {
+        let mut env: Vec<(&str, &str)> = vec![
+            ("MAILLEDGER_DELIVERY_BACKOFF", "100ms"),
+            ("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "3"),
+            ("MAILLEDGER__DELIVERY__JITTER", "0"),
+        ];
+        env.extend_from_slice(extra);
+        Self::delivering_to(&sink.url(), &env).await
+    }
+
+    /// An email's events over REST, in order.
+    pub async fn history(&self, id: &str) -> Vec<serde_json::Value> {
+        self.get_json(&format!("/api/v1/emails/{id}/events")).await.1.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The types of an email's events, in order.
+    pub async fn types(&self, id: &str) -> Vec<String> {
+        self.history(id).await.iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    /// Waits (30 s at most) until an email's events are of these types.
+    pub async fn wait_types(&self, id: &str, want: &[&str]) {
+        eventually(Duration::from_secs(30), || async { self.types(id).await == want }).await;
     }
 
     /// A second instance of the same service (same database, streams and consumer).

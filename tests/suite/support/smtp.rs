@@ -1,12 +1,15 @@
-//! A real SMTP server for tests and the benchmark (shared: tests include it by path): speaks enough RFC 5321 for lettre (EHLO, MAIL, RCPT,
-//! DATA with dot-unstuffing, RSET, NOOP, QUIT) over TCP, answers the end of each DATA
-//! with the next scripted reply (250 when the script is empty), and records every
-//! transaction it saw. Like a strict real server, it refuses a message with a line over
-//! RFC 5322's 998 octets (`500 5.5.2 line too long`). It can be stopped and started
-//! again on the same port.
+//! A real SMTP server for tests and the benchmark (shared: tests include it by path):
+//! speaks enough RFC 5321 for a client (EHLO with PIPELINING, MAIL, RCPT, DATA with
+//! dot-unstuffing, RSET, NOOP, QUIT) over TCP, answers the end of each DATA with the
+//! next scripted reply (250 when the script is empty), and records every transaction it
+//! saw. Recipients can be refused by address or domain ([`SmtpSink::refuse`]); it keeps
+//! the most transactions it saw in flight at once per recipient domain. Like a strict
+//! real server, it refuses a message with a line over RFC 5322's 998 octets (`500 5.5.2
+//! line too long`) and DATA with no accepted recipient (`554`). It can be stopped and
+//! started again on the same port.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,6 +22,7 @@ pub struct Received {
     /// When the DATA ended.
     pub at: std::time::Instant,
     pub mail_from: String,
+    /// The recipients it accepted.
     pub rcpt_to: Vec<String>,
     pub data: String,
     /// The code the sink answered with.
@@ -54,6 +58,35 @@ struct State {
     /// Reply used when the script is empty.
     default: Option<(u16, String)>,
     received: Vec<Received>,
+    /// RCPT refusals by address or `@domain`: the reply, and how many more times
+    /// (`None`: always).
+    refusals: Vec<(String, u16, String, Option<usize>)>,
+    /// How long each DATA is held before its reply.
+    hold: std::time::Duration,
+    /// Transactions in flight per recipient domain, now and at most.
+    in_flight: HashMap<String, (usize, usize)>,
+}
+
+impl State {
+    fn refusal(&mut self, rcpt: &str) -> Option<(u16, String)> {
+        let domain = rcpt.rsplit_once('@').map(|(_, d)| format!("@{}", d.to_ascii_lowercase()));
+        let i = self.refusals.iter().position(|(who, _, _, times)| {
+            times != &Some(0) && (who.eq_ignore_ascii_case(rcpt) || Some(who) == domain.as_ref())
+        })?;
+        let (_, code, text, times) = &mut self.refusals[i];
+        if let Some(n) = times {
+            *n -= 1;
+        }
+        Some((*code, text.clone()))
+    }
+}
+
+fn domains(rcpt: &[String]) -> Vec<String> {
+    let mut d: Vec<String> =
+        rcpt.iter().filter_map(|r| r.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();
+    d.sort();
+    d.dedup();
+    d
 }
 
 pub struct SmtpSink {
@@ -88,6 +121,22 @@ impl SmtpSink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// Refuses `RCPT TO` for `who` (an address, or `@domain`) with `code text`, `times`
+    /// times (`None`: always).
+    pub fn refuse(&self, who: &str, code: u16, text: &str, times: Option<usize>) {
+        self.state.lock().unwrap().refusals.push((who.to_owned(), code, text.to_owned(), times));
+    }
+
+    /// Holds every message this long before answering it (to see concurrency).
+    pub fn hold(&self, wait: std::time::Duration) {
+        self.state.lock().unwrap().hold = wait;
+    }
+
+    /// The most transactions it had in flight at once with a recipient in `domain`.
+    pub fn peak_in_flight(&self, domain: &str) -> usize {
+        self.state.lock().unwrap().in_flight.get(domain).map_or(0, |(_, peak)| *peak)
     }
 
     /// How many DATA transactions it has seen (cheaper than `received`).
@@ -167,7 +216,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".into()
+            "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".into()
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 OK\r\n".into()
         } else if upper.starts_with("RSET") {
@@ -178,9 +227,27 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
             rcpt.clear();
             "250 OK\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
-            rcpt.push(address(&cmd[8..]));
-            "250 OK\r\n".into()
+            let to = address(&cmd[8..]);
+            match state.lock().unwrap().refusal(&to) {
+                Some((code, text)) => format!("{code} {text}\r\n"),
+                None => {
+                    rcpt.push(to);
+                    "250 OK\r\n".into()
+                }
+            }
+        } else if upper == "DATA" && rcpt.is_empty() {
+            "554 5.5.1 no valid recipients\r\n".into()
         } else if upper == "DATA" {
+            let (hold, flying) = {
+                let mut s = state.lock().unwrap();
+                let flying = domains(&rcpt);
+                for d in &flying {
+                    let (now, peak) = s.in_flight.entry(d.clone()).or_default();
+                    *now += 1;
+                    *peak = (*peak).max(*now);
+                }
+                (s.hold, flying)
+            };
             write.write_all(b"354 go ahead\r\n").await?;
             let mut data = String::new();
             let mut too_long = false;
@@ -195,8 +262,16 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                 too_long |= line.trim_end_matches(['\r', '\n']).len() > 998;
                 data.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
             let (code, text) = {
                 let mut s = state.lock().unwrap();
+                for d in &flying {
+                    if let Some((now, _)) = s.in_flight.get_mut(d) {
+                        *now -= 1;
+                    }
+                }
                 let (code, text) = if too_long {
                     (500, "5.5.2 line too long".to_owned())
                 } else {
@@ -211,6 +286,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std
                 });
                 (code, text)
             };
+            rcpt.clear();
             format!("{code} {text}\r\n")
         } else if upper.starts_with("QUIT") {
             write.write_all(b"221 bye\r\n").await?;
