@@ -41,15 +41,35 @@ CREATE TABLE domain_pacing
     backoff_s    double precision NOT NULL DEFAULT 0
 );
 
--- Bulk redrives: one row per run, so that an interrupted run resumes where it stopped
--- and a redone one redrives nothing twice.
+-- Bulk redrives: a run is the dead letters its filter matched when it started (its
+-- items); each is redriven once, however often the run is resumed (the item remembers,
+-- and the email's aggregate refuses a second redrive by the same run). One worker at a
+-- time holds a run (heartbeat), so two cannot run it at once.
 CREATE TABLE redrive_runs
 (
-    id         uuid PRIMARY KEY,
-    filter     jsonb       NOT NULL,
-    total      integer     NOT NULL,
-    done       integer     NOT NULL DEFAULT 0,
-    started_at timestamptz NOT NULL,
-    started_by text        NOT NULL,
-    finished_at timestamptz
+    id             uuid PRIMARY KEY,
+    tenant         text,                 -- NULL: every tenant (an admin's run)
+    filter         jsonb            NOT NULL,
+    rate_per_second double precision NOT NULL, -- 0: no limit
+    total          integer          NOT NULL,
+    done           integer          NOT NULL DEFAULT 0,
+    redriven       integer          NOT NULL DEFAULT 0,
+    started_at     timestamptz      NOT NULL,
+    started_by     text             NOT NULL,
+    worker         text,
+    heartbeat      timestamptz,
+    finished_at    timestamptz,
+    last_error     text
 );
+CREATE INDEX redrive_runs_started ON redrive_runs (started_at DESC);
+
+CREATE TABLE redrive_run_items
+(
+    run_id   uuid NOT NULL REFERENCES redrive_runs (id) ON DELETE CASCADE,
+    email_id uuid NOT NULL,
+    position integer NOT NULL,
+    done_at  timestamptz,
+    outcome  text,
+    PRIMARY KEY (run_id, email_id)
+);
+CREATE INDEX redrive_run_items_todo ON redrive_run_items (run_id, position) WHERE done_at IS NULL;

@@ -95,6 +95,12 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The suppression list: list, export, add, remove.
+    Suppressions {
+        /// What to do.
+        #[command(subcommand)]
+        action: SuppressionsAction,
+    },
 }
 
 /// `keys` subcommands.
@@ -141,18 +147,115 @@ pub enum KeysAction {
 pub enum DlqAction {
     /// List dead-lettered emails, oldest first.
     List,
-    /// Queue dead-lettered emails for delivery again.
+    /// Queue dead-lettered emails for delivery again: these ids, or every dead letter a
+    /// filter matches (a bulk run: counted first, paced, resumable).
     Redrive {
         /// The emails to redrive.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "since", "until", "reason_like", "to_domain", "resume"],
+              conflicts_with_all = ["all", "since", "until", "reason_like", "to_domain", "resume"])]
         ids: Vec<Uuid>,
-        /// Redrive every dead-lettered email.
+        /// Every dead letter (a bulk run with no filter).
         #[arg(long)]
         all: bool,
+        /// Dead-lettered at or after this instant (RFC 3339).
+        #[arg(long, value_parser = rfc3339)]
+        since: Option<DateTime<Utc>>,
+        /// Dead-lettered before this instant (RFC 3339).
+        #[arg(long, value_parser = rfc3339)]
+        until: Option<DateTime<Utc>>,
+        /// The dead letter's reason contains this text (case-insensitive).
+        #[arg(long = "reason-like", value_name = "TEXT")]
+        reason_like: Option<String>,
+        /// A recipient at this domain.
+        #[arg(long = "to-domain", value_name = "DOMAIN")]
+        to_domain: Option<String>,
+        /// Only this tenant's dead letters (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Pace of a bulk run: 50/s, 3000/m, or 0 for no limit.
+        #[arg(long, default_value = "50/s")]
+        rate: crate::redrive::Rate,
+        /// Count what a bulk run would redrive, and redrive nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Go on with an interrupted bulk run (what is done stays done).
+        #[arg(long, value_name = "RUN")]
+        resume: Option<Uuid>,
         /// Who asks (recorded in the ledger); default $USER.
         #[arg(long)]
         by: Option<String>,
     },
+    /// Bulk redrive runs, newest first.
+    Runs,
+}
+
+/// `suppressions` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SuppressionsAction {
+    /// Suppressed recipients, newest first.
+    List {
+        #[command(flatten)]
+        filter: SuppressionFilter,
+        /// Rows at most.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Every suppressed recipient the filter selects, as CSV or NDJSON on stdout.
+    Export {
+        #[command(flatten)]
+        filter: SuppressionFilter,
+        /// csv or ndjson.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "ndjson"])]
+        format: String,
+    },
+    /// Stop sending to an address (recorded with who and why).
+    Add {
+        /// The address.
+        address: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// The tenant (default `default`).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Send to an address again (recorded with who and why).
+    Remove {
+        /// The address.
+        address: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// The tenant (default `default`).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+/// Which suppressions.
+#[derive(Debug, clap::Args)]
+pub struct SuppressionFilter {
+    /// Only this tenant's (default: every tenant).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only addresses at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only reasons containing this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only those added at or after this instant (RFC 3339).
+    #[arg(long, value_parser = rfc3339)]
+    since: Option<DateTime<Utc>>,
+    /// Only bounce or manual.
+    #[arg(long, value_parser = ["bounce", "manual"])]
+    source: Option<String>,
+}
+
+impl From<SuppressionFilter> for crate::suppression::Filter {
+    fn from(f: SuppressionFilter) -> Self {
+        Self { tenant: f.tenant, domain: f.domain, reason_like: f.reason, since: f.since, source: f.source }
+    }
 }
 
 /// Runs one command to its end; the exit code says how it went (errors are the caller's
@@ -199,14 +302,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let n = dlq::list(&pool, &mut out).await?;
             eprintln!("mailledger: {n} dead-lettered email(s)");
         }
-        Command::Dlq { action: DlqAction::Redrive { ids, all: _, by } } => {
+        Command::Dlq { action: DlqAction::Redrive { ids, by, .. } } if !ids.is_empty() => {
             let ledger = Ledger::new(pool.clone(), settings.limits);
-            let done = dlq::redrive(&pool, &ledger, &ids, &operator(), by.as_deref()).await?;
+            let done = dlq::redrive(&ledger, &ids, &operator(), by.as_deref()).await?;
             for id in &done {
                 writeln!(out, "{id}")?;
             }
             eprintln!("mailledger: redrove {} email(s)", done.len());
         }
+        Command::Dlq {
+            action: DlqAction::Redrive { since, until, reason_like, to_domain, tenant, rate, dry_run, resume, by, .. },
+        } => {
+            let filter = crate::redrive::Filter { tenant, since, until, reason_like, to_domain };
+            let ledger = Ledger::new(pool.clone(), settings.limits);
+            let mut by_whom = operator();
+            if let Some(by) = by {
+                by_whom.name = by;
+            }
+            return dlq::bulk(&pool, &ledger, &by_whom, filter, rate, dry_run, resume, &mut out).await;
+        }
+        Command::Dlq { action: DlqAction::Runs } => dlq::runs(&pool, &mut out).await?,
+        Command::Suppressions { action } => suppressions(&pool, action, &mut out).await?,
         Command::Status => {
             let nats = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -223,6 +339,62 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn suppressions(pool: &sqlx::PgPool, action: SuppressionsAction, out: &mut impl Write) -> anyhow::Result<()> {
+    use crate::suppression::{self as list, Change};
+    let by = operator();
+    let change = |tenant, address, reason| Change {
+        tenant,
+        address,
+        reason,
+        by: &by.name,
+        metadata: std::collections::HashMap::from([
+            ("transport".to_owned(), "cli".to_owned()),
+            ("actor".to_owned(), by.name.clone()),
+        ]),
+    };
+    match action {
+        SuppressionsAction::List { filter, limit } => {
+            let (rows, next) = list::list(pool, &filter.into(), None, limit).await?;
+            for s in &rows {
+                writeln!(
+                    out,
+                    "{}  {:<10} {:<40} {:<6} {} ({} by {})",
+                    s.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    s.tenant,
+                    s.address,
+                    s.source,
+                    s.reason,
+                    s.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    s.created_by
+                )?;
+            }
+            let more = if next.is_some() { " (more: raise --limit, or export)" } else { "" };
+            eprintln!("mailledger: {} suppressed recipient(s){more}", rows.len());
+        }
+        SuppressionsAction::Export { filter, format } => {
+            use futures::TryStreamExt;
+            let mut chunks = std::pin::pin!(list::export(pool.clone(), filter.into(), format == "csv"));
+            while let Some(chunk) = chunks.try_next().await? {
+                out.write_all(&chunk)?;
+            }
+        }
+        SuppressionsAction::Add { address, reason, tenant } => {
+            let added = list::add(pool, change(&tenant, &address, &reason), None).await?;
+            eprintln!(
+                "mailledger: {address} {} in tenant {tenant}",
+                if added { "suppressed" } else { "was suppressed already" }
+            );
+        }
+        SuppressionsAction::Remove { address, reason, tenant } => {
+            if !list::remove(pool, change(&tenant, &address, &reason)).await? {
+                anyhow::bail!("{address} is not suppressed in tenant {tenant}");
+            }
+            eprintln!("mailledger: {address} is no longer suppressed in tenant {tenant}");
+        }
+    }
+    Ok(())
 }
 
 /// Who runs this command: `cli:$USER`.

@@ -36,6 +36,7 @@
 //! | [`projections`] | what tails the feed: the runner, the read model, cache and NATS projections |
 //! | [`saga`] | the sender: schedule projection, claims and domain shaping, its SMTP client, retries |
 //! | [`suppression`] | the suppression list (per tenant): lookups, changes recorded as events |
+//! | [`redrive`] | bulk redrives by filter: counted, paced, resumable runs |
 //! | [`transport`] | REST, gRPC, NATS intake and TLS: adapters only |
 //! | [`ops`] | operator and auditor tools behind the CLI |
 //! | [`observe`] | request spans and metrics, the gauge monitor, readiness |
@@ -52,6 +53,7 @@ pub(crate) mod observe;
 pub mod ops;
 pub mod projections;
 pub mod query;
+pub mod redrive;
 pub mod render;
 pub(crate) mod saga;
 pub mod startup;

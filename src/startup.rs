@@ -276,11 +276,11 @@ fn serve(
         max_request_bytes: max_request_bytes(settings.limits.max_body_bytes),
         request_timeout: settings.http.request_timeout,
         keyring: edge.keyring.clone(),
-        pool: edge.pool,
+        pool: edge.pool.clone(),
     };
     let router = transport::http::router(state);
     let (routes, health) =
-        transport::grpc::routes(edge.ledger, edge.reads, max_request_bytes(settings.limits.max_body_bytes))?;
+        transport::grpc::routes(edge.ledger, edge.reads, edge.pool, max_request_bytes(settings.limits.max_body_bytes))?;
     let grpc_served =
         transport::grpc::Served { routes, health, keyring: edge.keyring, timeout: settings.grpc.request_timeout };
     match tls {

@@ -122,9 +122,15 @@ pub struct Bounce {
 /// Why an address cannot go on (or off) the list.
 #[derive(Debug, thiserror::Error)]
 pub enum SuppressionError {
-    /// The address is not an address.
-    #[error("{0}")]
-    Invalid(String),
+    /// A field cannot be used: the address is not an address, the reason is missing,
+    /// too long or holds control characters.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// `address` or `reason`.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] sqlx::Error),
@@ -133,8 +139,10 @@ pub enum SuppressionError {
 /// The address in the form the list keeps, or why it is not one.
 pub fn normalise(address: &str) -> Result<String, SuppressionError> {
     let address = address.trim();
-    let parsed = crate::command::EmailAddress::parse(address)
-        .map_err(|e| SuppressionError::Invalid(format!("{}: {e}", crate::text::echo(address))))?;
+    let parsed = crate::command::EmailAddress::parse(address).map_err(|e| SuppressionError::Invalid {
+        field: "address",
+        reason: format!("{}: {e}", crate::text::echo(address)),
+    })?;
     Ok(parsed.to_string().to_lowercase())
 }
 
@@ -142,14 +150,31 @@ fn domain(address: &str) -> String {
     address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default()
 }
 
+/// A reason as given by a person: required, at most [`MAX_REASON`] characters, no
+/// control characters. (A server's refusal is cut and cleaned instead: it is not
+/// anybody's to mend.)
+fn checked_reason(reason: &str) -> Result<String, SuppressionError> {
+    let invalid = |why: &str| SuppressionError::Invalid { field: "reason", reason: why.to_owned() };
+    if reason.trim().is_empty() {
+        return Err(invalid("say why (it is recorded with the change)"));
+    }
+    if reason.chars().count() > MAX_REASON {
+        return Err(invalid(&format!("is longer than {MAX_REASON} characters")));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(invalid("contains a control character"));
+    }
+    Ok(reason.to_owned())
+}
+
 /// Adds `change.address` for `change.tenant`: `Ok(false)` when it was there already
 /// (nothing recorded). `bounce` says it came from the sender.
 pub async fn add(pool: &PgPool, change: Change<'_>, bounce: Option<Bounce>) -> Result<bool, SuppressionError> {
     let address = normalise(change.address)?;
-    let reason = crate::text::printable(change.reason, MAX_REASON);
-    if reason.trim().is_empty() {
-        return Err(SuppressionError::Invalid("give a reason".into()));
-    }
+    let reason = match bounce {
+        Some(_) => crate::text::printable(change.reason, MAX_REASON),
+        None => checked_reason(change.reason)?,
+    };
     let source = if bounce.is_some() { "bounce" } else { "manual" };
     let code = bounce.as_ref().and_then(|b| b.code).map(i32::from);
     let email_id = bounce.as_ref().map(|b| b.email_id);
@@ -185,7 +210,7 @@ pub async fn add(pool: &PgPool, change: Change<'_>, bounce: Option<Bounce>) -> R
 /// on it (nothing recorded).
 pub async fn remove(pool: &PgPool, change: Change<'_>) -> Result<bool, SuppressionError> {
     let address = normalise(change.address)?;
-    let reason = crate::text::printable(change.reason, MAX_REASON);
+    let reason = checked_reason(change.reason)?;
     let mut tx = pool.begin().await?;
     let removed: Option<String> =
         sqlx::query_scalar("DELETE FROM suppressions WHERE tenant = $1 AND address = $2 RETURNING reason")

@@ -28,15 +28,20 @@ impl Progress for Silent {
 pub struct Bar(ProgressBar);
 
 impl Bar {
-    /// A bar labelled `what`.
+    /// A bar labelled `what`, counting events.
     pub fn new(what: &str) -> Self {
+        Self::counting(what, "events")
+    }
+
+    /// A bar labelled `what`, counting `unit`.
+    pub fn counting(what: &str, unit: &str) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         if !std::io::stderr().is_terminal() {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         bar.set_style(
             ProgressStyle::with_template(&format!(
-                "{what} {{bar:40}} {{human_pos}}/{{human_len}} events  {{per_sec}}  ETA {{eta}}  {{msg}}"
+                "{what} {{bar:40}} {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  ETA {{eta}}  {{msg}}"
             ))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );

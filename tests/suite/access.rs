@@ -7,7 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{Grpc, TestApp, client_with_key, db, eventually, grpc_with_key, original_payload};
-use mailledger::transport::grpc::proto::{CreateReq, GetByIdReq, HistoryReq, RedriveReq, SearchReq};
+use mailledger::transport::grpc::proto::{
+    CreateReq, GetByIdReq, HistoryReq, ListSuppressionsReq, RedriveReq, SearchReq, SuppressionChangeReq,
+};
+
+fn change(address: &str) -> SuppressionChangeReq {
+    SuppressionChangeReq { address: address.into(), reason: "a reason".into(), tenant: String::new() }
+}
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -29,6 +35,14 @@ fn protected_routes(id: &str) -> Vec<(reqwest::Method, String, Option<Value>)> {
         (Method::GET, "/api/v1/keys".into(), None),
         (Method::POST, "/api/v1/keys".into(), Some(json!({"name": "k", "scopes": "all"}))),
         (Method::DELETE, format!("/api/v1/keys/{id}"), None),
+        (Method::GET, "/api/v1/suppressions".into(), None),
+        (Method::GET, "/api/v1/suppressions/export".into(), None),
+        (Method::POST, "/api/v1/suppressions".into(), Some(json!({"address": "a@example.org", "reason": "r"}))),
+        (Method::DELETE, "/api/v1/suppressions/a@example.org?reason=r".into(), None),
+        (Method::GET, "/api/v1/redrives".into(), None),
+        (Method::POST, "/api/v1/redrives".into(), Some(json!({}))),
+        (Method::GET, format!("/api/v1/redrives/{id}"), None),
+        (Method::POST, format!("/api/v1/redrives/{id}/resume"), None),
     ]
 }
 
@@ -131,6 +145,11 @@ async fn every_route_refuses_every_wrong_kind_of_key() {
         keyless.search(SearchReq::default()).await.unwrap_err(),
         keyless.history(HistoryReq { email_id: id.clone() }).await.unwrap_err(),
         keyless.redrive(RedriveReq { email_id: id.clone(), by: String::new() }).await.unwrap_err(),
+        keyless.list_suppressions(ListSuppressionsReq::default()).await.unwrap_err(),
+        keyless.add_suppression(change("a@example.org")).await.unwrap_err(),
+        keyless.remove_suppression(change("a@example.org")).await.unwrap_err(),
+        wrong.list_suppressions(ListSuppressionsReq::default()).await.unwrap_err(),
+        wrong.add_suppression(change("a@example.org")).await.unwrap_err(),
         wrong.create(create_request("b@example.org")).await.unwrap_err(),
         wrong.get_by_id(GetByIdReq { email_id: id.clone(), as_of: None }).await.unwrap_err(),
         wrong.search(SearchReq::default()).await.unwrap_err(),

@@ -225,3 +225,234 @@ async fn a_domain_that_throttles_is_paused_and_the_others_keep_flowing() {
         "{metrics}"
     );
 }
+
+async fn post(app: &TestApp, body: Value) -> reqwest::Response {
+    app.post_json("/api/v1/suppressions", &body).await
+}
+
+#[tokio::test]
+async fn the_suppression_list_over_rest_grpc_and_the_command_line() {
+    use mailledger::transport::grpc::proto::{ListSuppressionsReq, SuppressionChangeReq};
+    let app = TestApp::spawn().await;
+    // Added, with who and why; the same address again changes nothing.
+    let r = post(&app, json!({"address": "Ann@Example.org", "reason": "asked us to stop"})).await;
+    assert_eq!(r.status(), 201);
+    let added: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&added["address"], &added["source"], &added["created_by"]),
+        (&json!("ann@example.org"), &json!("manual"), &json!("tests"))
+    );
+    assert_eq!(post(&app, json!({"address": "ann@example.org", "reason": "again"})).await.status(), 200);
+    assert_eq!(db::suppression_events(&app.pool).await.len(), 1, "a repeat records nothing");
+    // Bad input: named, nothing stored.
+    for (body, status, says) in [
+        (json!({"address": "not an address", "reason": "r"}), 422, "address"),
+        (json!({"address": "a\u{0}b@example.org", "reason": "r"}), 422, "address"),
+        (json!({"address": "b@example.org", "reason": ""}), 422, "reason"),
+        (json!({"address": "b@example.org", "reason": "x".repeat(501)}), 422, "500"),
+        (json!({"address": "b@example.org", "reason": "a\u{1b}[31m red"}), 422, "control"),
+        (json!({"address": "b@example.org", "reason": "r", "extra": 1}), 400, "extra"),
+        (json!({"address": "b@example.org", "reason": "r", "tenant": "globex"}), 201, ""),
+    ] {
+        let r = post(&app, body.clone()).await;
+        assert_eq!(r.status(), status, "{body}");
+        assert!(r.text().await.unwrap().contains(says), "{body}");
+    }
+    let malformed =
+        app.client.post(app.url("/api/v1/suppressions")).body("{").header("content-type", "application/json");
+    assert_eq!(malformed.send().await.unwrap().status(), 400);
+
+    // A tenant's key sees and changes only its tenant's list.
+    let acme = crate::support::client_with_key(
+        &app.new_key(json!({"name": "acme ops", "scopes": "read,redrive", "tenant": "acme"})).await,
+    );
+    let r = acme.post(app.url("/api/v1/suppressions")).json(&json!({"address": "c@example.org", "reason": "r"})).send();
+    assert_eq!(r.await.unwrap().status(), 201);
+    let r = acme
+        .post(app.url("/api/v1/suppressions"))
+        .json(&json!({"address": "d@example.org", "reason": "r", "tenant": "default"}));
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    let page: Value = acme.get(app.url("/api/v1/suppressions")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["tenant"], "acme");
+    // The admin key sees every tenant's, a page at a time, and filters.
+    let (_, all) = app.get_json("/api/v1/suppressions?limit=2").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    let next = all["next_cursor"].as_str().unwrap();
+    let (_, rest) = app.get_json(&format!("/api/v1/suppressions?limit=2&cursor={next}")).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let (_, only) = app.get_json("/api/v1/suppressions?tenant=globex&domain=example.org&reason=R").await;
+    assert_eq!(only["items"].as_array().unwrap().len(), 1);
+    for bad in ["limit=0", "limit=1001", "cursor=garbage", "since=yesterday", "source=spam"] {
+        let r = app.client.get(app.url(&format!("/api/v1/suppressions?{bad}"))).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // Exported whole, as CSV or NDJSON.
+    let csv = app.client.get(app.url("/api/v1/suppressions/export")).send().await.unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("tenant,address,domain,reason,code,source,email_id,created_at,created_by\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 4);
+    let nd = app.client.get(app.url("/api/v1/suppressions/export?format=ndjson&tenant=acme")).send().await.unwrap();
+    let lines: Vec<Value> = nd.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["address"], "c@example.org");
+    assert_eq!(app.client.get(app.url("/api/v1/suppressions/export?format=xml")).send().await.unwrap().status(), 400);
+
+    // Removed with a reason, once.
+    let delete = |q: &str| app.client.delete(app.url(&format!("/api/v1/suppressions/ANN@example.org{q}"))).send();
+    assert_eq!(delete("").await.unwrap().status(), 422, "a removal says why");
+    assert_eq!(delete("?reason=resubscribed").await.unwrap().status(), 200);
+    assert_eq!(delete("?reason=resubscribed").await.unwrap().status(), 404);
+    let events = db::suppression_events(&app.pool).await;
+    let removed = events.iter().find(|e| e.event_type == "SuppressionRemoved").unwrap();
+    assert_eq!(removed.fields()["reason"], "resubscribed");
+    assert_eq!(removed.metadata["actor"], "tests");
+
+    // gRPC: the same list.
+    let mut grpc = app.grpc_client().await;
+    let change = |address: &str, reason: &str| SuppressionChangeReq {
+        address: address.into(),
+        reason: reason.into(),
+        tenant: String::new(),
+    };
+    let added = grpc.add_suppression(change("e@example.org", "by gRPC")).await.unwrap().into_inner();
+    assert!(added.added);
+    assert_eq!(added.suppression.unwrap().address, "e@example.org");
+    let err = grpc.add_suppression(change("e@example.org", "")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("Reason"), "{err:?}");
+    let page = grpc.list_suppressions(ListSuppressionsReq { tenant: "default".into(), ..Default::default() }).await;
+    assert_eq!(
+        page.unwrap().into_inner().items.iter().map(|s| s.address.as_str()).collect::<Vec<_>>(),
+        ["e@example.org"]
+    );
+    assert!(grpc.remove_suppression(change("e@example.org", "done")).await.unwrap().into_inner().removed);
+    assert_eq!(
+        grpc.remove_suppression(change("e@example.org", "done")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    // The command line.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .args(args)
+            .envs(app.iso.env())
+            .env("USER", "ops")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, _, err) = cli(&["suppressions", "add", "F@example.org", "--reason", "from the shell"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = cli(&["suppressions", "list", "--domain", "example.org", "--tenant", "default"]);
+    assert!(out.contains("f@example.org") && out.contains("from the shell") && out.contains("cli:ops"), "{out}");
+    let (_, out, _) = cli(&["suppressions", "export", "--format", "ndjson", "--tenant", "default"]);
+    assert_eq!(out.lines().count(), 1);
+    let (code, _, err) = cli(&["suppressions", "remove", "f@example.org", "--reason", "done"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["suppressions", "remove", "f@example.org", "--reason", "done"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not suppressed"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bulk_redrive_counts_first_paces_itself_and_resumes_without_redriving_twice() {
+    let sink = SmtpSink::start().await;
+    sink.always(554, "5.7.1 refused by policy");
+    let app = app_with(&sink, &[("MAILLEDGER_DELIVERY_MAX_ATTEMPTS", "1")]).await;
+    let mut ids = vec![];
+    for (i, domain) in ["a.example", "a.example", "a.example", "a.example", "b.example", "b.example"].iter().enumerate()
+    {
+        ids.push(app.create(&email(&format!("outage {i}"), &[&format!("r{i}@{domain}")])).await);
+    }
+    for id in &ids {
+        wait_types(&app, id, &["Requested", "Persisted", "Failed", "DeadLettered"]).await;
+    }
+    for id in &ids {
+        settled(&app, id, "dead_lettered").await;
+    }
+    // Counted first.
+    let r = app.post_json("/api/v1/redrives", &json!({"to_domain": "a.example", "dry_run": true})).await;
+    assert_eq!(r.status(), 200);
+    let preview: Value = r.json().await.unwrap();
+    assert_eq!(preview["matched"], 4);
+    for bad in
+        [json!({"rate": "fast"}), json!({"rate": "5/week"}), json!({"since": "yesterday"}), json!({"colour": "red"})]
+    {
+        assert_eq!(app.post_json("/api/v1/redrives", &bad).await.status(), 400, "{bad}");
+    }
+
+    // The command line, at 2 a second, stopped by Ctrl-C after the first.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+        .args(["dlq", "redrive", "--to-domain", "A.example", "--reason-like", "REFUSED BY", "--rate", "2/s"])
+        .envs(app.iso.env())
+        .env("USER", "ops")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(WAIT, || async { db::count_of_type(&app.pool, "Redriven").await >= 1 }).await;
+    nix_interrupt(child.id());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("4 dead letter(s) match"), "{stderr}");
+    let run = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(stderr.contains(&format!("--resume {run}")), "{stderr}");
+    let first = db::count_of_type(&app.pool, "Redriven").await;
+    assert!(first < 4, "stopped part way: {first}");
+    // The redriven ones fail and are dead letters again; resuming goes on with the rest only.
+    let (_, before) = app.get_json(&format!("/api/v1/redrives/{run}")).await;
+    assert!(before["finished_at"].is_null());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+        .args(["dlq", "redrive", "--resume", &run, "--rate", "0"])
+        .envs(app.iso.env())
+        .env("USER", "night-shift")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let redriven: Vec<db::Stored> =
+        db::events(&app.pool).await.into_iter().filter(|e| e.event_type == "Redriven").collect();
+    assert_eq!(redriven.len(), 4, "each of the four once");
+    let by = |who: &str| redriven.iter().filter(|e| e.fields()["by"] == who).count();
+    assert_eq!(
+        (by("cli:ops"), by("cli:night-shift")),
+        (first as usize, 4 - first as usize),
+        "who redrove each is recorded"
+    );
+    for e in &redriven {
+        assert_eq!(e.fields()["run"], run.as_str());
+        assert!(ids[..4].contains(&e.aggregate_id), "only a.example was redriven");
+    }
+    let (_, after) = app.get_json(&format!("/api/v1/redrives/{run}")).await;
+    assert_eq!((&after["total"], &after["done"], &after["redriven"]), (&json!(4), &json!(4), &json!(4)));
+    assert!(after["finished_at"].is_string());
+    // Resuming a finished run does nothing.
+    assert_eq!(app.client.post(app.url(&format!("/api/v1/redrives/{run}/resume"))).send().await.unwrap().status(), 200);
+
+    // Over REST: the rest, in the background.
+    let r = app.post_json("/api/v1/redrives", &json!({"to_domain": "b.example", "rate": "0"})).await;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    eventually(WAIT, || async { app.get_json(&location).await.1["finished_at"].is_string() }).await;
+    let (_, done) = app.get_json(&location).await;
+    assert_eq!((&done["total"], &done["redriven"]), (&json!(2), &json!(2)));
+    assert_eq!(db::count_of_type(&app.pool, "Redriven").await, 6);
+    // A tenant's key sees neither the default tenant's runs nor may it redrive another tenant's mail.
+    let acme = crate::support::client_with_key(
+        &app.new_key(json!({"name": "acme ops", "scopes": "redrive", "tenant": "acme"})).await,
+    );
+    assert_eq!(acme.get(app.url(&location)).send().await.unwrap().status(), 404);
+    let r = acme.post(app.url("/api/v1/redrives")).json(&json!({"tenant": "default", "dry_run": true})).send();
+    assert_eq!(r.await.unwrap().status(), 403);
+    let (_, runs) = app.get_json("/api/v1/redrives").await;
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+}
+
+/// SIGINT, as Ctrl-C sends it.
+fn nix_interrupt(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}

@@ -457,3 +457,28 @@ fn every_recipient_suppressed_needs_no_smtp_attempt() {
     }
     assert_eq!(state.attempts, 0, "no SMTP attempt was made");
 }
+
+#[test]
+fn a_bulk_run_redrives_an_email_once_however_often_it_is_resumed() {
+    let mut state = Email::default();
+    for e in accepted() {
+        state.apply(e);
+    }
+    state.apply(EmailEvent::DeadLettered(crate::command::events::DeadLettered {
+        reason: "permanent failure".into(),
+        attempts: 1,
+        dead_lettered_at: t0(),
+    }));
+    let run = Some(Uuid::now_v7());
+    let first = state.redrive(RedriveCommand { by: "ops".into(), at: t0(), run }).unwrap();
+    assert_eq!(first.len(), 1);
+    state.apply(first[0].clone());
+    state.apply(EmailEvent::DeadLettered(crate::command::events::DeadLettered {
+        reason: "again".into(),
+        attempts: 2,
+        dead_lettered_at: t0(),
+    }));
+    assert!(state.redrive(RedriveCommand { by: "ops".into(), at: t0(), run }).unwrap().is_empty());
+    let another = state.redrive(RedriveCommand { by: "ops".into(), at: t0(), run: Some(Uuid::now_v7()) }).unwrap();
+    assert_eq!(another.len(), 1, "another run may redrive it");
+}

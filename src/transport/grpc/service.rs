@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::proto::email_service_server::EmailService;
 use super::proto::{
-    CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, RedriveReq, RedriveRes,
-    SearchReq, SearchRes,
+    AddSuppressionRes, CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes,
+    ListSuppressionsReq, ListSuppressionsRes, RedriveReq, RedriveRes, RemoveSuppressionRes, SearchReq, SearchRes,
+    Suppression, SuppressionChangeReq,
 };
 use crate::access::Scope;
 use crate::access::keyring::Authenticated;
@@ -25,13 +26,67 @@ use crate::query::view::{EmailSummary, EmailView};
 pub struct EmailGrpc {
     ledger: Ledger,
     reads: ReadSide,
+    pool: sqlx::PgPool,
 }
 
 impl EmailGrpc {
-    /// Serves `ledger` and `reads`.
-    pub fn new(ledger: Ledger, reads: ReadSide) -> Self {
-        Self { ledger, reads }
+    /// Serves `ledger`, `reads` and the suppression lists in `pool`.
+    pub fn new(ledger: Ledger, reads: ReadSide, pool: sqlx::PgPool) -> Self {
+        Self { ledger, reads, pool }
     }
+}
+
+fn suppression_to_proto(s: crate::suppression::Suppression) -> Suppression {
+    Suppression {
+        tenant: s.tenant,
+        address: s.address,
+        domain: s.domain,
+        reason: s.reason,
+        code: s.code.unwrap_or(0),
+        source: s.source,
+        email_id: s.email_id.map(|i| i.to_string()).unwrap_or_default(),
+        created_at: Some(timestamp(s.created_at)),
+        created_by: s.created_by,
+    }
+}
+
+impl From<crate::suppression::SuppressionError> for Status {
+    fn from(e: crate::suppression::SuppressionError) -> Self {
+        match e {
+            crate::suppression::SuppressionError::Invalid { field, reason } => {
+                Status::invalid_argument(format!("{}: {reason}", if field == "address" { "Address" } else { "Reason" }))
+            }
+            crate::suppression::SuppressionError::Store(e) => internal(e),
+        }
+    }
+}
+
+/// A change request's caller (with the `redrive` scope), its fields, the tenant it may
+/// act in, and its peer.
+fn change_request(
+    request: Request<SuppressionChangeReq>,
+) -> Result<(crate::access::Principal, SuppressionChangeReq, String, Option<std::net::SocketAddr>), Status> {
+    let peer = request.remote_addr();
+    let by = caller(&request).principal;
+    by.require(Scope::Redrive)?;
+    let req = request.into_inner();
+    let tenant = by.acting_tenant(Some(&req.tenant))?;
+    Ok((by, req, tenant, peer))
+}
+
+/// The change a request asks for (the suppression list checks its address and reason).
+fn change_of<'a>(
+    principal: &'a crate::access::Principal,
+    req: &'a SuppressionChangeReq,
+    tenant: &'a str,
+    peer: Option<std::net::SocketAddr>,
+) -> crate::suppression::Change<'a> {
+    let mut metadata = HashMap::from([("transport".to_owned(), "grpc".to_owned())]);
+    if let Some(p) = peer {
+        metadata.insert("caller".into(), p.to_string());
+    }
+    principal.stamp(&mut metadata);
+    crate::suppression::Change { tenant, address: &req.address, reason: &req.reason, by: &principal.name, metadata }
 }
 
 /// Proto3 cannot tell "absent" from "empty": an empty string is absent.
@@ -245,5 +300,70 @@ impl EmailService for EmailGrpc {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list_suppressions(
+        &self,
+        request: Request<ListSuppressionsReq>,
+    ) -> Result<Response<ListSuppressionsRes>, Status> {
+        let by = caller(&request).principal;
+        by.require(Scope::Read)?;
+        let req = request.into_inner();
+        let source = present(req.source);
+        if source.as_deref().is_some_and(|s| !matches!(s, "bounce" | "manual")) {
+            return Err(Status::invalid_argument("Source: bounce, manual or empty"));
+        }
+        let limit = if req.limit == 0 { 100 } else { i64::from(req.limit) };
+        if !(1..=1000).contains(&limit) {
+            return Err(Status::invalid_argument("Limit: 1 to 1000"));
+        }
+        let cursor = match present(req.cursor) {
+            Some(c) => Some(
+                crate::suppression::Cursor::decode(&c)
+                    .ok_or_else(|| Status::invalid_argument("Cursor: not one this service gave"))?,
+            ),
+            None => None,
+        };
+        let filter = crate::suppression::Filter {
+            tenant: by.reading_tenant(present(req.tenant).as_deref())?,
+            domain: present(req.domain),
+            reason_like: present(req.reason),
+            since: from_timestamp("Since", req.since)?,
+            source,
+        };
+        let (items, next) =
+            crate::suppression::list(&self.pool, &filter, cursor.as_ref(), limit).await.map_err(internal)?;
+        Ok(Response::new(ListSuppressionsRes {
+            items: items.into_iter().map(suppression_to_proto).collect(),
+            next_cursor: next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn add_suppression(
+        &self,
+        request: Request<SuppressionChangeReq>,
+    ) -> Result<Response<AddSuppressionRes>, Status> {
+        let (by, req, tenant, peer) = change_request(request)?;
+        let change = change_of(&by, &req, &tenant, peer);
+        let added = crate::suppression::add(&self.pool, change, None).await?;
+        let row = crate::suppression::get(&self.pool, &tenant, &req.address)
+            .await?
+            .ok_or_else(|| Status::aborted("the suppression was removed as it was added"))?;
+        Ok(Response::new(AddSuppressionRes { suppression: Some(suppression_to_proto(row)), added }))
+    }
+
+    async fn remove_suppression(
+        &self,
+        request: Request<SuppressionChangeReq>,
+    ) -> Result<Response<RemoveSuppressionRes>, Status> {
+        let (by, req, tenant, peer) = change_request(request)?;
+        let change = change_of(&by, &req, &tenant, peer);
+        if !crate::suppression::remove(&self.pool, change).await? {
+            return Err(Status::not_found(format!(
+                "{} is not suppressed in tenant {tenant}",
+                crate::text::echo(&req.address)
+            )));
+        }
+        Ok(Response::new(RemoveSuppressionRes { removed: true }))
     }
 }

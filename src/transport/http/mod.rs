@@ -4,6 +4,7 @@ pub mod emails;
 pub mod error;
 pub mod keys;
 pub mod read;
+pub mod redrives;
 pub mod server;
 pub mod suppressions;
 
@@ -48,11 +49,13 @@ pub struct HttpState {
     paths(
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
         read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke,
-        suppressions::list, suppressions::export, suppressions::add, suppressions::remove, health, ready
+        suppressions::list, suppressions::export, suppressions::add, suppressions::remove,
+        redrives::start, redrives::list, redrives::get, redrives::resume, health, ready
     ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
         error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey,
-        crate::suppression::Suppression, suppressions::Page, suppressions::ChangeBody, suppressions::RemovedBody)),
+        crate::suppression::Suppression, suppressions::Page, suppressions::ChangeBody, suppressions::RemovedBody,
+        crate::redrive::Run, crate::redrive::Filter, crate::redrive::Preview, redrives::RedriveRequest)),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
@@ -109,6 +112,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/suppressions", get(suppressions::list).post(suppressions::add))
         .route("/api/v1/suppressions/export", get(suppressions::export))
         .route("/api/v1/suppressions/{address}", delete(suppressions::remove))
+        .route("/api/v1/redrives", post(redrives::start).get(redrives::list))
+        .route("/api/v1/redrives/{id}", get(redrives::get))
+        .route("/api/v1/redrives/{id}/resume", post(redrives::resume))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)

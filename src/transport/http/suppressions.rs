@@ -24,9 +24,9 @@ const MAX_PAGE: i64 = 1000;
 impl From<SuppressionError> for ApiError {
     fn from(e: SuppressionError) -> Self {
         match e {
-            SuppressionError::Invalid(reason) => ApiError::Unprocessable(crate::command::ValidationErrors::single(
-                crate::command::FieldError::invalid("address", reason),
-            )),
+            SuppressionError::Invalid { field, reason } => ApiError::Unprocessable(
+                crate::command::ValidationErrors::single(crate::command::FieldError::invalid(field, reason)),
+            ),
             SuppressionError::Store(e) => e.into(),
         }
     }
@@ -175,7 +175,7 @@ pub async fn export(
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No usable API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `redrive` scope, or names another tenant", body = ErrorBody),
-        (status = 422, description = "Not an address, or no reason", body = ErrorBody),
+        (status = 422, description = "Not an address; no reason, or one too long (500 characters) or with control characters", body = ErrorBody),
         (status = 429, description = "The key's request rate is spent", body = ErrorBody),
     )
 )]
@@ -213,11 +213,10 @@ pub async fn add(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Removed", body = RemovedBody),
-        (status = 400, description = "No reason given", body = ErrorBody),
         (status = 401, description = "No usable API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `redrive` scope, or names another tenant", body = ErrorBody),
         (status = 404, description = "Not on the list", body = ErrorBody),
-        (status = 422, description = "Not an address", body = ErrorBody),
+        (status = 422, description = "Not an address; no reason, or one too long (500 characters) or with control characters", body = ErrorBody),
         (status = 429, description = "The key's request rate is spent", body = ErrorBody),
     )
 )]
@@ -229,10 +228,7 @@ pub async fn remove(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<RemovedBody>, ApiError> {
     by.principal.require(Scope::Redrive)?;
-    let reason = q
-        .get("reason")
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::BadRequest("say why: ?reason=… (it is recorded with the change)".into()))?;
+    let reason = q.get("reason").map(String::as_str).unwrap_or_default();
     let tenant = by.principal.acting_tenant(q.get("tenant").map(String::as_str))?;
     let change = Change {
         tenant: &tenant,
