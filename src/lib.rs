@@ -50,6 +50,7 @@ pub(crate) mod metrics;
 pub(crate) mod observe;
 pub mod ops;
 pub mod projections;
+pub mod proof;
 pub mod query;
 pub mod render;
 pub(crate) mod saga;

@@ -32,6 +32,7 @@ pub(crate) mod checkpoints;
 mod db;
 pub mod feed;
 pub(crate) mod notify;
+pub mod raw;
 pub(crate) mod records;
 pub(crate) mod replay;
 pub(crate) mod stats;

@@ -3,6 +3,7 @@
 pub mod emails;
 pub mod error;
 pub mod keys;
+pub mod ledger;
 pub mod read;
 pub mod server;
 
@@ -38,6 +39,8 @@ pub struct HttpState {
     pub keyring: Keyring,
     /// For key management.
     pub pool: sqlx::PgPool,
+    /// The proof log.
+    pub proofs: crate::proof::ProofLog,
 }
 
 /// The OpenAPI document.
@@ -46,14 +49,18 @@ pub struct HttpState {
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
     paths(
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
-        read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke, health, ready
+        read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke, ledger::checkpoint, ledger::inclusion,
+        ledger::consistency, health, ready
     ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
-        error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey)),
+        error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey,
+        crate::proof::body::CheckpointBody, crate::proof::body::InclusionBody, crate::proof::body::InclusionEntry,
+        crate::proof::body::ConsistencyBody)),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
-         (name = "keys", description = "API keys (the `admin` scope)"))
+         (name = "keys", description = "API keys (the `admin` scope)"),
+         (name = "ledger", description = "The proof log: signed checkpoints, inclusion and consistency proofs"))
 )]
 pub struct ApiDoc;
 
@@ -102,6 +109,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/email/{id}", get(read::get_email_original))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))
+        .route("/api/v1/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/api/v1/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/api/v1/ledger/proof/consistency", get(ledger::consistency))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)
