@@ -155,8 +155,8 @@ pub async fn verify_store(
             }
             if sealed.hash != leaf {
                 return Ok(Err(format!(
-                    "first disagreement at position {} (leaf {index}): the event differs from the one the log \
-                     sealed (it was changed)",
+                    "first disagreement at position {} (leaf {index}): the event there differs from the one the \
+                     log sealed (edited, or moved from another position)",
                     e.position()
                 )));
             }

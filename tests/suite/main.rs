@@ -19,6 +19,7 @@ mod nats_intake;
 mod nats_restart;
 mod operability;
 mod process;
+mod proof;
 mod read_api;
 mod reproject;
 mod rest_intake;
