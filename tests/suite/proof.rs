@@ -353,7 +353,8 @@ async fn tampering_with_a_real_database_is_detected_and_named_and_exports_verify
     assert!(err.contains("checkpoint"), "{err}");
     // A properly signed note with an extension line: refused, naming the line.
     let signed_extra = other.sign("o\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nmore\n");
-    let extra2 = write("extra2.note", &[signed_extra]);
+    let extra2 = dir.path().join("extra2.note").display().to_string();
+    std::fs::write(&extra2, signed_extra).unwrap();
     let (code, _, err) = offline(&["--export", e2, "--public-key", &other_pub, "--checkpoint", &extra2]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("line 4: unexpected extra line"), "{err}");
