@@ -4,7 +4,7 @@
 //!
 //! Scale: `--scale` (or `BENCH_SCALE`) multiplies every count, including the size of
 //! the search/re-projection data set (1,000,000 emails at scale 1). `--rounds` sets the
-//! rounds per figure (3). `--only a,b` runs some figures (intake, e2e, reads, million).
+//! rounds per figure (3). `--only a,b` runs some figures (intake, e2e, reads, million, search, proof).
 
 #[path = "support/service.rs"]
 mod service;
@@ -32,7 +32,7 @@ struct Args {
     /// Rounds per figure.
     #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
     rounds: usize,
-    /// Only these groups: intake, reads, e2e, million.
+    /// Only these groups: intake, reads, e2e, million, search, proof.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Passed by `cargo bench`.
@@ -506,6 +506,10 @@ async fn main() {
         million(&mut figures, scale, rounds, wants("million")).await;
     }
 
+    if wants("proof") {
+        proof(&mut figures, scale, rounds).await;
+    }
+
     stats::print_table(&figures);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -838,4 +842,167 @@ async fn ensure_million(emails: i64) -> String {
     eprintln!("  ready in {:.0} s", started.elapsed().as_secs_f64());
     pool.close().await;
     url
+}
+
+/// The bench's checkpoint-signing key (kept, so a store sealed by one run verifies in the next).
+fn bench_signing_key() -> (std::path::PathBuf, mailledger::proof::note::SignerKey) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("signing.key");
+    if !path.exists() {
+        mailledger::ops::ledger::keygen("mailledger/bench", &path).unwrap();
+    }
+    let key = mailledger::proof::note::SignerKey::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (path, key)
+}
+
+/// The proof log: intake with sealing on beside off (same run), the sealing rate beside
+/// bare SHA-256 over the same canonical bytes, commit → signed checkpoint latency, and
+/// `ledger verify` over the million-email store beside reading the same rows.
+async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
+    use mailledger::proof::canonical;
+    let n = ((5000.0 * scale).round() as usize).max(10);
+    let (key_path, key) = bench_signing_key();
+    let (mut on, mut off, mut latencies) = (vec![], vec![], vec![]);
+    let mut sealed_db = String::new();
+    let mut unsealed_db = String::new();
+    for r in 0..rounds {
+        for sealing in [false, true] {
+            reset_streams().await;
+            let db =
+                recreate_database(if sealing { "mailledger_bench_sealed" } else { "mailledger_bench_unsealed" }).await;
+            let env = [
+                ("MAILLEDGER__DELIVERY__ENABLED", "false".to_owned()),
+                ("MAILLEDGER__PROOF__ENABLED", sealing.to_string()),
+                ("MAILLEDGER_SIGNING_KEY", key_path.display().to_string()),
+            ];
+            let svc = Service::start(&db, &env).await;
+            let pool = PgPool::connect(&db).await.unwrap();
+            let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+            wait_quiet(&pool).await;
+            let rate = intake_nats(&pool, &js, n, r).await;
+            if sealing {
+                on.push(rate);
+                // Covered: the first checkpoint whose tree holds the event's leaf.
+                let total = count_events(&pool).await;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while sqlx::query_scalar::<_, Option<i64>>("SELECT max(size) FROM proof_checkpoints")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    .unwrap_or(0)
+                    < total
+                {
+                    assert!(Instant::now() < deadline, "sealing never caught up");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let lags: Vec<f64> = sqlx::query_scalar(
+                    "SELECT extract(epoch FROM (SELECT min(c.signed_at) FROM proof_checkpoints c WHERE c.size > l.idx) \
+                       - e.recorded_at)::float8 FROM proof_leaves l JOIN events e ON e.position = l.position \
+                     WHERE e.aggregate_type = 'Email'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                latencies.extend(lags);
+                sealed_db = db.clone();
+            } else {
+                off.push(rate);
+                unsealed_db = db.clone();
+            }
+            eprintln!("  intake_nats sealing {sealing} round {r}: {rate:.0}/s");
+            svc.stop();
+        }
+    }
+    let notes = format!("{n} emails a round over NATS, the same service with proof.enabled true / false");
+    figures.push(figure("intake_sealed", "emails/s", on, "the same intake, sealing off", off, true, notes));
+    let (p50, p99) = (percentile(&mut latencies.clone(), 50.0), percentile(&mut latencies, 99.0));
+    figures.push(figure(
+        "covered_p50",
+        "s",
+        vec![p50],
+        "checkpoint_interval (1 s)",
+        vec![1.0],
+        false,
+        format!("commit (recorded_at) → first signed checkpoint holding the event, during intake; p99 {p99:.3} s"),
+    ));
+    let _ = sealed_db;
+
+    // Sealing rate: the sealer catching up on a store it has not sealed, beside bare
+    // SHA-256 over the same canonical bytes.
+    let pool = PgPool::connect(&unsealed_db).await.unwrap();
+    let (mut fig, mut lim) = (vec![], vec![]);
+    for r in 0..rounds {
+        let mut conn = pool.acquire().await.unwrap();
+        let bytes: Vec<Vec<u8>> = {
+            use futures::TryStreamExt;
+            mailledger::store::raw::stream(&mut conn).map_ok(|e| canonical::bytes(&e)).try_collect().await.unwrap()
+        };
+        drop(conn);
+        let started = Instant::now();
+        for b in &bytes {
+            std::hint::black_box(mailledger::proof::merkle::leaf_hash(b));
+        }
+        lim.push(bytes.len() as f64 / started.elapsed().as_secs_f64());
+        for sql in [
+            "TRUNCATE proof_leaves, proof_nodes, proof_checkpoints",
+            "UPDATE proof_tree SET size = 0, root = sha256('')",
+            "DELETE FROM projection_checkpoints WHERE name = 'proof'",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        let sealer = mailledger::proof::sealer::Sealer::new(None);
+        let options = mailledger::projections::runner::RunnerOptions { batch_size: 2000, ..Default::default() };
+        let runner = mailledger::projections::runner::Runner::new(pool.clone(), Arc::new(sealer), options);
+        let started = Instant::now();
+        let sealed = runner.catch_up().await.unwrap();
+        fig.push(sealed as f64 / started.elapsed().as_secs_f64());
+        eprintln!("  sealing round {r}: {:.0} events/s (bare SHA-256 {:.0}/s)", fig[r], lim[r]);
+    }
+    let notes =
+        format!("{} events: canonical bytes, leaf and tree rows in the feed transaction", count_events(&pool).await);
+    figures.push(figure("sealing", "events/s", fig, "bare SHA-256 of the same canonical bytes", lim, true, notes));
+
+    // Verify over the million-email store (sealed here once, and kept).
+    let emails = ((1_000_000.0 * scale) as i64).max(1000);
+    let db = ensure_million(emails).await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db).await.unwrap();
+    let signing = mailledger::proof::sealer::Signing {
+        key: Arc::new(key.clone()),
+        origin: "mailledger/bench".into(),
+        every: 100_000,
+        interval: Duration::from_secs(3600),
+    };
+    let runner = mailledger::projections::runner::Runner::new(
+        pool.clone(),
+        Arc::new(mailledger::proof::sealer::Sealer::new(Some(signing))),
+        mailledger::projections::runner::RunnerOptions { batch_size: 5000, ..Default::default() },
+    );
+    let started = Instant::now();
+    let backfilled = runner.catch_up().await.unwrap();
+    if backfilled > 0 {
+        eprintln!("  sealed the million store: {backfilled} events in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let events = count_events(&pool).await;
+    let (mut fig, mut lim) = (vec![], vec![]);
+    for r in 0..rounds.min(2) {
+        let started = Instant::now();
+        let mut conn = pool.acquire().await.unwrap();
+        let read = {
+            use futures::TryStreamExt;
+            mailledger::store::raw::stream(&mut conn).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await.unwrap()
+        };
+        drop(conn);
+        lim.push(read as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let verdict =
+            mailledger::ops::ledger::verify_store(&pool, key.verifier(), &[], &mailledger::ops::progress::Silent)
+                .await
+                .unwrap();
+        assert!(verdict.is_ok(), "{verdict:?}");
+        fig.push(events as f64 / started.elapsed().as_secs_f64());
+        eprintln!("  verify round {r}: {:.0} events/s (reading the rows {:.0}/s)", fig[r], lim[r]);
+    }
+    let notes = format!("ledger verify over {events} events (every leaf and checkpoint), flat memory");
+    figures.push(figure("verify", "events/s", fig, "reading the same rows (raw stream)", lim, true, notes));
 }
