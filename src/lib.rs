@@ -18,7 +18,8 @@
 //!                       └─ saga::schedule       ──► `deliveries` ──► saga (SMTP) ──► ledger
 //!  readers  ──► transport::{http, grpc} ──► query (cache, then read model; history and
 //!                                                  as-of from the store)
-//!  operators ──► cli ──► ops (replay, history, reproject, dlq, status)
+//!  operators ──► cli ──► ops (replay, history, reproject, dlq, status, ledger)
+//!  auditors  ──► transport::{http, grpc}, cli ──► proof (sealed from store::raw by a projection)
 //! ```
 //!
 //! Dependencies point inward: transports, operator tools and the sender use the ledger
@@ -36,6 +37,7 @@
 //! | [`projections`] | what tails the feed: the runner, the read model, cache and NATS projections |
 //! | [`saga`] | the sender: schedule projection, claims, SMTP, retries |
 //! | [`transport`] | REST, gRPC, NATS intake and TLS: adapters only |
+//! | [`proof`] | the tamper-evident log: Merkle tree over every event, signed checkpoints, proofs, audits |
 //! | [`ops`] | operator and auditor tools behind the CLI |
 //! | [`observe`] | request spans and metrics, the gauge monitor, readiness |
 //! | [`startup`] | [`startup::Application`]: wiring and one shutdown for everything |
