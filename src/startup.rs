@@ -81,6 +81,8 @@ impl Application {
         metrics::init();
         transport::tls::install_default_provider();
         let tls = ServerTls::load(&settings.tls)?;
+        // A key file that cannot be used stops start-up before anything runs.
+        let signing = Signing::load(&settings.proof, &settings.database.name())?;
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
@@ -102,7 +104,7 @@ impl Application {
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
-        let signing = spawn_sealer(&work, &settings, &pool, &notifier)?;
+        let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
         let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
@@ -218,18 +220,18 @@ fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Ca
 }
 
 /// The proof log's sealer (a projection over every aggregate) and, with a signing key,
-/// the signer of checkpoints no batch signed. Returns the signing set up.
+/// the signer of checkpoints no batch signed. Returns the signing in use.
 fn spawn_sealer(
     work: &Work,
     settings: &Settings,
+    signing: Option<Signing>,
     pool: &PgPool,
     notifier: &Notifier,
-) -> anyhow::Result<Option<Signing>> {
+) -> Option<Signing> {
     if !settings.proof.enabled {
         tracing::warn!("the proof log is OFF (proof.enabled: false): events are not sealed");
-        return Ok(None);
+        return None;
     }
-    let signing = Signing::load(&settings.proof, &settings.database.name())?;
     match &signing {
         Some(s) => {
             tracing::info!(origin = %s.origin, verifier_key = %s.key.verifier().encode(), "proof log: signing checkpoints")
@@ -245,7 +247,7 @@ fn spawn_sealer(
     if let Some(s) = &signing {
         work.spawn(crate::proof::sealer::run_signer(pool.clone(), s.clone(), work.shutdown.clone()));
     }
-    Ok(signing)
+    signing
 }
 
 /// The sender, unless `delivery.enabled` is off on this instance.

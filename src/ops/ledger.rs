@@ -225,7 +225,9 @@ pub async fn export(
     let mut events = raw::stream(&mut conn);
     let (mut n, mut written) = (0u64, 0u64);
     while n < log_size {
-        let Some(e) = events.try_next().await? else { break };
+        let Some(e) = events.try_next().await? else {
+            anyhow::bail!("the store lacks sealed events from leaf {n} on: run `mailledger ledger verify`")
+        };
         let leaf: Hash = match leaves.next().await? {
             Some(l) => l.hash,
             None => anyhow::bail!("the log lacks leaf {n}: run `mailledger ledger verify`"),
@@ -358,4 +360,76 @@ pub async fn prove(pool: &PgPool, id: uuid::Uuid, by: &crate::access::Principal)
     let log = ProofLog::new(pool.clone());
     let (checkpoint, proofs) = log.prove_email(id, by, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(serde_json::to_value(body::InclusionBody::new(&checkpoint, &proofs))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::progress::Silent;
+    use crate::proof::merkle::Frontier;
+    use crate::proof::note::Checkpoint;
+    use crate::store::feed::Checkpoint as At;
+    use crate::store::raw::RawEvent;
+
+    fn event(position: i64, subject: &str) -> RawEvent {
+        RawEvent {
+            checkpoint: At { txid: 0, position },
+            aggregate_type: "Email".into(),
+            aggregate_id: format!("e{position}"),
+            sequence: 1,
+            event_type: "Requested".into(),
+            event_version: "1.0".into(),
+            recorded_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000 + position).unwrap(),
+            payload: format!(r#"{{"Requested": {{"subject": "{subject}"}}}}"#),
+            metadata: "{}".into(),
+        }
+    }
+
+    /// An export of `events`, signed by `key` after every `every` events.
+    fn export_of(dir: &Path, name: &str, events: &[RawEvent], key: &SignerKey, every: usize) -> std::path::PathBuf {
+        let mut lines = vec![export::header("o")];
+        let mut f = Frontier::default();
+        let mut notes = 0;
+        for (i, e) in events.iter().enumerate() {
+            let leaf = canonical::leaf(e);
+            f.push(leaf, |_, _, _| {});
+            lines.push(export::event_line(i as u64, &leaf, e).unwrap());
+            if (i + 1) % every == 0 {
+                let note = Checkpoint { origin: "o".into(), size: f.size(), root: f.root() }.sign(key);
+                lines.push(export::checkpoint_line(&note));
+                notes += 1;
+            }
+        }
+        lines.push(export::end_line(f.size(), notes));
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+
+    #[test]
+    fn a_newer_export_is_held_to_the_older_exports_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SignerKey::generate("o").unwrap();
+        let old: Vec<RawEvent> = (1..=6).map(|p| event(p, "hello")).collect();
+        let mut grown = old.clone();
+        grown.extend((7..=9).map(|p| event(p, "later")));
+        let a = export_of(dir.path(), "a.ndjson", &old, &key, 3);
+        let b = export_of(dir.path(), "b.ndjson", &grown, &key, 3);
+        let verdict = verify_exports(&[&a, &b], &key.verifier(), &[], &Silent).unwrap();
+        assert_eq!(verdict.unwrap().leaves, 9);
+
+        // History rewritten and re-signed by the key's holder: each export verifies alone,
+        // but the older one's checkpoints expose the newer one.
+        let mut rewritten = grown.clone();
+        rewritten[1] = event(2, "HELLO");
+        let c = export_of(dir.path(), "c.ndjson", &rewritten, &key, 3);
+        assert!(verify_exports(&[&c], &key.verifier(), &[], &Silent).unwrap().is_ok());
+        let err = verify_exports(&[&a, &c], &key.verifier(), &[], &Silent).unwrap().unwrap_err();
+        assert!(err.contains("a.ndjson line") && err.contains("size 3"), "{err}");
+
+        // History cut back: the older export's checkpoint is past the newer one's end.
+        let shorter = export_of(dir.path(), "d.ndjson", &old[..3], &key, 3);
+        let err = verify_exports(&[&a, &shorter], &key.verifier(), &[], &Silent).unwrap().unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
 }

@@ -364,3 +364,20 @@ async fn tampering_with_a_real_database_is_detected_and_named_and_exports_verify
 async fn fresh_pool(database: &str) -> sqlx::PgPool {
     sqlx::PgPool::connect(&format!("{}/{database}", crate::support::server_url())).await.unwrap()
 }
+
+#[tokio::test]
+async fn a_signing_key_that_cannot_be_used_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("signing.key.pub");
+    std::fs::write(&public, SignerKey::generate("x").unwrap().verifier().encode()).unwrap();
+    let iso = Isolation::new();
+    let _cleanup = crate::support::Cleanup(iso.clone());
+    for (file, says) in
+        [(public.display().to_string(), "not a signing key"), ("/nonexistent/key".into(), "cannot be read")]
+    {
+        let settings = iso.settings(&[("MAILLEDGER_SIGNING_KEY", file.as_str())]);
+        let err = mailledger::startup::Application::build(settings).await.err().expect("refused");
+        let err = format!("{err:#}");
+        assert!(err.contains("MAILLEDGER_SIGNING_KEY") && err.contains(says), "{err}");
+    }
+}
