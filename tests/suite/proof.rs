@@ -181,6 +181,12 @@ async fn proofs_check_out_with_an_independent_verifier_on_rest_grpc_nats_and_the
     check_entry(&app, &proved["proofs"][1], size2, &root2).await;
     let (_, note, _) = mailledger(&env, &["ledger", "checkpoint"]);
     assert_eq!(note, second["note"].as_str().unwrap());
+    let (code, status, err) = mailledger(&env, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        status.contains(&format!("proof log: {size2} events sealed; newest checkpoint of size {size2}")),
+        "{status}"
+    );
 
     // Bad input: a clear 4xx each.
     let other_tenant = app.new_key(serde_json::json!({"name": "b", "scopes": "read", "tenant": "b"})).await;
