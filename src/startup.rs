@@ -241,7 +241,9 @@ fn spawn_sealer(
              nothing can be proved to an auditor; make one with `mailledger ledger keygen --out FILE`"
         ),
     }
-    let options = RunnerOptions { batch_size: 2000, ..RunnerOptions::default() };
+    // Fewer, larger batches than the read model's: a checkpoint is due only every
+    // interval anyway, and each batch costs its own statements on the tree.
+    let options = RunnerOptions { batch_size: 2000, coalesce: Duration::from_millis(100), ..RunnerOptions::default() };
     let runner = Runner::new(pool.clone(), Arc::new(Sealer::new(signing.clone())), options).wake_on(notifier.events());
     work.spawn(runner.run(work.shutdown.clone()));
     if let Some(s) = &signing {

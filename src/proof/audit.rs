@@ -29,6 +29,8 @@ pub struct Audit {
     /// Checkpoints to meet, by size: root and where the checkpoint came from.
     expected: BTreeMap<u64, Vec<(Hash, String)>>,
     checked: u64,
+    /// The size of the last checkpoint that held.
+    good: u64,
 }
 
 /// What a finished check saw.
@@ -45,7 +47,7 @@ pub struct Summary {
 impl Audit {
     /// A check trusting signatures by `key` only.
     pub fn new(key: VerifierKey) -> Self {
-        Self { key, origin: None, frontier: Frontier::default(), expected: BTreeMap::new(), checked: 0 }
+        Self { key, origin: None, frontier: Frontier::default(), expected: BTreeMap::new(), checked: 0, good: 0 }
     }
 
     /// Leaves so far.
@@ -104,15 +106,18 @@ impl Audit {
         let root = self.root();
         if &root != signed {
             return Err(AuditError(format!(
-                "{from}: checkpoint of size {} was signed for root {}, but the events give {}: \
-                 an event at or before leaf {} differs from what was signed",
+                "{from}: checkpoint of size {} was signed for root {}, but the events give {}: an event \
+                 among leaves {} to {} differs from what was signed (the checkpoint of size {} held)",
                 self.size(),
                 B64.encode(signed),
                 B64.encode(root),
-                self.size().saturating_sub(1)
+                self.good,
+                self.size().saturating_sub(1),
+                self.good
             )));
         }
         self.checked += 1;
+        self.good = self.size();
         Ok(())
     }
 
