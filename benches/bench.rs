@@ -898,7 +898,10 @@ async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
                 }
                 let lags: Vec<f64> = sqlx::query_scalar(
                     "SELECT extract(epoch FROM (SELECT min(c.signed_at) FROM proof_checkpoints c WHERE c.size > l.idx) \
-                       - e.recorded_at)::float8 FROM proof_leaves l JOIN events e ON e.position = l.position \
+                       - e.recorded_at)::float8 \
+                     FROM (SELECT t.tile * 256 + u.i - 1 AS idx, u.p AS position \
+                       FROM proof_tiles t, unnest(t.positions) WITH ORDINALITY AS u(p, i)) l \
+                     JOIN events e ON e.position = l.position \
                      WHERE e.aggregate_type = 'Email'",
                 )
                 .fetch_all(&pool)
@@ -945,7 +948,7 @@ async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
         }
         lim.push(bytes.len() as f64 / started.elapsed().as_secs_f64());
         for sql in [
-            "TRUNCATE proof_leaves, proof_nodes, proof_checkpoints",
+            "TRUNCATE proof_tiles, proof_nodes, proof_checkpoints",
             "UPDATE proof_tree SET size = 0, root = sha256('')",
             "DELETE FROM projection_checkpoints WHERE name = 'proof'",
         ] {
@@ -967,6 +970,8 @@ async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
     let emails = ((1_000_000.0 * scale) as i64).max(1000);
     let db = ensure_million(emails).await;
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db).await.unwrap();
+    // A store generated before the proof log: its tables come with the migration.
+    mailledger::store::migrate(&pool).await.unwrap();
     let signing = mailledger::proof::sealer::Signing {
         key: Arc::new(key.clone()),
         origin: "mailledger/bench".into(),

@@ -58,6 +58,16 @@ pub fn range_hash(a: u64, b: u64, node: &mut dyn FnMut(u32, u64) -> Hash) -> Has
     node_hash(&left, &right)
 }
 
+/// The root of a complete subtree from its leaf hashes (a power of two of them).
+pub fn complete_root(leaves: &[Hash]) -> Hash {
+    debug_assert!(leaves.len().is_power_of_two());
+    let mut level: Vec<Hash> = leaves.to_vec();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|p| node_hash(&p[0], &p[1])).collect();
+    }
+    level[0]
+}
+
 /// The root of the tree of `size` leaves (`size` ≥ 1).
 pub fn root(size: u64, node: &mut dyn FnMut(u32, u64) -> Hash) -> Hash {
     if size == 0 { empty_root() } else { range_hash(0, size, node) }
@@ -397,6 +407,12 @@ mod tests {
             let rebuilt = Frontier::from_nodes(size, edge).unwrap();
             assert_eq!(rebuilt, whole);
             assert_eq!(root(size, &mut |l, i| nodes[&(l, i)]), whole.root());
+        }
+        for level in 0..6u32 {
+            for index in 0..(100u64 >> level) {
+                let start = (index << level) as usize;
+                assert_eq!(complete_root(&leaves[start..start + (1 << level)]), nodes[&(level, index)]);
+            }
         }
     }
 }

@@ -1,17 +1,19 @@
-//! The proof log in PostgreSQL: the one owner of every statement on `proof_leaves`,
+//! The proof log in PostgreSQL: the one owner of every statement on `proof_tiles`,
 //! `proof_nodes`, `proof_tree` and `proof_checkpoints` (migration 0006).
 //!
-//! Leaves (level 0) carry the position of their event; every complete subtree above
-//! them is a row of `proof_nodes`, so a proof or a root at any size reads O(log n)
-//! rows, all in one statement ([`nodes`]). The sealer appends in its feed transaction
+//! Leaves are kept 256 to a tile (as C2SP tlog-tiles does), with the positions of their
+//! events; a node below a tile's root is computed from its tile, every complete subtree
+//! of a tile or more is a row of `proof_nodes`. A proof or a root at any size reads
+//! O(log n) tiles and rows, in two statements ([`nodes`]). Sealing writes no row per
+//! event: a batch appends to its tiles. The sealer appends in its feed transaction
 //! ([`append`]), so the tree, its size and the feed checkpoint always agree.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
-use super::merkle::{Frontier, Hash};
+use super::merkle::{self, Frontier, Hash};
 
 /// A stored signed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,26 +60,67 @@ pub async fn head(pool: &PgPool) -> Result<(u64, Hash), sqlx::Error> {
     Ok((size(n), hash(root)?))
 }
 
-/// The stored nodes `keys` (level 0: leaves), those that exist.
+/// Leaves to a tile (2^[`TILE_HEIGHT`]).
+pub const TILE: u64 = 256;
+/// Levels inside a tile: nodes below it are computed from the tile's leaves, nodes at
+/// or above it are rows of `proof_nodes`.
+pub const TILE_HEIGHT: u32 = 8;
+
+/// A tile as stored: its leaves' hashes and their events' positions, in leaf order.
+struct Tile {
+    hashes: Vec<Hash>,
+    positions: Vec<i64>,
+}
+
+fn tile(hashes: Vec<u8>, positions: Vec<i64>) -> Result<Tile, sqlx::Error> {
+    if !hashes.len().is_multiple_of(32) || hashes.len() / 32 != positions.len() {
+        return Err(sqlx::Error::Decode("a proof log tile whose hashes and positions disagree".into()));
+    }
+    let hashes = hashes.chunks_exact(32).map(|c| <Hash>::try_from(c).expect("32 bytes")).collect();
+    Ok(Tile { hashes, positions })
+}
+
+async fn tiles(conn: &mut PgConnection, numbers: &[i64]) -> Result<HashMap<u64, Tile>, sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>, Vec<i64>)> =
+        sqlx::query_as("SELECT tile, hashes, positions FROM proof_tiles WHERE tile = ANY($1)")
+            .bind(numbers)
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter().map(|(t, h, p)| Ok((size(t), tile(h, p)?))).collect()
+}
+
+/// The stored nodes `keys` (level 0: leaves), those the log holds: below a tile's root,
+/// computed from the tile; from there up, read from `proof_nodes`.
 pub async fn nodes(conn: &mut PgConnection, keys: &[(u32, u64)]) -> Result<HashMap<(u32, u64), Hash>, sqlx::Error> {
-    let levels: Vec<i16> = keys.iter().map(|(l, _)| *l as i16).collect();
-    let idx: Vec<i64> = keys.iter().map(|(_, i)| *i as i64).collect();
-    let rows = sqlx::query(
-        "SELECT 0::smallint AS level, l.idx, l.hash FROM proof_leaves l \
-           WHERE l.idx = ANY(SELECT i FROM UNNEST($1::smallint[], $2::bigint[]) AS k(level, i) WHERE k.level = 0) \
-         UNION ALL \
-         SELECT n.level, n.idx, n.hash FROM proof_nodes n \
-           JOIN UNNEST($1::smallint[], $2::bigint[]) AS k(level, i) ON n.level = k.level AND n.idx = k.i",
-    )
-    .bind(&levels)
-    .bind(&idx)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(((r.try_get::<i16, _>("level")? as u32, r.try_get::<i64, _>("idx")? as u64), hash(r.try_get("hash")?)?))
-        })
-        .collect()
+    let tile_of = |(level, index): (u32, u64)| (index << level) / TILE;
+    let mut needed: Vec<i64> = keys.iter().filter(|(l, _)| *l < TILE_HEIGHT).map(|k| tile_of(*k) as i64).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let tiles = tiles(conn, &needed).await?;
+    let mut found = HashMap::new();
+    for &(level, index) in keys.iter().filter(|(l, _)| *l < TILE_HEIGHT) {
+        let first = (index << level) - tile_of((level, index)) * TILE;
+        let range = first as usize..first as usize + (1usize << level);
+        if let Some(leaves) = tiles.get(&tile_of((level, index))).and_then(|t| t.hashes.get(range)) {
+            found.insert((level, index), merkle::complete_root(leaves));
+        }
+    }
+    let (levels, idx): (Vec<i16>, Vec<i64>) =
+        keys.iter().filter(|(l, _)| *l >= TILE_HEIGHT).map(|(l, i)| (*l as i16, *i as i64)).unzip();
+    if !levels.is_empty() {
+        let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT n.level, n.idx, n.hash FROM proof_nodes n \
+             JOIN UNNEST($1::smallint[], $2::bigint[]) AS k(level, i) ON n.level = k.level AND n.idx = k.i",
+        )
+        .bind(&levels)
+        .bind(&idx)
+        .fetch_all(conn)
+        .await?;
+        for (l, i, h) in rows {
+            found.insert((l as u32, size(i)), hash(h)?);
+        }
+    }
+    Ok(found)
 }
 
 /// The right edge of the tree of `n` leaves, from its stored nodes.
@@ -91,8 +134,9 @@ pub async fn frontier(conn: &mut PgConnection, n: u64) -> anyhow::Result<Frontie
     Frontier::from_nodes(n, edge).ok_or_else(|| anyhow::anyhow!("proof log edge of size {n} is malformed"))
 }
 
-/// Stores new leaves `(index, position, hash)` and interior nodes `(level, index, hash)`,
-/// and the tree's new size and root.
+/// Stores new leaves `(index, position, hash)`, appended to their tiles, and the
+/// interior nodes `(level, index, hash)` of a tile's height or more (the others are
+/// computed from tiles), and the tree's new size and root.
 pub async fn append(
     conn: &mut PgConnection,
     leaves: &[(u64, i64, Hash)],
@@ -100,21 +144,29 @@ pub async fn append(
     new_size: u64,
     root: &Hash,
 ) -> Result<(), sqlx::Error> {
-    let idx: Vec<i64> = leaves.iter().map(|l| l.0 as i64).collect();
-    let pos: Vec<i64> = leaves.iter().map(|l| l.1).collect();
-    let hashes: Vec<&[u8]> = leaves.iter().map(|l| l.2.as_slice()).collect();
-    sqlx::query(
-        "INSERT INTO proof_leaves (idx, position, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
-    )
-    .bind(&idx)
-    .bind(&pos)
-    .bind(&hashes)
-    .execute(&mut *conn)
-    .await?;
-    if !interior.is_empty() {
-        let level: Vec<i16> = interior.iter().map(|n| n.0 as i16).collect();
-        let idx: Vec<i64> = interior.iter().map(|n| n.1 as i64).collect();
-        let hashes: Vec<&[u8]> = interior.iter().map(|n| n.2.as_slice()).collect();
+    for run in leaves.chunk_by(|a, b| a.0 / TILE == b.0 / TILE) {
+        let hashes: Vec<u8> = run.iter().flat_map(|l| l.2).collect();
+        let positions: Vec<i64> = run.iter().map(|l| l.1).collect();
+        let (lo, hi) = (positions.iter().min().copied(), positions.iter().max().copied());
+        sqlx::query(
+            "INSERT INTO proof_tiles (tile, hashes, positions, span) VALUES ($1, $2, $3, int8range($4, $5, '[]')) \
+             ON CONFLICT (tile) DO UPDATE SET hashes = proof_tiles.hashes || EXCLUDED.hashes, \
+               positions = proof_tiles.positions || EXCLUDED.positions, \
+               span = range_merge(proof_tiles.span, EXCLUDED.span)",
+        )
+        .bind((run[0].0 / TILE) as i64)
+        .bind(&hashes)
+        .bind(&positions)
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let high: Vec<_> = interior.iter().filter(|n| n.0 >= TILE_HEIGHT).collect();
+    if !high.is_empty() {
+        let level: Vec<i16> = high.iter().map(|n| n.0 as i16).collect();
+        let idx: Vec<i64> = high.iter().map(|n| n.1 as i64).collect();
+        let hashes: Vec<&[u8]> = high.iter().map(|n| n.2.as_slice()).collect();
         sqlx::query(
             "INSERT INTO proof_nodes (level, idx, hash) SELECT * FROM UNNEST($1::smallint[], $2::bigint[], $3::bytea[])",
         )
@@ -132,25 +184,43 @@ pub async fn append(
     Ok(())
 }
 
-/// Leaves from index `from`, at most `limit`, in index order.
-pub async fn leaves_from(pool: &PgPool, from: u64, limit: i64) -> Result<Vec<Leaf>, sqlx::Error> {
-    let rows: Vec<(i64, i64, Vec<u8>)> =
-        sqlx::query_as("SELECT idx, position, hash FROM proof_leaves WHERE idx >= $1 ORDER BY idx LIMIT $2")
-            .bind(from as i64)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-    rows.into_iter().map(|(i, p, h)| Ok(Leaf { index: size(i), position: p, hash: hash(h)? })).collect()
+fn unpack(number: u64, t: Tile) -> impl Iterator<Item = Leaf> {
+    t.hashes.into_iter().zip(t.positions).enumerate().map(move |(i, (hash, position))| Leaf {
+        index: number * TILE + i as u64,
+        position,
+        hash,
+    })
 }
 
-/// The leaves of the events at `positions` (those sealed).
-pub async fn leaves_at(pool: &PgPool, positions: &[i64]) -> Result<Vec<Leaf>, sqlx::Error> {
-    let rows: Vec<(i64, i64, Vec<u8>)> =
-        sqlx::query_as("SELECT idx, position, hash FROM proof_leaves WHERE position = ANY($1) ORDER BY idx")
-            .bind(positions)
+/// Leaves from index `from`, at most about `limit` (whole tiles), in index order.
+pub async fn leaves_from(pool: &PgPool, from: u64, limit: i64) -> Result<Vec<Leaf>, sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>, Vec<i64>)> =
+        sqlx::query_as("SELECT tile, hashes, positions FROM proof_tiles WHERE tile >= $1 ORDER BY tile LIMIT $2")
+            .bind((from / TILE) as i64)
+            .bind((limit / TILE as i64).max(1))
             .fetch_all(pool)
             .await?;
-    rows.into_iter().map(|(i, p, h)| Ok(Leaf { index: size(i), position: p, hash: hash(h)? })).collect()
+    let mut out = Vec::new();
+    for (number, hashes, positions) in rows {
+        out.extend(unpack(size(number), tile(hashes, positions)?).filter(|l| l.index >= from));
+    }
+    Ok(out)
+}
+
+/// The leaves of the events at `positions` (those sealed), in index order.
+pub async fn leaves_at(pool: &PgPool, positions: &[i64]) -> Result<Vec<Leaf>, sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>, Vec<i64>)> = sqlx::query_as(
+        "SELECT DISTINCT t.tile, t.hashes, t.positions FROM UNNEST($1::bigint[]) AS p(position) \
+         JOIN proof_tiles t ON t.span @> p.position ORDER BY t.tile",
+    )
+    .bind(positions)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for (number, hashes, stored) in rows {
+        out.extend(unpack(size(number), tile(hashes, stored)?).filter(|l| positions.contains(&l.position)));
+    }
+    Ok(out)
 }
 
 const CHECKPOINT: &str = "SELECT size, root, note, signed_at FROM proof_checkpoints";

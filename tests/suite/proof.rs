@@ -387,3 +387,56 @@ async fn a_signing_key_that_cannot_be_used_stops_start_up_naming_it() {
         assert!(err.contains("MAILLEDGER_SIGNING_KEY") && err.contains(says), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_log_of_many_tiles_proves_every_kind_of_path_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "mailledger/tiles");
+    let iso = Isolation::new();
+    let pool = fresh_database(&iso).await;
+    let mut events = vec![];
+    for i in 0..350 {
+        let id = uuid::Uuid::now_v7();
+        for (s, (kind, payload)) in crate::support::accepted_events(id, &format!("bulk {i}")).into_iter().enumerate() {
+            events.push((id, s as i64 + 1, kind, payload));
+        }
+    }
+    db::insert_events_at_once(&pool, &events).await;
+    pool.close().await;
+    // 701 events sealed on the first start: three tiles, the last one partial.
+    let app = spawn_signing(iso, &key).await;
+    let first = covered(&app).await;
+    let (_, size1, root1) = rfc9162::open_checkpoint(first["note"].as_str().unwrap(), &public).unwrap();
+    assert!(size1 > 512, "{size1}");
+    for i in 0..3 {
+        app.create(&original_payload(&format!("after {i}"))).await;
+    }
+    let second = covered(&app).await;
+    let (_, size2, root2) = rfc9162::open_checkpoint(second["note"].as_str().unwrap(), &public).unwrap();
+    let positions = db::positions(&app.pool).await;
+    for leaf in [0, 1, 255, 256, 257, 511, 512, 600, positions.len() - 1] {
+        let path = format!("/api/v1/ledger/proof/inclusion?position={}&size={size2}", positions[leaf]);
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["proofs"][0]["leaf_index"].as_u64(), Some(leaf as u64));
+        check_entry(&app, &body["proofs"][0], size2, &root2).await;
+        if (leaf as u64) < size1 {
+            let path = format!("/api/v1/ledger/proof/inclusion?position={}&size={size1}", positions[leaf]);
+            let (_, body) = app.get_json(&path).await;
+            check_entry(&app, &body["proofs"][0], size1, &root1).await;
+        }
+    }
+    for m in [1, 2, 255, 256, 257, 300, 512, size1 - 1, size1, size2] {
+        let (status, body) = app.get_json(&format!("/api/v1/ledger/proof/consistency?first={m}&second={size2}")).await;
+        assert_eq!(status, 200, "{body}");
+        let hashes: Vec<_> = body["hashes"].as_array().unwrap().iter().map(|h| b64(h.as_str().unwrap())).collect();
+        let first_root = b64(body["first_root"].as_str().unwrap());
+        assert_eq!(b64(body["second_root"].as_str().unwrap()), root2);
+        if m == size1 {
+            assert_eq!(first_root, root1, "the signed root");
+        }
+        assert!(rfc9162::consistency_ok(m, size2, &hashes, &first_root, &root2), "{m}: {body}");
+    }
+    let (code, _, err) = mailledger(&app.iso.env(), &["ledger", "verify", "--public-key", &public]);
+    assert_eq!(code, 0, "{err}");
+}

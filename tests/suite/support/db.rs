@@ -415,8 +415,11 @@ pub async fn replace_checkpoint_note(pool: &PgPool, size: i64, note: &str) {
 /// after it, their leaves and every later checkpoint — so the database agrees with itself.
 pub async fn truncate_history_to(pool: &PgPool, size: i64) {
     for sql in [
-        "DELETE FROM events WHERE position IN (SELECT position FROM proof_leaves WHERE idx >= $1)",
-        "DELETE FROM proof_leaves WHERE idx >= $1",
+        "DELETE FROM events WHERE position IN (SELECT u.p FROM proof_tiles t, \
+           unnest(t.positions) WITH ORDINALITY AS u(p, i) WHERE t.tile * 256 + u.i - 1 >= $1)",
+        "DELETE FROM proof_tiles WHERE tile * 256 >= $1",
+        "UPDATE proof_tiles SET hashes = substring(hashes FROM 1 FOR (($1 - tile * 256) * 32)::int), \
+           positions = positions[1:($1 - tile * 256)] WHERE tile = $1 / 256",
         "DELETE FROM proof_checkpoints WHERE size > $1",
         "UPDATE proof_tree SET size = $1, root = (SELECT root FROM proof_checkpoints WHERE size = $1)",
     ] {
@@ -427,4 +430,24 @@ pub async fn truncate_history_to(pool: &PgPool, size: i64) {
 /// How many events the store holds, of every aggregate.
 pub async fn all_event_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.unwrap()
+}
+
+/// Commits many email events in one statement: (email, sequence, type, payload) each.
+pub async fn insert_events_at_once(pool: &PgPool, events: &[(Uuid, i64, String, Value)]) {
+    let ids: Vec<String> = events.iter().map(|e| e.0.to_string()).collect();
+    let sequences: Vec<i64> = events.iter().map(|e| e.1).collect();
+    let types: Vec<String> = events.iter().map(|e| e.2.clone()).collect();
+    let payloads: Vec<Value> = events.iter().map(|e| e.3.clone()).collect();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'Email', id, seq, kind, '1.0', payload, '{}' \
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::jsonb[]) AS e(id, seq, kind, payload)",
+    )
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&payloads)
+    .execute(pool)
+    .await
+    .expect("insert events");
 }
