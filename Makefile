@@ -21,8 +21,10 @@ services:
 	@bash $(SERVICES)
 
 ## Run the service (REST :8080, gRPC :50051, metrics :9090) until Ctrl-C.
+## A development signing key for the proof log is made in .run/signing.key on first use.
 run: check-toolchain services
-	$(CARGO) run --release --bin mailledger -- serve
+	@mkdir -p .run; test -f .run/signing.key || $(CARGO) run --release --quiet --bin mailledger -- ledger keygen --out .run/signing.key
+	MAILLEDGER_SIGNING_KEY=$${MAILLEDGER_SIGNING_KEY:-.run/signing.key} $(CARGO) run --release --bin mailledger -- serve
 
 ## Run every test against the local PostgreSQL, NATS and Redis.
 test: check-toolchain services

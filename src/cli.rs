@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
@@ -15,7 +17,7 @@ use crate::config::Settings;
 use crate::ledger::Ledger;
 use crate::ops::progress::Bar;
 use crate::ops::reproject::{self, Target};
-use crate::ops::{dlq, history, replay, status};
+use crate::ops::{dlq, history, ledger, replay, status};
 use crate::query::cache::Cache;
 use crate::startup::Application;
 use crate::store;
@@ -66,6 +68,10 @@ pub enum Command {
         /// Only events of this tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// Write the proof export instead: every sealed event with its leaf and every
+        /// signed checkpoint, for `mailledger ledger verify --export` (whole log only).
+        #[arg(long, conflicts_with_all = ["since", "until", "email", "kind", "tenant"])]
+        proofs: bool,
     },
     /// Print one email's timeline.
     History {
@@ -89,6 +95,12 @@ pub enum Command {
     },
     /// Projection lag, waiting commands and the delivery queue.
     Status,
+    /// The proof log: signing keys, checkpoints, proofs and verification.
+    Ledger {
+        /// What to do.
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
     /// API keys: make, list, revoke.
     Keys {
         /// What to do.
@@ -140,6 +152,46 @@ pub enum KeysAction {
         /// The key's id.
         id: Uuid,
     },
+}
+
+/// `ledger` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Make an Ed25519 checkpoint-signing key pair: the private key to FILE (mode 0600,
+    /// for MAILLEDGER_SIGNING_KEY), the verifier key to FILE.pub and stdout.
+    Keygen {
+        /// The private key's file (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The key's name (default: the checkpoints' origin, mailledger/<database>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Recompute the whole log from the events and check every checkpoint; with
+    /// --export, check exports offline (no database, no service). Exit 0: verified;
+    /// 1: it does not verify (the reason names the position, line or signature); 2: the
+    /// check could not run.
+    Verify {
+        /// Proof exports (`mailledger replay --proofs`), oldest first: each is checked,
+        /// and against every checkpoint of the ones before it.
+        #[arg(long = "export", value_name = "FILE")]
+        exports: Vec<PathBuf>,
+        /// The verifier key (or a file holding it); default: the public half of
+        /// MAILLEDGER_SIGNING_KEY (required with --export).
+        #[arg(long = "public-key", value_name = "KEY")]
+        public_key: Option<String>,
+        /// Signed checkpoint notes kept elsewhere (from NATS, an earlier run): the log
+        /// must agree with each.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+    },
+    /// Every event of an email with its inclusion proof in the newest checkpoint (JSON).
+    Prove {
+        /// The email's id.
+        id: Uuid,
+    },
+    /// Print the newest signed checkpoint note (to keep a copy).
+    Checkpoint,
 }
 
 /// `dlq` subcommands.
@@ -266,13 +318,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Application::build(settings).await?.run_until_stopped().await?;
         return Ok(ExitCode::SUCCESS);
     }
+    let command = match command {
+        Command::Ledger { action } => match offline(action, &settings)? {
+            Ok(code) => return Ok(code),
+            Err(action) => Command::Ledger { action },
+        },
+        other => other,
+    };
     let pool = store::connect(&settings.database).await?;
     store::migrate(&pool).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match command {
         Command::Serve => unreachable!("handled above"),
         Command::Migrate => eprintln!("mailledger: migrations applied"),
-        Command::Replay { since, until, email, kind, tenant } => {
+        Command::Replay { proofs: true, .. } => {
+            let bar = Bar::new("export");
+            let origin = settings.proof.origin(&settings.database.name());
+            let (leaves, checkpoints) = ledger::export(&pool, &origin, &mut out, &bar).await?;
+            bar.finish();
+            eprintln!("mailledger: exported {leaves} sealed events and {checkpoints} checkpoints");
+        }
+        Command::Replay { since, until, email, kind, tenant, proofs: false } => {
             let bar = Bar::new("replay");
             let window = Window { since, until, email, event_type: kind, tenant };
             replay::replay(&pool, &window, &mut out, &bar).await?;
@@ -336,6 +402,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             status::print(&pool, target, &mut out).await?;
         }
         Command::Keys { action } => keys(&pool, action, &mut out).await?,
+        Command::Ledger { action } => return ledger_online(&pool, action, &settings, &mut out).await,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -395,6 +462,121 @@ async fn suppressions(pool: &sqlx::PgPool, action: SuppressionsAction, out: &mut
         }
     }
     Ok(())
+}
+
+/// Prints why a check could not run; exit code 2.
+fn cannot_check(e: &anyhow::Error) -> ExitCode {
+    eprintln!("mailledger: cannot verify: {e:#}");
+    ExitCode::from(2)
+}
+
+/// The verdict of a check: exit 0 and what was verified, or 1 and why not.
+fn verdict(result: anyhow::Result<ledger::Verdict>) -> ExitCode {
+    match result {
+        Ok(Ok(summary)) => {
+            eprintln!(
+                "mailledger: verified: {} events, {} checkpoint(s); root {}",
+                summary.leaves,
+                summary.checkpoints,
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, summary.root)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(reason)) => {
+            eprintln!("mailledger: the log does NOT verify: {reason}");
+            ExitCode::FAILURE
+        }
+        Err(e) => cannot_check(&e),
+    }
+}
+
+/// Kept checkpoint notes: (label, note) of each file.
+fn kept_notes(files: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    files
+        .iter()
+        .map(|f| {
+            let note = std::fs::read_to_string(f).with_context(|| format!("{}: cannot be read", f.display()))?;
+            Ok((format!("checkpoint {}", f.display()), note))
+        })
+        .collect()
+}
+
+/// The ledger commands that need no database: `keygen` and `verify --export`. Hands
+/// the others back.
+fn offline(action: LedgerAction, settings: &Settings) -> anyhow::Result<Result<ExitCode, LedgerAction>> {
+    match action {
+        LedgerAction::Keygen { out, name } => {
+            let name = name.unwrap_or_else(|| settings.proof.origin(&settings.database.name()));
+            let public = ledger::keygen(&name, &out)?;
+            eprintln!("mailledger: signing key written to {} (keep it secret; MAILLEDGER_SIGNING_KEY)", out.display());
+            eprintln!("mailledger: verifier key (give it to auditors) in {}.pub:", out.display());
+            println!("{public}");
+            Ok(Ok(ExitCode::SUCCESS))
+        }
+        LedgerAction::Verify { exports, public_key, checkpoints } if !exports.is_empty() => {
+            let Some(public_key) = public_key else {
+                eprintln!("mailledger: --export needs --public-key (the verifier key, or its file)");
+                return Ok(Ok(ExitCode::from(2)));
+            };
+            let checked = (|| {
+                let key = ledger::load_verifier(&public_key)?;
+                let kept = kept_notes(&checkpoints)?;
+                let bar = Bar::new("verify");
+                let result = ledger::verify_exports(&exports, &key, &kept, &bar);
+                bar.finish();
+                result
+            })();
+            Ok(Ok(verdict(checked)))
+        }
+        other => Ok(Err(other)),
+    }
+}
+
+/// The ledger commands that read the database.
+async fn ledger_online(
+    pool: &sqlx::PgPool,
+    action: LedgerAction,
+    settings: &Settings,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    match action {
+        LedgerAction::Verify { public_key, checkpoints, .. } => {
+            let key = match public_key {
+                Some(k) => ledger::load_verifier(&k),
+                None => match crate::proof::sealer::Signing::load(&settings.proof, &settings.database.name()) {
+                    Ok(Some(s)) => Ok(s.key.verifier()),
+                    Ok(None) => Err(anyhow::anyhow!("give --public-key (no MAILLEDGER_SIGNING_KEY is set)")),
+                    Err(e) => Err(e),
+                },
+            };
+            let key = match key {
+                Ok(k) => k,
+                Err(e) => return Ok(cannot_check(&e)),
+            };
+            let kept = match kept_notes(&checkpoints) {
+                Ok(k) => k,
+                Err(e) => return Ok(cannot_check(&e)),
+            };
+            let bar = Bar::new("verify");
+            let result = ledger::verify_store(pool, key, &kept, &bar).await;
+            bar.finish();
+            Ok(verdict(result))
+        }
+        LedgerAction::Prove { id } => {
+            let proofs = ledger::prove(pool, id, &operator()).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&proofs)?)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerAction::Checkpoint => {
+            let latest =
+                crate::proof::ProofLog::new(pool.clone()).checkpoint(None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            write!(out, "{}", latest.note)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerAction::Keygen { .. } => unreachable!("offline"),
+    }
 }
 
 /// Who runs this command: `cli:$USER`.

@@ -37,6 +37,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_NATS_CREDS", "nats.creds"),
     ("MAILLEDGER_NATS_CA", "nats.tls_ca"),
     ("MAILLEDGER_REDIS_CA", "redis.tls_ca"),
+    ("MAILLEDGER_SIGNING_KEY", "proof.signing_key"),
 ];
 
 /// Everything the service can be told.
@@ -63,6 +64,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// API keys: on or off, and the default limits of a key.
     pub auth: AuthSettings,
+    /// The proof log: sealing, checkpoints and their signing key.
+    pub proof: ProofSettings,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for in-flight work.
@@ -86,6 +89,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Create the database when it does not exist.
     pub create_if_missing: bool,
+}
+
+impl DatabaseSettings {
+    /// The database's name (the URL's path), `mailledger` when the URL names none.
+    pub fn name(&self) -> String {
+        let name = self.url.path().trim_start_matches('/');
+        if name.is_empty() { "mailledger".into() } else { name.to_owned() }
+    }
 }
 
 /// NATS settings.
@@ -124,6 +135,32 @@ pub struct NatsSettings {
     pub tls_ca: Option<PathBuf>,
 }
 
+/// The proof log (see the README's "Proof for auditors").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofSettings {
+    /// Seal every event into the Merkle log (off only to measure what sealing costs).
+    pub enabled: bool,
+    /// The Ed25519 key that signs checkpoints (`PRIVATE+KEY+…`, as `mailledger ledger
+    /// keygen` writes it); unset: the log is kept, nothing is signed.
+    #[serde(deserialize_with = "optional_path")]
+    pub signing_key: Option<PathBuf>,
+    /// The checkpoints' origin line; empty: `mailledger/<database name>`.
+    pub origin: String,
+    /// Sign a checkpoint once this many events were sealed since the last one…
+    pub checkpoint_every: u64,
+    /// …or once this long has passed and the log has grown.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl ProofSettings {
+    /// The origin line of this log's checkpoints, for the database named `database`.
+    pub fn origin(&self, database: &str) -> String {
+        if self.origin.is_empty() { format!("mailledger/{database}") } else { self.origin.clone() }
+    }
+}
+
 /// The subjects and stream names derived from [`NatsSettings`].
 #[derive(Debug, Clone)]
 pub struct NatsNames {
@@ -147,6 +184,10 @@ pub struct NatsNames {
     pub dlq_stream: String,
     /// `<prefix>_EVENTS`
     pub events_stream: String,
+    /// `<ns>.checkpoints`: the proof log's signed checkpoints.
+    pub checkpoints_subject: String,
+    /// `<prefix>_CHECKPOINTS`
+    pub checkpoints_stream: String,
     /// Durable consumer name.
     pub consumer: String,
 }
@@ -174,6 +215,8 @@ impl NatsSettings {
             commands_stream: format!("{prefix}_COMMANDS"),
             dlq_stream: format!("{prefix}_DLQ"),
             events_stream: format!("{prefix}_EVENTS"),
+            checkpoints_subject: format!("{ns}.checkpoints"),
+            checkpoints_stream: format!("{prefix}_CHECKPOINTS"),
             consumer: self.consumer.clone(),
         }
     }
@@ -529,6 +572,15 @@ impl Settings {
                 "delivery.throttle_backoff",
                 "must be longer than zero and at most throttle_backoff_max".into(),
             ));
+        }
+        if self.proof.checkpoint_every == 0 {
+            return Err(("proof.checkpoint_every", "must be at least 1".into()));
+        }
+        if self.proof.checkpoint_interval.is_zero() {
+            return Err(("proof.checkpoint_interval", "must be longer than zero".into()));
+        }
+        if self.proof.origin.chars().any(char::is_control) || self.proof.origin.trim() != self.proof.origin {
+            return Err(("proof.origin", "one line, without surrounding spaces".into()));
         }
         if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
             return Err(("limits", "limits must be at least 1".into()));

@@ -18,7 +18,8 @@
 //!                       └─ saga::schedule       ──► `deliveries` ──► saga (SMTP) ──► ledger
 //!  readers  ──► transport::{http, grpc} ──► query (cache, then read model; history and
 //!                                                  as-of from the store)
-//!  operators ──► cli ──► ops (replay, history, reproject, dlq, status)
+//!  operators ──► cli ──► ops (replay, history, reproject, dlq, status, ledger)
+//!  auditors  ──► transport::{http, grpc}, cli ──► proof (sealed from store::raw by a projection)
 //! ```
 //!
 //! Dependencies point inward: transports, operator tools and the sender use the ledger
@@ -38,6 +39,7 @@
 //! | [`suppression`] | the suppression list (per tenant): lookups, changes recorded as events |
 //! | [`redrive`] | bulk redrives by filter: counted, paced, resumable runs |
 //! | [`transport`] | REST, gRPC, NATS intake and TLS: adapters only |
+//! | [`proof`] | the tamper-evident log: Merkle tree over every event, signed checkpoints, proofs, audits |
 //! | [`ops`] | operator and auditor tools behind the CLI |
 //! | [`observe`] | request spans and metrics, the gauge monitor, readiness |
 //! | [`startup`] | [`startup::Application`]: wiring and one shutdown for everything |
@@ -52,6 +54,7 @@ pub(crate) mod metrics;
 pub(crate) mod observe;
 pub mod ops;
 pub mod projections;
+pub mod proof;
 pub mod query;
 pub mod redrive;
 pub mod render;

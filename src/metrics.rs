@@ -131,6 +131,14 @@ pub static PROJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_projection_events_total", "Events applied, by projection", &["projection"])
 });
 
+/// `mailledger_proof_tree_size`: events sealed into the proof log.
+pub static PROOF_TREE_SIZE: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_proof_tree_size", "Events sealed into the proof log (its tree size)"));
+
+/// `mailledger_proof_checkpoint_size`: the tree size of the newest signed checkpoint.
+pub static PROOF_CHECKPOINT_SIZE: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_proof_checkpoint_size", "Tree size of the newest signed checkpoint"));
+
 /// `mailledger_projection_lag_events{projection}`: events not yet applied.
 pub static PROJECTION_LAG_EVENTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
@@ -294,6 +302,8 @@ pub fn init() {
     LazyLock::force(&NATS_ACK_PENDING);
     LazyLock::force(&CACHE);
     LazyLock::force(&PROJECTED);
+    LazyLock::force(&PROOF_TREE_SIZE);
+    LazyLock::force(&PROOF_CHECKPOINT_SIZE);
     LazyLock::force(&PROJECTION_LAG_EVENTS);
     LazyLock::force(&PROJECTION_LAG_SECONDS);
     LazyLock::force(&DELIVERIES);

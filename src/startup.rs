@@ -24,8 +24,11 @@ use crate::observe::health::Readiness;
 use crate::projections::Projection;
 use crate::projections::cache::CacheProjection;
 use crate::projections::emails::EmailsProjection;
-use crate::projections::events::EventPublisher;
+use crate::projections::events::{EventPublisher, SuppressionPublisher};
 use crate::projections::runner::{Runner, RunnerOptions};
+use crate::proof::ProofLog;
+use crate::proof::publish::Publisher as CheckpointPublisher;
+use crate::proof::sealer::{Sealer, Signing};
 use crate::query::ReadSide;
 use crate::query::cache::Cache;
 use crate::query::repository::Repository;
@@ -94,6 +97,8 @@ impl Application {
         metrics::init();
         transport::tls::install_default_provider();
         let tls = ServerTls::load(&settings.tls)?;
+        // A key file that cannot be used stops start-up before anything runs.
+        let signing = Signing::load(&settings.proof, &settings.database.name())?;
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
@@ -115,10 +120,13 @@ impl Application {
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
+        let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
         let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
-        let edge = Edge { ledger: ledger.clone(), reads, readiness, keyring: keyring.clone(), pool: pool.clone() };
+        let proofs = ProofLog::new(pool.clone());
+        let edge =
+            Edge { ledger: ledger.clone(), reads, readiness, keyring: keyring.clone(), pool: pool.clone(), proofs };
         serve(&work, &settings, listeners, tls.as_ref(), edge)?;
         #[cfg(unix)]
         work.spawn(reload_on_hangup(tls.clone(), sender.clone(), settings.file.clone(), work.shutdown.clone())?);
@@ -136,6 +144,7 @@ impl Application {
             keyring,
             pool.clone(),
             notifier,
+            signing.is_some(),
             work.shutdown.clone(),
         ));
         work.tracker.close();
@@ -234,6 +243,39 @@ fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Ca
     }
 }
 
+/// The proof log's sealer (a projection over every aggregate) and, with a signing key,
+/// the signer of checkpoints no batch signed. Returns the signing in use.
+fn spawn_sealer(
+    work: &Work,
+    settings: &Settings,
+    signing: Option<Signing>,
+    pool: &PgPool,
+    notifier: &Notifier,
+) -> Option<Signing> {
+    if !settings.proof.enabled {
+        tracing::warn!("the proof log is OFF (proof.enabled: false): events are not sealed");
+        return None;
+    }
+    match &signing {
+        Some(s) => {
+            tracing::info!(origin = %s.origin, verifier_key = %s.key.verifier().encode(), "proof log: signing checkpoints")
+        }
+        None => tracing::warn!(
+            "proof log: NO SIGNING KEY (MAILLEDGER_SIGNING_KEY): events are sealed but no checkpoint is signed, so \
+             nothing can be proved to an auditor; make one with `mailledger ledger keygen --out FILE`"
+        ),
+    }
+    // Fewer, larger batches than the read model's: a checkpoint is due only every
+    // interval anyway, and each batch costs its own statements on the tree.
+    let options = RunnerOptions { batch_size: 2000, coalesce: Duration::from_millis(100), ..RunnerOptions::default() };
+    let runner = Runner::new(pool.clone(), Arc::new(Sealer::new(signing.clone())), options).wake_on(notifier.events());
+    work.spawn(runner.run(work.shutdown.clone()));
+    if let Some(s) = &signing {
+        work.spawn(crate::proof::sealer::run_signer(pool.clone(), s.clone(), work.shutdown.clone()));
+    }
+    signing
+}
+
 /// The sender, unless `delivery.enabled` is off on this instance.
 fn spawn_sender(
     work: &Work,
@@ -258,6 +300,7 @@ struct Edge {
     readiness: Readiness,
     keyring: Keyring,
     pool: PgPool,
+    proofs: ProofLog,
 }
 
 /// REST, gRPC (TLS when configured, with SIGHUP reloading it) and metrics.
@@ -277,10 +320,16 @@ fn serve(
         request_timeout: settings.http.request_timeout,
         keyring: edge.keyring.clone(),
         pool: edge.pool.clone(),
+        proofs: edge.proofs.clone(),
     };
     let router = transport::http::router(state);
-    let (routes, health) =
-        transport::grpc::routes(edge.ledger, edge.reads, edge.pool, max_request_bytes(settings.limits.max_body_bytes))?;
+    let (routes, health) = transport::grpc::routes(
+        edge.ledger,
+        edge.reads,
+        edge.pool,
+        edge.proofs,
+        max_request_bytes(settings.limits.max_body_bytes),
+    )?;
     let grpc_served =
         transport::grpc::Served { routes, health, keyring: edge.keyring, timeout: settings.grpc.request_timeout };
     match tls {
@@ -308,7 +357,9 @@ fn serve(
 }
 
 /// Everything on NATS: once the streams and the consumer exist (retried until NATS
-/// answers), the command intake and the projection publishing domain events.
+/// answers), the command intake, the projection publishing domain events and (when
+/// checkpoints are signed) the copies of checkpoints.
+#[allow(clippy::too_many_arguments)]
 async fn run_nats(
     nats: async_nats::Client,
     settings: NatsSettings,
@@ -316,13 +367,19 @@ async fn run_nats(
     keyring: Keyring,
     pool: PgPool,
     notifier: Notifier,
+    signing: bool,
     stop: CancellationToken,
 ) {
     let js = jetstream::new(nats);
     let publisher = EventPublisher::new(js.clone(), &settings);
+    let suppressions = SuppressionPublisher::new(js.clone(), &settings);
+    let checkpoints = CheckpointPublisher::new(js.clone(), &settings.names(), settings.duplicate_window);
     let setup = || async {
         transport::nats::ensure_streams(&js, &settings).await?;
         publisher.ensure_stream().await?;
+        if signing {
+            checkpoints.ensure_stream().await?;
+        }
         NatsIntake::setup(js.clone(), &settings, ledger.clone(), keyring.clone()).await
     };
     let ready = setup
@@ -344,8 +401,15 @@ async fn run_nats(
         },
     };
     tracing::info!("NATS command intake running");
-    let runner = Runner::new(pool, Arc::new(publisher), RunnerOptions::default()).wake_on(notifier.events());
-    tokio::join!(intake.run(stop.clone()), runner.run(stop));
+    let runner = Runner::new(pool.clone(), Arc::new(publisher), RunnerOptions::default()).wake_on(notifier.events());
+    let suppressions =
+        Runner::new(pool.clone(), Arc::new(suppressions), RunnerOptions::default()).wake_on(notifier.events());
+    let copies = async {
+        if signing {
+            checkpoints.run(pool, stop.clone()).await;
+        }
+    };
+    tokio::join!(intake.run(stop.clone()), runner.run(stop.clone()), suppressions.run(stop.clone()), copies);
 }
 
 /// On every SIGHUP until `stop`: reloads the TLS files (a bad file keeps the old ones)

@@ -1,8 +1,9 @@
 //! What operators and auditors run from the command line: `replay`, `history`,
-//! `reproject`, `dlq` and `status`. Each writes data to stdout and talk to stderr.
+//! `reproject`, `dlq`, `status` and `ledger` (the proof log). Each writes data to stdout and talk to stderr.
 
 pub(crate) mod dlq;
 pub(crate) mod history;
+pub mod ledger;
 pub mod progress;
 pub(crate) mod replay;
 pub mod reproject;

@@ -1,5 +1,6 @@
 //! `mailledger status`: how far behind each projection is, how many commands wait in
-//! NATS, how deep the delivery queue is, and the busiest recipient domains.
+//! NATS, how deep the delivery queue is, the busiest recipient domains, and how much of
+//! the store the proof log has sealed and signed.
 
 use std::io::Write;
 
@@ -20,6 +21,17 @@ pub async fn print(
     for lag in stats::lags(pool).await? {
         let behind = lag.seconds.map(|s| format!(", oldest unapplied {s:.1} s old")).unwrap_or_default();
         writeln!(out, "  {:<16} at position {:<10} {} events behind{behind}", lag.name, lag.position, lag.events)?;
+    }
+    let (sealed, _) = crate::proof::tree::head(pool).await?;
+    let newest = crate::proof::tree::latest(&mut *pool.acquire().await?).await?;
+    match newest {
+        Some(c) => writeln!(
+            out,
+            "proof log: {sealed} events sealed; newest checkpoint of size {} signed {}",
+            c.size,
+            c.signed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )?,
+        None => writeln!(out, "proof log: {sealed} events sealed; no signed checkpoint (MAILLEDGER_SIGNING_KEY)")?,
     }
     let q = schedule::counts(pool).await?;
     writeln!(out, "deliveries: {} due now, {} scheduled, {} being sent", q.due, q.scheduled, q.leased)?;

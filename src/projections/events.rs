@@ -178,6 +178,64 @@ fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'s
     Ok((serde_json::to_vec(&body)?, Some("payload")))
 }
 
+/// Changes to suppression lists out to NATS (side-effecting, at-least-once, idempotent
+/// by message id): `SuppressionAdded` to `<ns>.events.suppression_added` and
+/// `SuppressionRemoved` to `<ns>.events.suppression_removed`, in the same stream as the
+/// email events, with `Nats-Msg-Id: suppression:<tenant>/<address>:<sequence>`. It
+/// reads every aggregate's events ([`super::Feed::Everything`]) and passes the others by.
+pub struct SuppressionPublisher {
+    js: jetstream::Context,
+    names: NatsNames,
+}
+
+impl SuppressionPublisher {
+    /// Publishes with `js` under the settings' names (the events stream must exist:
+    /// [`EventPublisher::ensure_stream`]).
+    pub fn new(js: jetstream::Context, settings: &NatsSettings) -> Self {
+        Self { js, names: settings.names() }
+    }
+}
+
+#[async_trait]
+impl Projection for SuppressionPublisher {
+    fn name(&self) -> &'static str {
+        "nats_suppressions"
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        ProjectionKind::SideEffecting
+    }
+
+    fn feed(&self) -> super::Feed {
+        super::Feed::Everything
+    }
+
+    async fn apply(&self, _conn: &mut PgConnection, _events: &[FeedEvent]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn apply_raw(&self, _conn: &mut PgConnection, events: &[crate::store::raw::RawEvent]) -> anyhow::Result<()> {
+        let mut acks = Vec::new();
+        for e in events.iter().filter(|e| e.aggregate_type == crate::suppression::AGGREGATE) {
+            let payload: Value = serde_json::from_str(&e.payload)?;
+            let mut body = payload.get(&e.event_type).cloned().unwrap_or(payload);
+            if let Some(fields) = body.as_object_mut() {
+                fields.insert("type".into(), json!(e.event_type));
+                fields.insert("position".into(), json!(e.position()));
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("suppression:{}:{}", e.aggregate_id, e.sequence).as_str());
+            headers.insert("Mailledger-Event-Type", e.event_type.as_str());
+            let subject = self.names.event_subject(&subject_kind(&e.event_type));
+            acks.push(self.js.publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

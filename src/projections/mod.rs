@@ -7,6 +7,8 @@
 //! | [`cache`] | side-effecting, idempotent by version | the Redis view cache (at-least-once; older views never overwrite newer ones) |
 //! | `schedule` ([`crate::saga::schedule`]) | transactional | the delivery schedule the sender claims from |
 //! | [`events`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
+//! | `nats_suppressions` ([`events::SuppressionPublisher`]) | side-effecting, every aggregate | suppression-list changes on NATS (`mail.events.suppression_added` / `_removed`) |
+//! | `proof` ([`crate::proof::sealer`]) | transactional, every aggregate ([`Feed::Everything`]) | the proof log's Merkle tree and signed checkpoints |
 //!
 //! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);
 //! the others stand by and take over when the holder's session ends. Rebuilding one
@@ -21,6 +23,17 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use crate::store::feed::FeedEvent;
+use crate::store::raw::RawEvent;
+
+/// Which events a projection reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Email events, decoded ([`Projection::apply`]); other aggregates are passed by.
+    Emails,
+    /// Every event of every aggregate, as stored ([`Projection::apply_raw`]): the proof
+    /// log's sealer, and the publisher of suppression-list changes.
+    Everything,
+}
 
 /// How a projection's effects relate to its checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,4 +58,15 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies a batch of events, in feed order. `tx` is the open transaction the
     /// checkpoint will be written in (a transactional projection writes its rows there).
     async fn apply(&self, tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()>;
+
+    /// Which events it reads (emails, by default).
+    fn feed(&self) -> Feed {
+        Feed::Emails
+    }
+
+    /// Applies a batch of every aggregate's events as stored, in feed order, in the
+    /// transaction of the checkpoint (for [`Feed::Everything`]).
+    async fn apply_raw(&self, _tx: &mut PgConnection, _events: &[RawEvent]) -> anyhow::Result<()> {
+        anyhow::bail!("projection {} reads only email events", self.name())
+    }
 }

@@ -10,8 +10,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Projection, ProjectionKind};
+use super::{Feed, Projection, ProjectionKind};
 use crate::store::feed::{self, Checkpoint};
+use crate::store::raw;
 use crate::store::upcast::{UPCASTERS, Upcaster};
 use crate::store::{checkpoints, notify};
 
@@ -89,6 +90,9 @@ impl Runner {
         // the disk. A crash loses at most its last moments, which it then applies again.
         sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
         let at = checkpoints::load(&mut tx, name).await?;
+        if self.projection.feed() == Feed::Everything {
+            return self.apply_raw(tx, at).await;
+        }
         let events =
             feed::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes, self.upcasters).await?;
         let Some(last) = events.last().map(|e| e.checkpoint) else {
@@ -120,6 +124,35 @@ impl Runner {
                 crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&e.metadata));
             }
         }
+        Ok(events.len())
+    }
+
+    /// [`Self::try_execute_once`] for a projection of every aggregate's events, as
+    /// stored.
+    async fn apply_raw(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>, at: Checkpoint) -> anyhow::Result<usize> {
+        let name = self.projection.name();
+        let events = raw::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes).await?;
+        let Some(last) = events.last().map(|e| e.checkpoint) else {
+            tx.commit().await?;
+            return Ok(0);
+        };
+        match self.projection.kind() {
+            ProjectionKind::Transactional => {
+                self.projection.apply_raw(&mut tx, &events).await?;
+                checkpoints::save(&mut tx, name, last).await?;
+                tx.commit().await?;
+            }
+            ProjectionKind::SideEffecting => {
+                tx.commit().await?;
+                let mut conn = self.pool.acquire().await?;
+                self.projection.apply_raw(&mut conn, &events).await?;
+                let mut tx = conn.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
+                checkpoints::save(&mut tx, name, last).await?;
+                tx.commit().await?;
+            }
+        }
+        crate::metrics::PROJECTED.with_label_values(&[name]).inc_by(events.len() as u64);
         Ok(events.len())
     }
 

@@ -89,7 +89,32 @@ pub async fn read_after(
     max_bytes: i64,
     upcasters: &[Upcaster],
 ) -> Result<Vec<FeedEvent>, FeedError> {
-    let sql = "WITH next AS ( \
+    let rows = fetch_batch(
+        conn,
+        "e.txid::text AS txid, e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+         e.event_version, e.payload, e.metadata, e.recorded_at",
+        after,
+        limit,
+        max_bytes,
+    )
+    .await?;
+    rows.iter()
+        .filter(|r| r.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email"))
+        .map(|r| decode_row(r, upcasters))
+        .collect()
+}
+
+/// The rows of a feed batch after `after` (see [`read_after`] for the statement's
+/// shape), selecting `columns` of `events e`.
+pub(crate) async fn fetch_batch(
+    conn: &mut PgConnection,
+    columns: &str,
+    after: Checkpoint,
+    limit: i64,
+    max_bytes: i64,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let sql = format!(
+        "WITH next AS ( \
            SELECT txid, position, \
              CASE WHEN pg_column_size(payload) > 2000 THEN octet_length(payload::text) ELSE pg_column_size(payload) END \
              + pg_column_size(metadata) AS bytes \
@@ -99,21 +124,17 @@ pub async fn read_after(
          kept AS (SELECT txid, position FROM \
            (SELECT txid, position, sum(bytes) OVER (ORDER BY txid, position) - bytes AS before FROM next) n \
            WHERE before < $4) \
-         SELECT e.txid::text AS txid, e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
-           e.event_version, e.payload, e.metadata, e.recorded_at \
+         SELECT {columns} \
          FROM kept JOIN events e ON e.txid = kept.txid AND e.position = kept.position \
-         ORDER BY e.txid, e.position";
-    let rows = sqlx::query(sql)
+         ORDER BY e.txid, e.position"
+    );
+    sqlx::query(&sql)
         .bind(after.txid.to_string())
         .bind(after.position)
         .bind(limit)
         .bind(max_bytes.max(1))
         .fetch_all(conn)
-        .await?;
-    rows.iter()
-        .filter(|r| r.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email"))
-        .map(|r| decode_row(r, upcasters))
-        .collect()
+        .await
 }
 
 /// Every event of one email, in sequence order (optionally only up to an instant).

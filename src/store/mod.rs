@@ -24,14 +24,16 @@
 //!
 //! # Reading
 //! [`feed`] (every event in commit order, never skipping a late commit; one email's
-//! events), [`checkpoints`] (where each projection stands), [`replay`] (time windows,
-//! streamed), [`stats`] (head, counts, lag).
+//! events), [`raw`] (every aggregate's events exactly as stored, for the proof log),
+//! [`checkpoints`] (where each projection stands), [`replay`] (time windows, streamed),
+//! [`stats`] (head, counts, lag).
 
 pub(crate) mod append;
 pub(crate) mod checkpoints;
 mod db;
 pub mod feed;
 pub(crate) mod notify;
+pub mod raw;
 pub(crate) mod records;
 pub(crate) mod replay;
 pub(crate) mod stats;

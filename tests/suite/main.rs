@@ -20,6 +20,7 @@ mod nats_restart;
 mod operability;
 mod policies;
 mod process;
+mod proof;
 mod read_api;
 mod reproject;
 mod rest_intake;

@@ -355,6 +355,25 @@ async fn the_suppression_list_over_rest_grpc_and_the_command_line() {
     let (code, _, err) = cli(&["suppressions", "remove", "f@example.org", "--reason", "done"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("not suppressed"), "{err}");
+
+    // Every change, on the domain event stream: five added, three removed.
+    let stream = format!("{}_EVENTS", app.iso.stream_prefix);
+    let subject = |kind: &str| format!("{}.events.suppression_{kind}", app.iso.namespace);
+    eventually(WAIT, || async {
+        let Ok(mut s) = app.js.get_stream(&stream).await else { return false };
+        let last = s.info().await.unwrap().state.last_sequence;
+        let mut seen: Vec<(String, Value)> = vec![];
+        for seq in 1..=last {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                seen.push((m.subject.to_string(), serde_json::from_slice(&m.payload).unwrap_or_default()));
+            }
+        }
+        let count = |kind: &str| seen.iter().filter(|(s, _)| *s == subject(kind)).count();
+        let first = seen.iter().find(|(s, _)| *s == subject("added"));
+        (count("added"), count("removed")) == (5, 3)
+            && first.is_some_and(|(_, body)| body["address"] == "ann@example.org" && body["by"] == "tests")
+    })
+    .await;
 }
 
 #[tokio::test]

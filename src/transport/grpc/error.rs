@@ -7,6 +7,7 @@ use tonic::Status;
 
 use crate::access::AccessError;
 use crate::ledger::LedgerError;
+use crate::proof::ProofLogError;
 
 impl From<AccessError> for Status {
     fn from(e: AccessError) -> Self {
@@ -34,6 +35,19 @@ impl From<LedgerError> for Status {
             LedgerError::Internal(e) => {
                 tracing::error!(error = %e, source = ?e.source(), "gRPC call failed: internal error");
                 Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<ProofLogError> for Status {
+    fn from(e: ProofLogError) -> Self {
+        match e {
+            ProofLogError::BadRequest(m) => Status::invalid_argument(m),
+            ProofLogError::NotFound(m) => Status::not_found(m),
+            ProofLogError::Store(e) => {
+                let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
+                LedgerError::Internal(boxed).into()
             }
         }
     }

@@ -33,6 +33,7 @@ pub(crate) fn routes(
     ledger: Ledger,
     reads: ReadSide,
     pool: sqlx::PgPool,
+    proofs: crate::proof::ProofLog,
     max_request_bytes: usize,
 ) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -41,8 +42,9 @@ pub(crate) fn routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     // The same request size REST takes (tonic's default is 4 MiB).
-    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads, pool))
-        .max_decoding_message_size(max_request_bytes);
+    let email =
+        proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads, pool, proofs))
+            .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(email).add_service(health).add_service(reflection);
     Ok((routes, reporter))
 }

@@ -10,14 +10,16 @@ use uuid::Uuid;
 
 use super::proto::email_service_server::EmailService;
 use super::proto::{
-    AddSuppressionRes, CreateReq, CreateRes, Email, Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes,
-    ListSuppressionsReq, ListSuppressionsRes, RedriveReq, RedriveRes, RemoveSuppressionRes, SearchReq, SearchRes,
-    Suppression, SuppressionChangeReq,
+    AddSuppressionRes, CheckpointReq, CheckpointRes, ConsistencyReq, ConsistencyRes, CreateReq, CreateRes, Email,
+    Event, GetByIdReq, GetByIdRes, HistoryReq, HistoryRes, Inclusion, InclusionReq, InclusionRes, ListSuppressionsReq,
+    ListSuppressionsRes, RedriveReq, RedriveRes, RemoveSuppressionRes, SearchReq, SearchRes, Suppression,
+    SuppressionChangeReq,
 };
 use crate::access::Scope;
 use crate::access::keyring::Authenticated;
 use crate::command::{EmailDraft, Source, address::split_list};
 use crate::ledger::{CreateEmail, Ledger};
+use crate::proof::{InclusionProof, ProofLog, StoredCheckpoint};
 use crate::query::ReadSide;
 use crate::query::params::RawSearch;
 use crate::query::view::{EmailSummary, EmailView};
@@ -27,12 +29,32 @@ pub struct EmailGrpc {
     ledger: Ledger,
     reads: ReadSide,
     pool: sqlx::PgPool,
+    proofs: ProofLog,
 }
 
 impl EmailGrpc {
-    /// Serves `ledger`, `reads` and the suppression lists in `pool`.
-    pub fn new(ledger: Ledger, reads: ReadSide, pool: sqlx::PgPool) -> Self {
-        Self { ledger, reads, pool }
+    /// Serves `ledger`, `reads`, the suppression lists in `pool`, and `proofs`.
+    pub fn new(ledger: Ledger, reads: ReadSide, pool: sqlx::PgPool, proofs: ProofLog) -> Self {
+        Self { ledger, reads, pool, proofs }
+    }
+}
+
+fn checkpoint_res(c: &StoredCheckpoint) -> CheckpointRes {
+    CheckpointRes { size: c.size, root: c.root.to_vec(), note: c.note.clone(), signed_at: Some(timestamp(c.signed_at)) }
+}
+
+fn inclusion(p: &InclusionProof) -> Inclusion {
+    Inclusion {
+        leaf_index: p.leaf_index,
+        tree_size: p.tree_size,
+        position: p.event.position(),
+        aggregate_type: p.event.aggregate_type.clone(),
+        aggregate_id: p.event.aggregate_id.clone(),
+        sequence: p.event.sequence,
+        r#type: p.event.event_type.clone(),
+        leaf_hash: p.leaf_hash.to_vec(),
+        canonical: crate::proof::canonical::bytes(&p.event),
+        hashes: p.hashes.iter().map(|h| h.to_vec()).collect(),
     }
 }
 
@@ -365,5 +387,45 @@ impl EmailService for EmailGrpc {
             )));
         }
         Ok(Response::new(RemoveSuppressionRes { removed: true }))
+    }
+
+    async fn checkpoint(&self, request: Request<CheckpointReq>) -> Result<Response<CheckpointRes>, Status> {
+        caller(&request).principal.require(Scope::Read)?;
+        let size = request.into_inner().size;
+        let c = self.proofs.checkpoint((size != 0).then_some(size)).await?;
+        Ok(Response::new(checkpoint_res(&c)))
+    }
+
+    async fn inclusion_proof(&self, request: Request<InclusionReq>) -> Result<Response<InclusionRes>, Status> {
+        let by = caller(&request).principal;
+        by.require(Scope::Read)?;
+        let req = request.into_inner();
+        let size = (req.tree_size != 0).then_some(req.tree_size);
+        let (checkpoint, proofs) = match (present(req.email_id), req.position) {
+            (Some(email), None) => self.proofs.prove_email(parse_id(&email)?, &by, size).await?,
+            (None, Some(position)) => {
+                by.require(Scope::Admin)?;
+                let (c, p) = self.proofs.prove_position(position, size).await?;
+                (c, vec![p])
+            }
+            _ => return Err(Status::invalid_argument("give one of EmailID or Position")),
+        };
+        Ok(Response::new(InclusionRes {
+            checkpoint: Some(checkpoint_res(&checkpoint)),
+            proofs: proofs.iter().map(inclusion).collect(),
+        }))
+    }
+
+    async fn consistency_proof(&self, request: Request<ConsistencyReq>) -> Result<Response<ConsistencyRes>, Status> {
+        caller(&request).principal.require(Scope::Read)?;
+        let req = request.into_inner();
+        let p = self.proofs.consistency(req.first, (req.second != 0).then_some(req.second)).await?;
+        Ok(Response::new(ConsistencyRes {
+            first: p.first,
+            second: p.second,
+            first_root: p.first_root.to_vec(),
+            second_root: p.second_root.to_vec(),
+            hashes: p.hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 }

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::access::AccessError;
 use crate::command::{FieldError, ValidationErrors};
 use crate::ledger::LedgerError;
+use crate::proof::ProofLogError;
 use crate::transport::payload::PayloadError;
 
 /// An error answer.
@@ -93,6 +94,16 @@ impl From<LedgerError> for ApiError {
             LedgerError::Denied(e) => e.into(),
             LedgerError::Unavailable(e) => ApiError::Unavailable(e),
             LedgerError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<ProofLogError> for ApiError {
+    fn from(e: ProofLogError) -> Self {
+        match e {
+            ProofLogError::BadRequest(m) => ApiError::BadRequest(m),
+            ProofLogError::NotFound(m) => ApiError::NotFound(m),
+            ProofLogError::Store(e) => e.into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod emails;
 pub mod error;
 pub mod keys;
+pub mod ledger;
 pub mod read;
 pub mod redrives;
 pub mod server;
@@ -40,6 +41,8 @@ pub struct HttpState {
     pub keyring: Keyring,
     /// For key management.
     pub pool: sqlx::PgPool,
+    /// The proof log.
+    pub proofs: crate::proof::ProofLog,
 }
 
 /// The OpenAPI document.
@@ -50,17 +53,21 @@ pub struct HttpState {
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
         read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke,
         suppressions::list, suppressions::export, suppressions::add, suppressions::remove,
-        redrives::start, redrives::list, redrives::get, redrives::resume, health, ready
+        redrives::start, redrives::list, redrives::get, redrives::resume, ledger::checkpoint, ledger::inclusion,
+        ledger::consistency, health, ready
     ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
         error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey,
         crate::suppression::Suppression, suppressions::Page, suppressions::ChangeBody, suppressions::RemovedBody,
-        crate::redrive::Run, crate::redrive::Filter, crate::redrive::Preview, redrives::RedriveRequest)),
+        crate::redrive::Run, crate::redrive::Filter, crate::redrive::Preview, redrives::RedriveRequest,
+        crate::proof::body::CheckpointBody, crate::proof::body::InclusionBody, crate::proof::body::InclusionEntry,
+        crate::proof::body::ConsistencyBody)),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
          (name = "keys", description = "API keys (the `admin` scope)"),
-         (name = "suppressions", description = "Recipients not attempted again, per tenant"))
+         (name = "suppressions", description = "Recipients not attempted again, per tenant"),
+         (name = "ledger", description = "The proof log: signed checkpoints, inclusion and consistency proofs"))
 )]
 pub struct ApiDoc;
 
@@ -115,6 +122,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/redrives", post(redrives::start).get(redrives::list))
         .route("/api/v1/redrives/{id}", get(redrives::get))
         .route("/api/v1/redrives/{id}/resume", post(redrives::resume))
+        .route("/api/v1/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/api/v1/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/api/v1/ledger/proof/consistency", get(ledger::consistency))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)

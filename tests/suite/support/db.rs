@@ -326,3 +326,150 @@ pub async fn domain_pause(pool: &PgPool, domain: &str) -> Option<(f64, Option<ch
         .await
         .expect("read domain_pacing")
 }
+
+/// One stored event with its JSON as PostgreSQL's text and its time in microseconds:
+/// what the proof log's canonical bytes are made of.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawStored {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub micros: i64,
+    pub payload: String,
+    pub metadata: String,
+}
+
+/// The event at `position`, as the canonical bytes take it.
+pub async fn raw_event(pool: &PgPool, position: i64) -> RawStored {
+    sqlx::query_as(
+        "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           (extract(epoch FROM recorded_at) * 1000000)::bigint AS micros, payload::text AS payload, \
+           metadata::text AS metadata FROM events WHERE position = $1",
+    )
+    .bind(position)
+    .fetch_one(pool)
+    .await
+    .expect("raw event")
+}
+
+/// Every event's position, in commit order.
+pub async fn positions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT position FROM events ORDER BY txid, position").fetch_all(pool).await.unwrap()
+}
+
+/// A copy of database `from` named `to` (nobody may be connected to `from`).
+pub async fn copy_database(server: &PgPool, from: &str, to: &str) {
+    sqlx::query(&format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\"")).execute(server).await.expect("copy database");
+}
+
+/// Tamper: replace `from` with `to` in the payload of the event at `position`.
+pub async fn edit_payload(pool: &PgPool, position: i64, from: &str, to: &str) {
+    let n = sqlx::query(
+        "UPDATE events SET payload = replace(payload::text, $2, $3)::jsonb \
+         WHERE position = $1 AND strpos(payload::text, $2) > 0",
+    )
+    .bind(position)
+    .bind(from)
+    .bind(to)
+    .execute(pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(n, 1);
+}
+
+/// Tamper: delete the event at `position`.
+pub async fn delete_event(pool: &PgPool, position: i64) {
+    sqlx::query("DELETE FROM events WHERE position = $1").bind(position).execute(pool).await.unwrap();
+}
+
+/// Tamper: delete every event from `position` on (in commit order).
+pub async fn delete_events_from(pool: &PgPool, position: i64) {
+    sqlx::query("DELETE FROM events WHERE (txid, position) >= (SELECT txid, position FROM events WHERE position = $1)")
+        .bind(position)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Tamper: swap the positions of two events.
+pub async fn swap_positions(pool: &PgPool, a: i64, b: i64) {
+    for (from, to) in [(a, -1), (b, a), (-1, b)] {
+        sqlx::query("UPDATE events SET position = $2 WHERE position = $1")
+            .bind(from)
+            .bind(to)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// Tamper: a forged email event at `position`, written as if by the transaction of the
+/// event at `beside` (so it sorts into the middle of the history).
+pub async fn insert_forged(pool: &PgPool, beside: i64, position: i64) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+           txid, position) \
+         SELECT 'Email', gen_random_uuid()::text, 1, 'Requested', '1.0', '{\"Requested\": {}}', '{}', txid, $2 \
+         FROM events WHERE position = $1",
+    )
+    .bind(beside)
+    .bind(position)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Tamper: replace the note of the checkpoint of `size`.
+pub async fn replace_checkpoint_note(pool: &PgPool, size: i64, note: &str) {
+    sqlx::query("UPDATE proof_checkpoints SET note = $2 WHERE size = $1")
+        .bind(size)
+        .bind(note)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Tamper, thoroughly: cut the history back to the checkpoint of `size` — the events
+/// after it, their leaves and every later checkpoint — so the database agrees with itself.
+pub async fn truncate_history_to(pool: &PgPool, size: i64) {
+    for sql in [
+        "DELETE FROM events WHERE position IN (SELECT u.p FROM proof_tiles t, \
+           unnest(t.positions) WITH ORDINALITY AS u(p, i) WHERE t.tile * 256 + u.i - 1 >= $1)",
+        "DELETE FROM proof_tiles WHERE tile * 256 >= $1",
+        "UPDATE proof_tiles SET hashes = substring(hashes FROM 1 FOR (($1 - tile * 256) * 32)::int), \
+           positions = positions[1:($1 - tile * 256)] WHERE tile = $1 / 256",
+        "DELETE FROM proof_checkpoints WHERE size > $1",
+        "UPDATE proof_tree SET size = $1, root = (SELECT root FROM proof_checkpoints WHERE size = $1)",
+    ] {
+        sqlx::query(sql).bind(size).execute(pool).await.unwrap();
+    }
+}
+
+/// How many events the store holds, of every aggregate.
+pub async fn all_event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.unwrap()
+}
+
+/// Commits many email events in one statement: (email, sequence, type, payload) each.
+pub async fn insert_events_at_once(pool: &PgPool, events: &[(Uuid, i64, String, Value)]) {
+    let ids: Vec<String> = events.iter().map(|e| e.0.to_string()).collect();
+    let sequences: Vec<i64> = events.iter().map(|e| e.1).collect();
+    let types: Vec<String> = events.iter().map(|e| e.2.clone()).collect();
+    let payloads: Vec<Value> = events.iter().map(|e| e.3.clone()).collect();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'Email', id, seq, kind, '1.0', payload, '{}' \
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::jsonb[]) AS e(id, seq, kind, payload)",
+    )
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&payloads)
+    .execute(pool)
+    .await
+    .expect("insert events");
+}

@@ -5,6 +5,7 @@
 
 pub mod db;
 pub mod pki;
+pub mod rfc9162;
 pub mod servers;
 pub mod smtp;
 
@@ -345,7 +346,7 @@ impl Drop for TestApp {
 pub async fn cleanup(iso: &Isolation) {
     if let Ok(nats) = async_nats::connect(nats_url()).await {
         let js = jetstream::new(nats);
-        for suffix in ["COMMANDS", "DLQ", "EVENTS"] {
+        for suffix in ["COMMANDS", "DLQ", "EVENTS", "CHECKPOINTS"] {
             let _ = js.delete_stream(format!("{}_{suffix}", iso.stream_prefix)).await;
         }
     }
