@@ -26,6 +26,8 @@ CREATE TABLE suppressions
 );
 CREATE INDEX suppressions_domain ON suppressions (tenant, domain, created_at);
 CREATE INDEX suppressions_created ON suppressions (tenant, created_at);
+-- The feed of suppression-list changes (published on NATS) reads only these events.
+CREATE INDEX events_suppressions ON events (txid, position) WHERE aggregate_type = 'Suppression';
 
 -- Per-domain pacing shared by every instance: how many deliveries to a domain were
 -- started in the current one-second window, and until when a domain is held back after

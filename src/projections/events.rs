@@ -182,7 +182,7 @@ fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'s
 /// by message id): `SuppressionAdded` to `<ns>.events.suppression_added` and
 /// `SuppressionRemoved` to `<ns>.events.suppression_removed`, in the same stream as the
 /// email events, with `Nats-Msg-Id: suppression:<tenant>/<address>:<sequence>`. It
-/// reads every aggregate's events ([`super::Feed::Everything`]) and passes the others by.
+/// reads only the events of aggregate `Suppression` ([`super::Feed::Aggregate`]).
 pub struct SuppressionPublisher {
     js: jetstream::Context,
     names: NatsNames,
@@ -207,7 +207,7 @@ impl Projection for SuppressionPublisher {
     }
 
     fn feed(&self) -> super::Feed {
-        super::Feed::Everything
+        super::Feed::Aggregate(crate::suppression::AGGREGATE)
     }
 
     async fn apply(&self, _conn: &mut PgConnection, _events: &[FeedEvent]) -> anyhow::Result<()> {
@@ -216,7 +216,7 @@ impl Projection for SuppressionPublisher {
 
     async fn apply_raw(&self, _conn: &mut PgConnection, events: &[crate::store::raw::RawEvent]) -> anyhow::Result<()> {
         let mut acks = Vec::new();
-        for e in events.iter().filter(|e| e.aggregate_type == crate::suppression::AGGREGATE) {
+        for e in events {
             let payload: Value = serde_json::from_str(&e.payload)?;
             let mut body = payload.get(&e.event_type).cloned().unwrap_or(payload);
             if let Some(fields) = body.as_object_mut() {

@@ -7,7 +7,7 @@
 //! | [`cache`] | side-effecting, idempotent by version | the Redis view cache (at-least-once; older views never overwrite newer ones) |
 //! | `schedule` ([`crate::saga::schedule`]) | transactional | the delivery schedule the sender claims from |
 //! | [`events`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
-//! | `nats_suppressions` ([`events::SuppressionPublisher`]) | side-effecting, every aggregate | suppression-list changes on NATS (`mail.events.suppression_added` / `_removed`) |
+//! | `nats_suppressions` ([`events::SuppressionPublisher`]) | side-effecting, `Suppression` events only | suppression-list changes on NATS (`mail.events.suppression_added` / `_removed`) |
 //! | `proof` ([`crate::proof::sealer`]) | transactional, every aggregate ([`Feed::Everything`]) | the proof log's Merkle tree and signed checkpoints |
 //!
 //! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);
@@ -31,8 +31,11 @@ pub enum Feed {
     /// Email events, decoded ([`Projection::apply`]); other aggregates are passed by.
     Emails,
     /// Every event of every aggregate, as stored ([`Projection::apply_raw`]): the proof
-    /// log's sealer, and the publisher of suppression-list changes.
+    /// log's sealer.
     Everything,
+    /// The events of one other aggregate type, as stored ([`Projection::apply_raw`]):
+    /// the publisher of suppression-list changes.
+    Aggregate(&'static str),
 }
 
 /// How a projection's effects relate to its checkpoint.

@@ -90,8 +90,10 @@ impl Runner {
         // the disk. A crash loses at most its last moments, which it then applies again.
         sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
         let at = checkpoints::load(&mut tx, name).await?;
-        if self.projection.feed() == Feed::Everything {
-            return self.apply_raw(tx, at).await;
+        match self.projection.feed() {
+            Feed::Emails => {}
+            Feed::Everything => return self.apply_raw(tx, at, None).await,
+            Feed::Aggregate(kind) => return self.apply_raw(tx, at, Some(kind)).await,
         }
         let events =
             feed::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes, self.upcasters).await?;
@@ -129,9 +131,17 @@ impl Runner {
 
     /// [`Self::try_execute_once`] for a projection of every aggregate's events, as
     /// stored.
-    async fn apply_raw(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>, at: Checkpoint) -> anyhow::Result<usize> {
+    async fn apply_raw(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        at: Checkpoint,
+        only: Option<&'static str>,
+    ) -> anyhow::Result<usize> {
         let name = self.projection.name();
-        let events = raw::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes).await?;
+        let events = match only {
+            None => raw::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes).await?,
+            Some(kind) => raw::read_after_of(&mut tx, kind, at, self.options.batch_size).await?,
+        };
         let Some(last) = events.last().map(|e| e.checkpoint) else {
             tx.commit().await?;
             return Ok(0);

@@ -82,6 +82,27 @@ pub async fn read_after(
     rows.iter().map(decode).collect()
 }
 
+/// Up to `limit` events of one aggregate type after `after`, in commit order and below
+/// the horizon (the feed's rule), for a projection of that aggregate alone. The type is
+/// written into the statement, so that a partial index on it (as
+/// `events_suppressions` for `Suppression`) serves the read instead of a walk through
+/// every other event.
+pub async fn read_after_of(
+    conn: &mut PgConnection,
+    aggregate_type: &'static str,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<RawEvent>, sqlx::Error> {
+    debug_assert!(aggregate_type.chars().all(|c| c.is_ascii_alphanumeric()));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events e WHERE e.aggregate_type = '{aggregate_type}' \
+           AND (e.txid, e.position) > ($1::text::xid8, $2) AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY e.txid, e.position LIMIT $3"
+    );
+    let rows = sqlx::query(&sql).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(conn).await?;
+    rows.iter().map(decode).collect()
+}
+
 /// Every event of the store in commit order (`txid, position`), streamed from the
 /// server as it is read (flat memory), in the snapshot of one statement.
 pub fn stream(conn: &mut PgConnection) -> impl Stream<Item = Result<RawEvent, sqlx::Error>> + '_ {
