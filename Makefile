@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SERVICES := scripts/ensure-services.sh
 
-.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key
+.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key nats-cluster
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -40,6 +40,10 @@ bench: check-toolchain services
 ## KEY=$$(make -s key | tail -n 1); NAME=… for another name.
 key: check-toolchain services
 	@$(CARGO) run --release --quiet --bin mailledger -- keys create --name $${NAME:-first} --scope all
+
+## A 3-node NATS JetStream cluster on loopback (see the README's "Scaling").
+nats-cluster:
+	@bash scripts/nats-cluster.sh start
 
 ## A local CA and a server certificate for nginx (nginx/certs).
 cert:

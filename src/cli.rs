@@ -392,7 +392,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Status => {
             let nats = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
-                async_nats::connect(settings.nats.url.as_str()),
+                crate::transport::nats::connect(&settings.nats),
             )
             .await
             .ok()

@@ -36,6 +36,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_AUTH", "auth.mode"),
     ("MAILLEDGER_NATS_CREDS", "nats.creds"),
     ("MAILLEDGER_NATS_CA", "nats.tls_ca"),
+    ("MAILLEDGER_NATS_REPLICAS", "nats.replicas"),
     ("MAILLEDGER_REDIS_CA", "redis.tls_ca"),
     ("MAILLEDGER_SIGNING_KEY", "proof.signing_key"),
 ];
@@ -103,9 +104,14 @@ impl DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
-    /// `nats://host:port` (credentials in the URL are honoured).
-    #[serde(deserialize_with = "url_with_scheme::<NatsScheme, _>")]
-    pub url: Url,
+    /// `nats://host:port`, or several servers of one cluster comma-separated
+    /// (`nats://a:4222,nats://b:4222`); credentials in the first URL are honoured.
+    #[serde(deserialize_with = "nats_servers")]
+    pub url: NatsServers,
+    /// Replication of every stream the service creates (commands, dead letters, events,
+    /// checkpoints): 1 on a single server, 3 (or 5) on a JetStream cluster. Applies when a
+    /// stream is created; an existing stream keeps its own (a warning says so).
+    pub replicas: usize,
     /// Subject prefix (`mail`).
     pub namespace: String,
     /// Stream name prefix (`MAILLEDGER`).
@@ -196,6 +202,28 @@ impl NatsNames {
     /// `<ns>.events.<kind>`: where events of `kind` (`sent`, `dead_lettered`) are published.
     pub fn event_subject(&self, kind: &str) -> String {
         format!("{}.events.{kind}", self.namespace)
+    }
+}
+
+/// The NATS servers to connect to: one URL, or the members of one cluster. The client
+/// connects to any of them and fails over to the others.
+#[derive(Debug, Clone)]
+pub struct NatsServers(Vec<Url>);
+
+impl NatsServers {
+    /// The first server: its scheme (`tls`) and credentials apply to all.
+    pub fn first(&self) -> &Url {
+        &self.0[0]
+    }
+
+    /// Every server, in the order given.
+    pub fn all(&self) -> &[Url] {
+        &self.0
+    }
+
+    /// The servers as logs may show them (see [`redact`]), comma-separated.
+    pub fn redacted(&self) -> String {
+        self.0.iter().map(redact).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -523,6 +551,9 @@ impl Settings {
         if self.nats.max_deliver < 2 {
             return Err(("nats.max_deliver", "must be at least 2".into()));
         }
+        if !(1..=5).contains(&self.nats.replicas) {
+            return Err(("nats.replicas", "must be between 1 and 5 (JetStream's limit)".into()));
+        }
         if self.nats.max_ack_pending == 0 {
             return Err(("nats.max_ack_pending", "must be at least 1".into()));
         }
@@ -687,6 +718,26 @@ impl Schemes for SmtpScheme {
     const ALLOWED: &'static [&'static str] = &["smtp", "smtps", "file"];
 }
 
+/// `nats://a:4222` or `nats://a:4222, nats://b:4222, …`: every URL with a NATS scheme, all
+/// with the same one.
+fn nats_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NatsServers, D::Error> {
+    let raw = String::deserialize(d)?;
+    let mut urls = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let url = url_with_scheme::<NatsScheme, _>(serde::de::value::StrDeserializer::<D::Error>::new(part))?;
+        if let Some(first) = urls.first().map(|u: &Url| u.scheme().to_owned())
+            && first != url.scheme()
+        {
+            return Err(serde::de::Error::custom("every server of a cluster needs the same scheme (nats or tls)"));
+        }
+        urls.push(url);
+    }
+    if urls.is_empty() {
+        return Err(serde::de::Error::custom("no NATS server given"));
+    }
+    Ok(NatsServers(urls))
+}
+
 fn url_with_scheme<'de, S: Schemes, D: serde::Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
     let raw = String::deserialize(d)?;
     let url = Url::parse(&raw).map_err(|e| serde::de::Error::custom(format!("not a URL ({e})")))?;
@@ -721,6 +772,32 @@ mod tests {
     }
 
     #[test]
+    fn nats_takes_the_servers_of_a_cluster() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("MAILLEDGER_NATS_URL", "nats://tok@a:4222, nats://b:4223,nats://c:4224"),
+                ("MAILLEDGER__NATS__REPLICAS", "3"),
+            ]),
+        )
+        .unwrap();
+        let hosts: Vec<_> = s.nats.url.all().iter().map(|u| u.host_str().unwrap().to_owned()).collect();
+        assert_eq!(hosts, ["a", "b", "c"]);
+        assert_eq!(s.nats.url.redacted(), "nats://***@a:4222,nats://b:4223,nats://c:4224");
+        assert_eq!(s.nats.replicas, 3);
+        for (bad, why) in [
+            ("nats://a:4222,tls://b:4222", "same scheme"),
+            (" , ", "no NATS server"),
+            ("nats://a:4222,http://b", "not supported"),
+        ] {
+            let err = Settings::load_from(None, env(&[("MAILLEDGER_NATS_URL", bad)])).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+        }
+        let err = Settings::load_from(None, env(&[("MAILLEDGER__NATS__REPLICAS", "7")])).unwrap_err();
+        assert!(format!("{err:#}").contains("REPLICAS: must be between 1 and 5"), "{err:#}");
+    }
+
+    #[test]
     fn public_names_override() {
         let s = Settings::load_from(
             None,
@@ -741,7 +818,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.database.url.port(), Some(5433));
         assert_eq!(redact(&s.database.url), "postgres://u:***@db.example:5433/x");
-        assert_eq!(s.nats.url.host_str(), Some("n.example"));
+        assert_eq!(s.nats.url.first().host_str(), Some("n.example"));
         assert_eq!(s.redis.url.path(), "/2");
         assert_eq!(s.smtp.url.port(), Some(2525));
         assert_eq!(s.http.addr.port(), 80);

@@ -152,7 +152,7 @@ impl Application {
         let (http_addr, grpc_addr, metrics_addr) = addrs;
         tracing::info!(
             http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr, tls = tls.is_some(),
-            database = %redact(&settings.database.url), nats = %redact(&settings.nats.url),
+            database = %redact(&settings.database.url), nats = %settings.nats.url.redacted(),
             "mailledger started"
         );
         Ok(Self { http_addr, grpc_addr, metrics_addr, tls, sender, work, nats, pool, grace: settings.shutdown_grace })
@@ -376,9 +376,9 @@ async fn run_nats(
     let checkpoints = CheckpointPublisher::new(js.clone(), &settings.names(), settings.duplicate_window);
     let setup = || async {
         transport::nats::ensure_streams(&js, &settings).await?;
-        publisher.ensure_stream().await?;
+        publisher.ensure_stream(settings.replicas).await?;
         if signing {
-            checkpoints.ensure_stream().await?;
+            checkpoints.ensure_stream(settings.replicas).await?;
         }
         NatsIntake::setup(js.clone(), &settings, ledger.clone(), keyring.clone()).await
     };

@@ -50,10 +50,12 @@ impl EventPublisher {
         Self { js, names: settings.names() }
     }
 
-    /// Creates the events stream if it does not exist.
-    pub async fn ensure_stream(&self) -> anyhow::Result<()> {
-        self.js
-            .get_or_create_stream(stream::Config {
+    /// Creates the events stream, with `replicas` copies, if it does not exist.
+    pub async fn ensure_stream(&self, replicas: usize) -> anyhow::Result<()> {
+        crate::transport::nats::ensure_stream(
+            &self.js,
+            replicas,
+            stream::Config {
                 name: self.names.events_stream.clone(),
                 description: Some("mailledger domain events".into()),
                 subjects: vec![self.names.events_filter.clone()],
@@ -61,9 +63,9 @@ impl EventPublisher {
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
-            })
-            .await?;
-        Ok(())
+            },
+        )
+        .await
     }
 }
 

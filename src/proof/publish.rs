@@ -34,10 +34,12 @@ impl Publisher {
         }
     }
 
-    /// Creates the stream if it does not exist.
-    pub async fn ensure_stream(&self) -> anyhow::Result<()> {
-        self.js
-            .get_or_create_stream(stream::Config {
+    /// Creates the stream, with `replicas` copies, if it does not exist.
+    pub async fn ensure_stream(&self, replicas: usize) -> anyhow::Result<()> {
+        crate::transport::nats::ensure_stream(
+            &self.js,
+            replicas,
+            stream::Config {
                 name: self.stream.clone(),
                 description: Some("mailledger proof log: signed checkpoints".into()),
                 subjects: vec![self.subject.clone()],
@@ -45,9 +47,9 @@ impl Publisher {
                 storage: stream::StorageType::File,
                 duplicate_window: self.duplicate_window,
                 ..Default::default()
-            })
-            .await?;
-        Ok(())
+            },
+        )
+        .await
     }
 
     /// Publishes every checkpoint not yet published, oldest first; returns how many.

@@ -15,6 +15,7 @@ mod group_commit;
 mod grpc_intake;
 mod hardening;
 mod hops;
+mod nats_cluster;
 mod nats_intake;
 mod nats_restart;
 mod operability;

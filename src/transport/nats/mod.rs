@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 
-use crate::config::{NatsSettings, redact};
+use crate::config::NatsSettings;
 
 /// Connects to NATS. A lost connection is retried forever in the background; it never
 /// ends the process. The first connection is retried too, so the service can start
@@ -34,19 +34,27 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });
-    // async-nats does not send credentials written in the URL: take them out and give
-    // them as options (`nats://user:password@…`, or `nats://TOKEN@…`).
-    let mut url = settings.url.clone();
-    if !url.username().is_empty() {
+    // async-nats does not send credentials written in the URL: take them out of the
+    // first one and give them as options (`nats://user:password@…`, or `nats://TOKEN@…`).
+    let first = settings.url.first();
+    if !first.username().is_empty() {
         let decode = |s: &str| percent_decode(s);
-        options = match url.password() {
-            Some(password) => options.user_and_password(decode(url.username()), decode(password)),
-            None => options.token(decode(url.username())),
+        options = match first.password() {
+            Some(password) => options.user_and_password(decode(first.username()), decode(password)),
+            None => options.token(decode(first.username())),
         };
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
     }
-    let url = url.to_string();
+    let servers: Vec<String> = settings
+        .url
+        .all()
+        .iter()
+        .map(|url| {
+            let mut url = url.clone();
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        })
+        .collect();
     if let Some(path) = &settings.creds {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("MAILLEDGER_NATS_CREDS {}: cannot be read", path.display()))?;
@@ -60,14 +68,17 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
             options.nkey(text.trim().to_owned())
         };
     }
-    if settings.url.scheme() == "tls" {
+    if first.scheme() == "tls" {
         options = options.require_tls(true);
     }
     if let Some(ca) = &settings.tls_ca {
         anyhow::ensure!(ca.is_file(), "MAILLEDGER_NATS_CA {}: no such file", ca.display());
         options = options.require_tls(true).add_root_certificates(ca.clone());
     }
-    options.connect(&url).await.with_context(|| format!("cannot connect to NATS at {}", redact(&settings.url)))
+    options
+        .connect(servers.as_slice())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", settings.url.redacted()))
 }
 
 fn percent_decode(text: &str) -> String {
@@ -77,28 +88,53 @@ fn percent_decode(text: &str) -> String {
 /// Creates the streams if they do not exist (idempotent; safe from many instances).
 pub async fn ensure_streams(js: &jetstream::Context, settings: &NatsSettings) -> anyhow::Result<()> {
     let names = settings.names();
-    js.get_or_create_stream(stream::Config {
-        name: names.commands_stream.clone(),
-        description: Some("mailledger commands (work queue)".into()),
-        subjects: vec![names.commands_filter.clone()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: settings.duplicate_window,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("cannot create JetStream stream {}", names.commands_stream))?;
-    js.get_or_create_stream(stream::Config {
-        name: names.dlq_stream.clone(),
-        description: Some("mailledger dead letters".into()),
-        subjects: vec![names.dlq_filter.clone()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(90 * 24 * 3600),
-        duplicate_window: settings.duplicate_window,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("cannot create JetStream stream {}", names.dlq_stream))?;
+    ensure_stream(
+        js,
+        settings.replicas,
+        stream::Config {
+            name: names.commands_stream.clone(),
+            description: Some("mailledger commands (work queue)".into()),
+            subjects: vec![names.commands_filter.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        settings.replicas,
+        stream::Config {
+            name: names.dlq_stream.clone(),
+            description: Some("mailledger dead letters".into()),
+            subjects: vec![names.dlq_filter.clone()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(90 * 24 * 3600),
+            duplicate_window: settings.duplicate_window,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates `config`'s stream with `replicas` copies if it does not exist. An existing
+/// stream is left as it is (its replication is changed with the `nats` CLI, `nats stream
+/// edit --replicas`); a different replica count is logged, not silently ignored.
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize, config: stream::Config) -> anyhow::Result<()> {
+    let name = config.name.clone();
+    let mut stream = js
+        .get_or_create_stream(stream::Config { num_replicas: replicas, ..config })
+        .await
+        .with_context(|| format!("cannot create JetStream stream {name}"))?;
+    let info = stream.info().await.with_context(|| format!("cannot read JetStream stream {name}"))?;
+    if info.config.num_replicas.max(1) != replicas {
+        tracing::warn!(
+            stream = %name, replicas = info.config.num_replicas, configured = replicas,
+            "the stream exists with another replica count; change it with `nats stream edit --replicas`"
+        );
+    }
     Ok(())
 }

@@ -116,7 +116,7 @@ impl TestApp {
     pub async fn spawn_in(iso: Isolation, extra: &[(&str, &str)]) -> Self {
         init_logs();
         let settings = iso.settings(extra);
-        let nats_url = settings.nats.url.to_string();
+        let nats_url = settings.nats.url.first().to_string();
         let scheme = if settings.tls.enabled() { "https" } else { "http" };
         // The key exists before the service loads its keyring.
         let key = make_key(&fresh_database(&iso).await, "tests", "all", None).await;
