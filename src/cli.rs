@@ -400,6 +400,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let names = settings.nats.names();
             let target = nats.as_ref().map(|c| (c, names.commands_stream.clone(), names.consumer.clone()));
             status::print(&pool, target, &mut out).await?;
+            if let Some(replica) = crate::store::connect_replica(&settings.database)? {
+                let replica = crate::query::replica::Replica::new(replica, pool.clone());
+                let line = crate::query::replica::status_line(&replica, settings.database.read_max_lag).await;
+                writeln!(out, "{line}")?;
+            }
         }
         Command::Keys { action } => keys(&pool, action, &mut out).await?,
         Command::Ledger { action } => return ledger_online(&pool, action, &settings, &mut out).await,

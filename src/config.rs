@@ -22,6 +22,7 @@ const DEFAULTS: &str = include_str!("../config/default.yaml");
 /// The public environment variables and the keys they set.
 pub const ENV_NAMES: &[(&str, &str)] = &[
     ("MAILLEDGER_DATABASE_URL", "database.url"),
+    ("MAILLEDGER_DATABASE_READ_URL", "database.read_url"),
     ("MAILLEDGER_NATS_URL", "nats.url"),
     ("MAILLEDGER_REDIS_URL", "redis.url"),
     ("MAILLEDGER_SMTP_URL", "smtp.url"),
@@ -90,6 +91,13 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Create the database when it does not exist.
     pub create_if_missing: bool,
+    /// A streaming replica of the database for lookups, searches and histories (see the
+    /// README's "Scaling"); unset: every read goes to the primary.
+    #[serde(default, deserialize_with = "optional_pg_url")]
+    pub read_url: Option<Url>,
+    /// The replica is read from while it is at most this far behind the primary.
+    #[serde(with = "humantime_serde")]
+    pub read_max_lag: Duration,
 }
 
 impl DatabaseSettings {
@@ -716,6 +724,14 @@ impl Schemes for RedisScheme {
 struct SmtpScheme;
 impl Schemes for SmtpScheme {
     const ALLOWED: &'static [&'static str] = &["smtp", "smtps", "file"];
+}
+
+/// A PostgreSQL URL, or nothing for null or an empty string.
+fn optional_pg_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
+    match Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(raw) => url_with_scheme::<PgScheme, _>(serde::de::value::StrDeserializer::<D::Error>::new(&raw)).map(Some),
+    }
 }
 
 /// `nats://a:4222` or `nats://a:4222, nats://b:4222, …`: every URL with a NATS scheme, all

@@ -10,8 +10,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The registry every mailledger metric lives in.
@@ -116,6 +116,29 @@ pub static NATS_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
 /// `mailledger_nats_consumer_ack_pending`: commands delivered and not yet acknowledged.
 pub static NATS_ACK_PENDING: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("mailledger_nats_consumer_ack_pending", "Commands delivered and not yet acknowledged"));
+
+/// `mailledger_replica_lag_seconds`: how long the read replica is behind the primary (0
+/// when it has replayed everything; see `database.read_url`).
+pub static REPLICA_LAG_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+    register(
+        Gauge::new("mailledger_replica_lag_seconds", "How long the read replica is behind the primary")
+            .expect("valid metric"),
+    )
+});
+
+/// `mailledger_replica_lag_bytes`: WAL the read replica has not replayed yet.
+pub static REPLICA_LAG_BYTES: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_replica_lag_bytes", "WAL bytes the read replica has not replayed yet"));
+
+/// `mailledger_replica_usable`: 1 while reads go to the replica, 0 while it is too far
+/// behind or unreachable (reads go to the primary).
+pub static REPLICA_USABLE: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_replica_usable", "1 while the read replica is read from"));
+
+/// `mailledger_reads_total{from}`: PostgreSQL reads (lookups, searches, histories) by the
+/// server that answered them: `primary` or `replica`.
+pub static READS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("mailledger_reads_total", "PostgreSQL reads by the server that answered", &["from"]));
 
 /// `mailledger_cache_requests_total{result}`: cache lookups (hit, miss, error).
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {

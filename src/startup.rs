@@ -31,11 +31,13 @@ use crate::proof::publish::Publisher as CheckpointPublisher;
 use crate::proof::sealer::{Sealer, Signing};
 use crate::query::ReadSide;
 use crate::query::cache::Cache;
+use crate::query::replica::Replica;
 use crate::query::repository::Repository;
 use crate::saga::Sender;
 use crate::saga::mailer::Mailer;
 use crate::saga::schedule::ScheduleProjection;
 use crate::store::notify::Notifier;
+use crate::transport::consistency::ConsistencyLayer;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::transport::tls::{Protocol, ServerTls};
@@ -122,11 +124,23 @@ impl Application {
         spawn_projections(&work, &pool, &notifier, &cache);
         let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
-        let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
+        let mut reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
+        let replica = crate::store::connect_replica(&settings.database)?.map(|r| Replica::new(r, pool.clone()));
+        if let Some(replica) = &replica {
+            work.spawn(replica.clone().monitor(settings.database.read_max_lag, work.shutdown.clone()));
+            reads = reads.with_replica(replica.clone());
+        }
         let readiness = Readiness::new(pool.clone(), nats.clone(), cache);
         let proofs = ProofLog::new(pool.clone());
-        let edge =
-            Edge { ledger: ledger.clone(), reads, readiness, keyring: keyring.clone(), pool: pool.clone(), proofs };
+        let edge = Edge {
+            ledger: ledger.clone(),
+            reads,
+            readiness,
+            keyring: keyring.clone(),
+            pool: pool.clone(),
+            proofs,
+            consistency: ConsistencyLayer::new(replica),
+        };
         serve(&work, &settings, listeners, tls.as_ref(), edge)?;
         #[cfg(unix)]
         work.spawn(reload_on_hangup(tls.clone(), sender.clone(), settings.file.clone(), work.shutdown.clone())?);
@@ -301,6 +315,8 @@ struct Edge {
     keyring: Keyring,
     pool: PgPool,
     proofs: ProofLog,
+    /// `X-Min-Position` (read-your-writes with a read replica).
+    consistency: ConsistencyLayer,
 }
 
 /// REST, gRPC (TLS when configured, with SIGHUP reloading it) and metrics.
@@ -322,7 +338,7 @@ fn serve(
         pool: edge.pool.clone(),
         proofs: edge.proofs.clone(),
     };
-    let router = transport::http::router(state);
+    let router = transport::http::router(state).layer(edge.consistency.clone());
     let (routes, health) = transport::grpc::routes(
         edge.ledger,
         edge.reads,
@@ -330,8 +346,13 @@ fn serve(
         edge.proofs,
         max_request_bytes(settings.limits.max_body_bytes),
     )?;
-    let grpc_served =
-        transport::grpc::Served { routes, health, keyring: edge.keyring, timeout: settings.grpc.request_timeout };
+    let grpc_served = transport::grpc::Served {
+        routes,
+        health,
+        keyring: edge.keyring,
+        timeout: settings.grpc.request_timeout,
+        consistency: edge.consistency,
+    };
     match tls {
         Some(tls) => {
             let rest = tls.listener(listeners.http, Protocol::Rest);

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub(crate) mod params;
+pub mod replica;
 pub mod repository;
 pub mod row;
 pub mod search;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use crate::access::Principal;
 
 use cache::Cache;
+use replica::Replica;
 use repository::{HistoryEntry, Repository};
 use search::{Page, SearchParams};
 use view::{EmailSummary, EmailView};
@@ -22,13 +24,34 @@ use view::{EmailSummary, EmailView};
 #[derive(Clone)]
 pub struct ReadSide {
     repo: Repository,
+    replica: Option<Replica>,
     cache: Cache,
 }
 
 impl ReadSide {
     /// Reads through `cache` into `repo`.
     pub fn new(repo: Repository, cache: Cache) -> Self {
-        Self { repo, cache }
+        Self { repo, replica: None, cache }
+    }
+
+    /// Reads from `replica` when it serves (see [`replica`]), else from the primary.
+    pub fn with_replica(self, replica: Replica) -> Self {
+        Self { replica: Some(replica), ..self }
+    }
+
+    /// The repository this read goes to: the replica when it serves the request's
+    /// `X-Min-Position`, else the primary; and whether it is the replica.
+    fn reader(&self) -> (&Repository, bool) {
+        match &self.replica {
+            Some(r) if r.serves(replica::min_position()) => {
+                crate::metrics::READS.with_label_values(&["replica"]).inc();
+                (&r.repo, true)
+            }
+            _ => {
+                crate::metrics::READS.with_label_values(&["primary"]).inc();
+                (&self.repo, false)
+            }
+        }
     }
 
     /// One email, when `by` may see it: the cache first, then the read model (and the
@@ -43,7 +66,17 @@ impl ReadSide {
 
     /// From PostgreSQL, refilling the cache.
     async fn get_uncached(&self, id: Uuid) -> sqlx::Result<Option<EmailView>> {
-        let view = self.repo.get(id).await?;
+        let view = match self.reader() {
+            // Not on the replica (yet): the primary is the one to say it is unknown.
+            (repo, true) => match repo.get(id).await? {
+                None => {
+                    crate::metrics::READS.with_label_values(&["primary"]).inc();
+                    self.repo.get(id).await?
+                }
+                found => found,
+            },
+            (repo, false) => repo.get(id).await?,
+        };
         if let Some(v) = &view {
             self.cache.refill(v.clone());
         }
@@ -63,18 +96,24 @@ impl ReadSide {
 
     /// The email as it was at `at`, from its events (not from the read model).
     pub async fn as_of(&self, id: Uuid, at: DateTime<Utc>, by: &Principal) -> anyhow::Result<Option<EmailView>> {
-        Ok(self.repo.as_of(id, at).await?.filter(|v| by.sees(&v.tenant)))
+        Ok(self.reader().0.as_of(id, at).await?.filter(|v| by.sees(&v.tenant)))
     }
 
     /// A page of search results, in `by`'s tenant (every tenant for an admin).
     pub async fn search(&self, params: &SearchParams, by: &Principal) -> sqlx::Result<Page<EmailSummary>> {
         let params = SearchParams { tenant: by.tenant_filter().map(str::to_owned), ..params.clone() };
-        self.repo.search(&params).await
+        self.reader().0.search(&params).await
     }
 
     /// An email's events, in order (none for another tenant's email).
     pub async fn history(&self, id: Uuid, by: &Principal) -> sqlx::Result<Vec<HistoryEntry>> {
-        let events = self.repo.history(id).await?;
+        let events = match self.reader() {
+            (repo, true) => match repo.history(id).await? {
+                events if events.is_empty() => self.repo.history(id).await?,
+                events => events,
+            },
+            (repo, false) => repo.history(id).await?,
+        };
         let tenant = events.first().map(|e| crate::query::view::tenant_in(&e.metadata));
         Ok(if tenant.is_some_and(|t| by.sees(&t)) { events } else { vec![] })
     }

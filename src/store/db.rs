@@ -32,6 +32,22 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(&settings.url)))
 }
 
+/// A pool on the read replica when one is configured. It connects lazily: a replica that
+/// is down at start-up only means reads go to the primary until it answers.
+pub fn connect_replica(settings: &DatabaseSettings) -> anyhow::Result<Option<PgPool>> {
+    let Some(url) = &settings.read_url else { return Ok(None) };
+    let options = PgConnectOptions::from_str(url.as_str())
+        .with_context(|| format!("MAILLEDGER_DATABASE_READ_URL {} is not usable", redact(url)))?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options([("jit", "off")]);
+    Ok(Some(
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy_with(options),
+    ))
+}
+
 /// Runs the embedded migrations (idempotent; serialised by sqlx's advisory lock).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("database migration failed")

@@ -48,7 +48,7 @@ use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use db::{MIGRATOR, connect, is_unavailable, migrate};
+pub use db::{MIGRATOR, connect, connect_replica, is_unavailable, migrate};
 
 use crate::command::{Email, EmailCommand, EmailError, EmailServices};
 use append::{AppendError, Appended, Appender, NewEvents};

@@ -1,6 +1,7 @@
 //! Adapters only: parse the input, call the ledger, map its errors. No business rule
 //! lives here.
 
+pub(crate) mod consistency;
 pub mod grpc;
 pub(crate) mod http;
 pub(crate) mod nats;

@@ -23,6 +23,7 @@ mod policies;
 mod process;
 mod proof;
 mod read_api;
+mod replica;
 mod reproject;
 mod rest_intake;
 mod search_plans;

@@ -61,6 +61,8 @@ pub(crate) struct Served {
     pub keyring: crate::access::keyring::Keyring,
     /// A call not answered by then ends.
     pub timeout: std::time::Duration,
+    /// `x-min-position` (read-your-writes with a read replica).
+    pub consistency: crate::transport::consistency::ConsistencyLayer,
 }
 
 pub(crate) async fn serve<I, IO, IE>(incoming: I, served: Served, stop: CancellationToken)
@@ -69,7 +71,7 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Served { routes, health, keyring, timeout } = served;
+    let Served { routes, health, keyring, timeout, consistency } = served;
     health.set_serving::<EmailServer>().await;
     let served = tonic::transport::Server::builder()
         .timeout(timeout)
@@ -79,6 +81,7 @@ where
         .layer(crate::transport::request_id::layers())
         .layer(crate::observe::grpc::ObserveLayer)
         .layer(auth::AuthLayer::new(keyring))
+        .layer(consistency)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;

@@ -48,6 +48,50 @@ fn pg_bin(name: &str) -> PathBuf {
     dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// `initdb` (trust authentication) of a new cluster in `dir`/data, owned by postgres.
+fn initdb(dir: &Path) {
+    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+    let status = as_postgres(&pg_bin("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("initdb");
+    assert!(status.success(), "initdb failed");
+}
+
+/// Starts the cluster in `dir`/data on `port` with `extra` server options, and waits for it.
+fn pg_start(dir: &Path, port: u16, extra: &str) {
+    let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}", dir.display());
+    let status = as_postgres(&pg_bin("pg_ctl"))
+        .args(["-w", "-D"])
+        .arg(dir.join("data"))
+        .args(["-o", &options, "-l"])
+        .arg(dir.join("log"))
+        .arg("start")
+        .stdout(Stdio::null())
+        .status()
+        .expect("pg_ctl");
+    assert!(
+        status.success(),
+        "PostgreSQL did not start: {}",
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+    wait_port(port, "PostgreSQL");
+}
+
+/// Stops the cluster in `dir`/data (`mode`: fast or immediate).
+fn pg_stop(dir: &Path, mode: &str) {
+    let _ = as_postgres(&pg_bin("pg_ctl"))
+        .args(["-m", mode, "-w", "-D"])
+        .arg(dir.join("data"))
+        .arg("stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// A PostgreSQL cluster of a test's own, serving TLS with `server`'s certificate.
 pub struct OwnPostgres {
     pub port: u16,
@@ -57,54 +101,21 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     pub fn start(server: &Issued) -> Self {
         let dir = tempfile::Builder::new().prefix("mailledger-pg").tempdir().unwrap();
+        initdb(dir.path());
         let data = dir.path().join("data");
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
-        let status = as_postgres(&pg_bin("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb");
-        assert!(status.success(), "initdb failed");
         std::fs::write(data.join("server.crt"), &server.cert).unwrap();
         std::fs::write(data.join("server.key"), &server.key).unwrap();
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
         let _ = Command::new("chmod").args(["600"]).arg(data.join("server.key")).status();
         let port = free_port();
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.crt \
-             -c ssl_key_file=server.key -c fsync=off",
-            dir.path().display()
-        );
-        let status = as_postgres(&pg_bin("pg_ctl"))
-            .args(["-w", "-D"])
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.path().join("log"))
-            .arg("start")
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl");
-        assert!(
-            status.success(),
-            "PostgreSQL did not start: {}",
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-        );
-        wait_port(port, "PostgreSQL");
+        pg_start(dir.path(), port, "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
         Self { port, dir }
     }
 }
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let _ = as_postgres(&pg_bin("pg_ctl"))
-            .args(["-m", "immediate", "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        pg_stop(self.dir.path(), "immediate");
     }
 }
 
@@ -173,5 +184,59 @@ impl OwnServer {
             .expect("nats-server");
         wait_port(port, "nats-server (TLS)");
         Self { port, child, _dir: dir }
+    }
+}
+
+/// A plain PostgreSQL cluster of a test's own (trust authentication, replication allowed
+/// from loopback), or a streaming replica of one.
+pub struct PgCluster {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PgCluster {
+    /// A fresh primary.
+    pub fn primary() -> Self {
+        let dir = tempfile::Builder::new().prefix("mailledger-pg").tempdir().unwrap();
+        initdb(dir.path());
+        let cluster = Self { port: free_port(), dir };
+        cluster.start();
+        cluster
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started.
+    pub fn replica_of(primary: &PgCluster) -> Self {
+        let dir = tempfile::Builder::new().prefix("mailledger-pg-replica").tempdir().unwrap();
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        let status = as_postgres(&pg_bin("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "-D"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_basebackup");
+        assert!(status.success(), "pg_basebackup failed");
+        let cluster = Self { port: free_port(), dir };
+        cluster.start();
+        cluster
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn start(&self) {
+        pg_start(self.dir.path(), self.port, "");
+    }
+
+    /// Stops it the fast way (connections cut, a clean shutdown).
+    pub fn stop(&self) {
+        pg_stop(self.dir.path(), "fast");
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        pg_stop(self.dir.path(), "immediate");
     }
 }
