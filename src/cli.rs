@@ -123,7 +123,7 @@ pub enum KeysAction {
         /// A name for people (and the metrics).
         #[arg(long)]
         name: String,
-        /// send, read, redrive, admin — comma-separated — or all.
+        /// send, read, redrive, admin, webhooks — comma-separated — or all.
         #[arg(long = "scope", value_name = "SCOPES")]
         scopes: String,
         /// The tenant it acts in (default `default`).

@@ -66,6 +66,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The proof log: sealing, checkpoints and their signing key.
     pub proof: ProofSettings,
+    /// Signed status webhooks: the dispatcher, its retries and its outbound limits.
+    pub webhooks: WebhookSettings,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for in-flight work.
@@ -159,6 +161,43 @@ impl ProofSettings {
     pub fn origin(&self, database: &str) -> String {
         if self.origin.is_empty() { format!("mailledger/{database}") } else { self.origin.clone() }
     }
+}
+
+/// Signed status webhooks (see the README's "Webhooks").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Run the dispatcher on this instance (the enqueueing projection runs anyway).
+    pub enabled: bool,
+    /// Allow endpoints on private, loopback and link-local addresses (never in
+    /// production: that is what SSRF goes after).
+    pub allow_private: bool,
+    /// The longest a delivery may take, connecting, sending and reading the answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest a connection may take to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bytes of an answer read at most (the rest is not read; 1 KiB of it is kept).
+    pub max_response_bytes: usize,
+    /// Delay before attempt 2, 3, …; the last one repeats until `retry_for` is over.
+    #[serde(deserialize_with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// How long a delivery is retried before it is given up.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Consecutive failed attempts after which an endpoint is paused (0: never).
+    pub pause_after: u32,
+    /// Deliveries in flight per instance, over every endpoint.
+    pub concurrency: u32,
+    /// Deliveries in flight per instance to any one endpoint.
+    pub per_endpoint: u32,
+    /// How often to look for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long the old secret stays valid after a rotation, unless the rotation says.
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
 }
 
 /// The subjects and stream names derived from [`NatsSettings`].
@@ -581,6 +620,18 @@ impl Settings {
         }
         if self.proof.origin.chars().any(char::is_control) || self.proof.origin.trim() != self.proof.origin {
             return Err(("proof.origin", "one line, without surrounding spaces".into()));
+        }
+        if self.webhooks.backoff.is_empty() || self.webhooks.backoff.iter().any(Duration::is_zero) {
+            return Err(("webhooks.backoff", "give at least one duration, each longer than zero".into()));
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.per_endpoint == 0 {
+            return Err(("webhooks.concurrency", "concurrency and per_endpoint must be at least 1".into()));
+        }
+        if self.webhooks.timeout.is_zero() || self.webhooks.connect_timeout.is_zero() {
+            return Err(("webhooks.timeout", "timeouts must be longer than zero".into()));
+        }
+        if self.webhooks.max_response_bytes == 0 {
+            return Err(("webhooks.max_response_bytes", "must be at least 1".into()));
         }
         if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
             return Err(("limits", "limits must be at least 1".into()));

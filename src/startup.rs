@@ -120,6 +120,10 @@ impl Application {
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
+        if settings.webhooks.enabled {
+            let dispatcher = crate::webhooks::dispatch::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+            work.spawn(dispatcher.run(work.shutdown.clone()));
+        }
         let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
@@ -232,10 +236,11 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
 /// The projections kept in PostgreSQL and Redis, each on the instance that wins its lock.
 /// (The NATS one starts with the NATS intake: see [`run_nats`].)
 fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache) {
-    let projections: [Arc<dyn Projection>; 3] = [
+    let projections: [Arc<dyn Projection>; 4] = [
         Arc::new(EmailsProjection::new()),
         Arc::new(CacheProjection::new(cache.clone())),
         Arc::new(ScheduleProjection::new()),
+        Arc::new(crate::webhooks::projection::WebhookProjection),
     ];
     for projection in projections {
         let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
@@ -321,6 +326,7 @@ fn serve(
         keyring: edge.keyring.clone(),
         pool: edge.pool.clone(),
         proofs: edge.proofs.clone(),
+        webhooks: settings.webhooks.clone(),
     };
     let router = transport::http::router(state);
     let (routes, health) = transport::grpc::routes(
