@@ -473,3 +473,12 @@ pub async fn insert_events_at_once(pool: &PgPool, events: &[(Uuid, i64, String, 
     .await
     .expect("insert events");
 }
+
+/// Webhook deliveries queued for an endpoint (any status).
+pub async fn webhook_deliveries_of(pool: &PgPool, endpoint: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid")
+        .bind(endpoint)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

@@ -6,6 +6,7 @@
 pub mod db;
 pub mod pki;
 pub mod rfc9162;
+pub mod receiver;
 pub mod servers;
 pub mod smtp;
 
