@@ -69,6 +69,16 @@ mod tests {
     }
 
     #[test]
+    fn the_signature_is_what_the_readme_computes() {
+        // Python: hmac.new(b"whsec_test", b"1700000000." + body, hashlib.sha256).hexdigest()
+        let body = br#"{"id":"x:3","type":"sent"}"#;
+        assert_eq!(
+            v1("whsec_test", 1_700_000_000, body),
+            "9790b77f9c2331b1355733313e77bc517780b89ac3ac5a482a1b77d34296d04d"
+        );
+    }
+
+    #[test]
     fn both_secrets_sign_during_a_rotation_and_either_verifies() {
         let (new, old) = (new_secret(), new_secret());
         assert_ne!(new, old);

@@ -87,7 +87,8 @@ async fn sent_failed_dead_lettered_and_suppressed_are_delivered_signed_and_in_or
         assert_eq!(h.header("mailledger-event-id"), Some(h.id()));
         assert_eq!(h.path, "/hooks");
         let email_id = h.json["email_id"].as_str().unwrap().to_owned();
-        let (id_email, sequence) = h.id().split_once(':').map(|(e, s)| (e.to_owned(), s.parse::<i64>().unwrap())).unwrap();
+        let (id_email, sequence) =
+            h.id().split_once(':').map(|(e, s)| (e.to_owned(), s.parse::<i64>().unwrap())).unwrap();
         assert_eq!(id_email, email_id, "the id is <email>:<sequence>");
         assert!(h.json["occurred_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().is_ok());
         assert_eq!(h.json["data"]["tenant"], "default");
@@ -265,9 +266,8 @@ async fn a_range_or_one_delivery_is_replayed_with_the_same_id_and_body() {
     .await;
     let first = delivered(&receiver);
 
-    let replay = |body: Value| {
-        app.client.post(app.url(&format!("/api/v1/webhooks/{endpoint}/replay"))).json(&body).send()
-    };
+    let replay =
+        |body: Value| app.client.post(app.url(&format!("/api/v1/webhooks/{endpoint}/replay"))).json(&body).send();
     let r = replay(json!({"since": since, "until": chrono::Utc::now().to_rfc3339()})).await.unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["queued"], 3);
@@ -309,7 +309,8 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_grace_period() {
     let receiver = Receiver::start().await;
     let app = app_with(&sink, &[]).await;
     let (endpoint, old) = register(&app, &app.client, &receiver.url(), &["sent"]).await;
-    let rotate = |body: Value| app.client.post(app.url(&format!("/api/v1/webhooks/{endpoint}/rotate"))).json(&body).send();
+    let rotate =
+        |body: Value| app.client.post(app.url(&format!("/api/v1/webhooks/{endpoint}/rotate"))).json(&body).send();
     let r = rotate(json!({})).await.unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
@@ -339,9 +340,13 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_grace_period() {
 async fn private_addresses_are_refused_without_allow_private() {
     let receiver = Receiver::start().await;
     let app = TestApp::spawn().await;
-    for url in [receiver.url(), "http://localhost/x".into(), "http://169.254.169.254/latest".into(), "http://[::1]/".into(),
-        "http://10.0.0.1/".into()]
-    {
+    for url in [
+        receiver.url(),
+        "http://localhost/x".into(),
+        "http://169.254.169.254/latest".into(),
+        "http://[::1]/".into(),
+        "http://10.0.0.1/".into(),
+    ] {
         let r = app.post_json("/api/v1/webhooks", &json!({"url": url, "kinds": ["sent"]})).await;
         assert_eq!(r.status(), 422, "{url}");
         let e: Value = r.json().await.unwrap();
@@ -448,9 +453,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 async fn a_tenant_sees_and_hears_only_its_own() {
     let sink = SmtpSink::start().await;
     let app = app_with(&sink, &[]).await;
-    let acme = client_with_key(&app.new_key(json!({"name": "acme", "scopes": "send,read,webhooks", "tenant": "acme"})).await);
-    let globex =
-        client_with_key(&app.new_key(json!({"name": "globex", "scopes": "send,read,webhooks", "tenant": "globex"})).await);
+    let acme =
+        client_with_key(&app.new_key(json!({"name": "acme", "scopes": "send,read,webhooks", "tenant": "acme"})).await);
+    let globex = client_with_key(
+        &app.new_key(json!({"name": "globex", "scopes": "send,read,webhooks", "tenant": "globex"})).await,
+    );
     let (to_acme, to_globex) = (Receiver::start().await, Receiver::start().await);
     let (acme_endpoint, _) = register(&app, &acme, &to_acme.url(), &["sent"]).await;
     let (globex_endpoint, _) = register(&app, &globex, &to_globex.url(), &["sent"]).await;
@@ -485,9 +492,38 @@ async fn a_tenant_sees_and_hears_only_its_own() {
     assert_eq!(acme.delete(app.url(&theirs)).send().await.unwrap().status(), 404);
     let r = acme.get(app.url("/api/v1/webhooks?tenant=globex")).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = acme.post(app.url("/api/v1/webhooks")).json(&json!({"url": to_acme.url(), "kinds": ["sent"], "tenant": "globex"}));
+    let r = acme
+        .post(app.url("/api/v1/webhooks"))
+        .json(&json!({"url": to_acme.url(), "kinds": ["sent"], "tenant": "globex"}));
     assert_eq!(r.send().await.unwrap().status(), 403);
     // The admin key sees both.
     assert_eq!(app.get_json("/api/v1/webhooks").await.1.as_array().unwrap().len(), 2);
     assert_eq!(app.get_json("/api/v1/webhooks?tenant=globex").await.1.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_again_and_again_is_paused_alerted_on_and_resumed() {
+    let sink = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    receiver.always(500);
+    let app = app_with(&sink, &[("MAILLEDGER__WEBHOOKS__PAUSE_AFTER", "3")]).await;
+    let (endpoint, _) = register(&app, &app.client, &receiver.url(), &["sent"]).await;
+    let id = app.create(&email("paused", &["a@example.org"])).await;
+    let path = format!("/api/v1/webhooks/{endpoint}");
+    eventually(WAIT, || async { app.get_json(&path).await.1["paused_at"].is_string() }).await;
+    let (_, e) = app.get_json(&path).await;
+    assert_eq!(e["consecutive_failures"], 3);
+    assert_eq!(e["enabled"], true, "paused, not disabled");
+    assert_eq!(receiver.hits().len(), 3, "nothing is sent to a paused endpoint");
+    let scrape = || async { app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap() };
+    eventually(WAIT, || async { scrape().await.lines().any(|l| l == "mailledger_webhook_endpoints_paused 1") }).await;
+    assert!(scrape().await.contains("mailledger_webhook_endpoint_pauses_total 1"));
+
+    receiver.always(200);
+    let r = app.client.patch(app.url(&path)).json(&json!({"enabled": true})).send().await.unwrap();
+    let e: Value = r.json().await.unwrap();
+    assert!(e["paused_at"].is_null() && e["consecutive_failures"] == 0, "{e}");
+    eventually(WAIT, || async { receiver.answered() == 4 }).await;
+    assert_eq!(receiver.hits()[3].id(), format!("{id}:3"));
+    eventually(WAIT, || async { scrape().await.lines().any(|l| l == "mailledger_webhook_endpoints_paused 0") }).await;
 }

@@ -5,8 +5,8 @@
 
 pub mod db;
 pub mod pki;
-pub mod rfc9162;
 pub mod receiver;
+pub mod rfc9162;
 pub mod servers;
 pub mod smtp;
 

@@ -100,7 +100,8 @@ impl Receiver {
                 let mut s = state.lock().unwrap();
                 let status = s.script.pop_front().unwrap_or(s.default);
                 s.answered += 1;
-                let text = if s.answer_bytes > 0 { "x".repeat(s.answer_bytes) } else { format!("receiver says {status}") };
+                let text =
+                    if s.answer_bytes > 0 { "x".repeat(s.answer_bytes) } else { format!("receiver says {status}") };
                 (StatusCode::from_u16(status).unwrap(), text)
             }
         });
