@@ -334,6 +334,7 @@ fn serve(
         edge.reads,
         edge.pool,
         edge.proofs,
+        settings.webhooks.clone(),
         max_request_bytes(settings.limits.max_body_bytes),
     )?;
     let grpc_served =

@@ -527,3 +527,130 @@ async fn an_endpoint_failing_again_and_again_is_paused_alerted_on_and_resumed() 
     assert_eq!(receiver.hits()[3].id(), format!("{id}:3"));
     eventually(WAIT, || async { scrape().await.lines().any(|l| l == "mailledger_webhook_endpoints_paused 0") }).await;
 }
+
+#[tokio::test]
+async fn endpoints_over_grpc_and_the_command_line() {
+    use mailledger::transport::grpc::proto::{
+        CreateWebhookReq, ListWebhookDeliveriesReq, ListWebhooksReq, ReplayWebhookReq, RotateWebhookReq,
+        UpdateWebhookReq, WebhookReq,
+    };
+    let sink = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    let app = app_with(&sink, &[]).await;
+    let mut grpc = app.grpc_client().await;
+
+    let created = grpc
+        .create_webhook(CreateWebhookReq {
+            url: receiver.url(),
+            kinds: vec!["sent".into()],
+            description: "over gRPC".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let endpoint = created.endpoint.unwrap();
+    assert!(created.secret.starts_with("whsec_"));
+    assert_eq!(endpoint.kinds, ["sent"]);
+    let id = app.create(&email("over grpc", &["a@example.org"])).await;
+    wait_ids(&receiver, 1).await;
+    assert!(delivered(&receiver)[0].signed_with(&created.secret));
+
+    let listed = grpc.list_webhooks(ListWebhooksReq::default()).await.unwrap().into_inner();
+    assert_eq!(listed.items.len(), 1);
+    let got = grpc.get_webhook(WebhookReq { id: endpoint.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(got.url, receiver.url());
+    eventually(WAIT, || async {
+        let mut grpc = app.grpc_client().await;
+        let log = grpc
+            .list_webhook_deliveries(ListWebhookDeliveriesReq { id: endpoint.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        log.items.first().is_some_and(|d| d.status == "delivered" && d.log[0].status_code == 200)
+    })
+    .await;
+    let replayed = grpc
+        .replay_webhook(ReplayWebhookReq {
+            id: endpoint.id.clone(),
+            since: Some(prost_types::Timestamp::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.queued, 1);
+    wait_ids(&receiver, 2).await;
+    assert_eq!(delivered(&receiver)[1].id(), format!("{id}:3"));
+    let rotated = grpc
+        .rotate_webhook_secret(RotateWebhookReq { id: endpoint.id.clone(), grace: "1h".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rotated.secret != created.secret && rotated.endpoint.unwrap().previous_secret_until.is_some());
+    let off = grpc
+        .update_webhook(UpdateWebhookReq { id: endpoint.id.clone(), enabled: Some(false), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!off.enabled);
+
+    // Bad input, each with a status and a message naming the field.
+    let bad = grpc
+        .create_webhook(CreateWebhookReq { url: "ftp://x/".into(), kinds: vec!["sent".into()], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("URL:"), "{}", bad.message());
+    let bad = grpc
+        .create_webhook(CreateWebhookReq { url: receiver.url(), kinds: vec!["opened".into()], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("Kinds:"), "{}", bad.message());
+    let dup = grpc
+        .create_webhook(CreateWebhookReq { url: receiver.url(), kinds: vec!["sent".into()], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    let missing = grpc.get_webhook(WebhookReq { id: "nope".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let reader = app.new_key(json!({"name": "reader", "scopes": "read"})).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut reader = crate::support::grpc_with_key(channel, &reader);
+    let denied = reader.list_webhooks(ListWebhooksReq::default()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // The command line: add (the secret is the last line), list, disable, deliveries, remove.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .args(args)
+            .envs(app.iso.env())
+            .env("MAILLEDGER__WEBHOOKS__ALLOW_PRIVATE", "true")
+            .env("USER", "ops")
+            .output()
+            .unwrap();
+        (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let other = format!("http://{}/other", receiver.addr);
+    let (code, out, err) = cli(&["webhooks", "add", &other, "--kind", "sent,failed", "--tenant", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    let secret = out.lines().last().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{out}");
+    let cli_id = out.split_whitespace().next().unwrap().to_owned();
+    let (code, out, _) = cli(&["webhooks", "list", "--tenant", "acme"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&other) && out.contains("sent,failed") && !out.contains("whsec_"), "{out}");
+    let (code, out, _) = cli(&["webhooks", "disable", &cli_id]);
+    assert!(code == 0 && out.contains("disabled"), "{out}");
+    let (code, out, _) = cli(&["webhooks", "deliveries", &endpoint.id]);
+    assert!(code == 0 && out.contains(&format!("{id}:3")) && out.contains("delivered"), "{out}");
+    let (code, _, err) = cli(&["webhooks", "add", "gopher://x/", "--kind", "sent"]);
+    assert!(code != 0 && err.contains("url"), "{err}");
+    let (code, _, err) = cli(&["webhooks", "replay", &cli_id]);
+    assert!(code != 0 && err.contains("--since"), "{err}");
+    let (code, _, _) = cli(&["webhooks", "remove", &cli_id]);
+    assert_eq!(code, 0);
+    let (_, out, _) = cli(&["webhooks", "list"]);
+    assert!(!out.contains(&other), "{out}");
+    assert_eq!(grpc.delete_webhook(WebhookReq { id: endpoint.id.clone() }).await.unwrap().into_inner().deleted, true);
+}
