@@ -42,8 +42,8 @@ pub struct Dispatcher {
     done: Arc<Notify>,
 }
 
-/// A claimed delivery, with what sending it takes.
-#[derive(Debug, sqlx::FromRow)]
+/// A claimed delivery, with what sending it takes (no `Debug`: it holds the secrets).
+#[derive(sqlx::FromRow)]
 struct Claimed {
     id: i64,
     endpoint_id: Uuid,
@@ -241,7 +241,8 @@ impl Dispatcher {
             .await;
         let mut response = match sent {
             Ok(r) => r,
-            Err(e) => return failed(error_chain(&e), started),
+            // Without the URL: its query may hold the receiver's own token.
+            Err(e) => return failed(error_chain(&e.without_url()), started),
         };
         let status = response.status().as_u16();
         let mut read = Vec::new();
@@ -258,7 +259,7 @@ impl Dispatcher {
                 Ok(None) => break,
                 // The status came; a body cut short (or too slow) does not change it.
                 Err(e) => {
-                    error = Some(crate::text::printable(&error_chain(&e), 500));
+                    error = Some(crate::text::printable(&error_chain(&e.without_url()), 500));
                     break;
                 }
             }

@@ -652,5 +652,58 @@ async fn endpoints_over_grpc_and_the_command_line() {
     assert_eq!(code, 0);
     let (_, out, _) = cli(&["webhooks", "list"]);
     assert!(!out.contains(&other), "{out}");
-    assert_eq!(grpc.delete_webhook(WebhookReq { id: endpoint.id.clone() }).await.unwrap().into_inner().deleted, true);
+    assert!(grpc.delete_webhook(WebhookReq { id: endpoint.id.clone() }).await.unwrap().into_inner().deleted);
+}
+
+#[tokio::test]
+async fn two_dispatchers_send_each_delivery_once() {
+    let sink = SmtpSink::start().await;
+    let receiver = Receiver::start().await;
+    let app = app_with(&sink, &[]).await;
+    let _second = app.sibling(QUICK).await;
+    let (endpoint, _) = register(&app, &app.client, &receiver.url(), &["sent"]).await;
+    for i in 0..12 {
+        app.create(&email(&format!("m{i}"), &["a@example.org"])).await;
+    }
+    eventually(WAIT, || async {
+        deliveries(&app, &app.client, &endpoint, "?status=delivered").await["items"].as_array().unwrap().len() == 12
+    })
+    .await;
+    let log = deliveries(&app, &app.client, &endpoint, "").await;
+    for d in log["items"].as_array().unwrap() {
+        assert_eq!(d["attempts"], 1, "{d}");
+        assert_eq!(d["log"].as_array().unwrap().len(), 1, "{d}");
+    }
+    let mut ids: Vec<String> = delivered(&receiver).iter().map(Hit::id).collect();
+    assert_eq!(ids.len(), 12);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "no event twice");
+}
+
+#[tokio::test]
+async fn a_timeout_or_a_refused_connection_is_retried() {
+    let sink = SmtpSink::start().await;
+    let held = Receiver::start_with(true).await;
+    let app = app_with(&sink, &[("MAILLEDGER__WEBHOOKS__TIMEOUT", "300ms")]).await;
+    let (slow, _) = register(&app, &app.client, &held.url(), &["sent"]).await;
+    let closed = format!("http://127.0.0.1:{}/nobody", crate::support::free_port());
+    let (refused, _) = register(&app, &app.client, &closed, &["sent"]).await;
+    app.create(&email("unanswered", &["a@example.org"])).await;
+    for endpoint in [&slow, &refused] {
+        eventually(WAIT, || async {
+            deliveries(&app, &app.client, endpoint, "").await["items"][0]["attempts"].as_i64().unwrap_or(0) >= 2
+        })
+        .await;
+        let log = deliveries(&app, &app.client, endpoint, "").await;
+        let d = &log["items"][0];
+        assert_eq!(d["status"], "pending", "{d}");
+        for a in d["log"].as_array().unwrap() {
+            assert!(a["status_code"].is_null(), "{a}");
+            assert_eq!(a["outcome"], "retry");
+            let error = a["error"].as_str().unwrap();
+            assert!(!error.contains("127.0.0.1"), "no URL in the error: {error}");
+        }
+    }
+    assert!(held.hits().len() >= 2, "the held receiver saw each attempt");
 }
