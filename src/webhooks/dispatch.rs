@@ -328,28 +328,34 @@ impl Dispatcher {
             .execute(&mut *tx)
             .await?;
         } else if outcome == "gone" {
-            sqlx::query(
+            let tenant: Option<String> = sqlx::query_scalar(
                 "UPDATE webhook_endpoints SET enabled = false, updated_at = now(), updated_by = 'webhooks', \
                    disabled_reason = 'the endpoint answered 410 Gone at ' || to_char(now() AT TIME ZONE 'UTC', \
-                   'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') WHERE id = $1",
+                   'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') WHERE id = $1 AND enabled RETURNING tenant",
             )
             .bind(c.endpoint_id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(tenant) = tenant {
+                let fields = serde_json::json!({"reason": "410 Gone", "delivery": c.id});
+                super::record(&mut tx, c.endpoint_id, &tenant, "webhooks", "WebhookEndpointDisabled", fields).await?;
+            }
             tracing::warn!(endpoint = %c.endpoint_id, "webhook endpoint answered 410 Gone: disabled");
             crate::metrics::WEBHOOK_ENDPOINTS_DISABLED.inc();
         } else {
-            let paused: Option<bool> = sqlx::query_scalar(
+            let paused: Option<(bool, String)> = sqlx::query_as(
                 "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
                    paused_at = CASE WHEN $2 > 0 AND paused_at IS NULL AND consecutive_failures + 1 >= $2 \
                      THEN now() ELSE paused_at END \
-                 WHERE id = $1 RETURNING paused_at IS NOT NULL AND consecutive_failures = $2",
+                 WHERE id = $1 RETURNING paused_at IS NOT NULL AND consecutive_failures = $2, tenant",
             )
             .bind(c.endpoint_id)
             .bind(self.settings.pause_after as i32)
             .fetch_optional(&mut *tx)
             .await?;
-            if paused == Some(true) {
+            if let Some((true, tenant)) = paused {
+                let fields = serde_json::json!({"failures": self.settings.pause_after, "delivery": c.id});
+                super::record(&mut tx, c.endpoint_id, &tenant, "webhooks", "WebhookEndpointPaused", fields).await?;
                 tracing::warn!(endpoint = %c.endpoint_id, failures = self.settings.pause_after,
                     "webhook endpoint paused after failing attempt after attempt");
                 crate::metrics::WEBHOOK_PAUSES.inc();

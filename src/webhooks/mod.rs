@@ -31,6 +31,32 @@ use uuid::Uuid;
 /// The event kinds an endpoint can hear, as they appear in `type`.
 pub const KINDS: [&str; 4] = ["sent", "failed", "dead_lettered", "suppressed"];
 
+/// The aggregate type of endpoint events (`WebhookEndpointRegistered`, `…Changed`,
+/// `WebhookSecretRotated`, `WebhookEndpointDeleted`, and mailledger's own
+/// `WebhookEndpointDisabled` on a 410 and `WebhookEndpointPaused`): who could hear a
+/// tenant's outcomes, where, and since when, in the store and the proof log. Never a
+/// secret.
+pub const AGGREGATE: &str = "WebhookEndpoint";
+
+/// Appends an endpoint's event (`{kind: fields}`, stamped with the time) in `tx`.
+pub(crate) async fn record(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    tenant: &str,
+    by: &str,
+    kind: &str,
+    mut fields: serde_json::Value,
+) -> Result<i64, sqlx::Error> {
+    if let Some(f) = fields.as_object_mut() {
+        f.insert("tenant".into(), serde_json::json!(tenant));
+        f.insert("by".into(), serde_json::json!(by));
+        f.insert("at".into(), serde_json::json!(crate::store::now()));
+    }
+    let payload = serde_json::json!({ kind: fields });
+    let metadata = serde_json::json!({"actor": by, "tenant": tenant});
+    crate::store::records::append(tx, AGGREGATE, &id.to_string(), kind, &payload, &metadata).await
+}
+
 /// Endpoints one tenant may have.
 pub const MAX_ENDPOINTS: i64 = 50;
 
@@ -210,6 +236,9 @@ pub async fn create(
     let Some(row) = row else {
         return Err(WebhookError::Conflict(format!("tenant {tenant} has an endpoint for this URL already")));
     };
+    let fields = serde_json::json!({"url": row.url, "kinds": row.kinds, "description": row.description,
+        "enabled": row.enabled});
+    record(&mut tx, row.id, tenant, by, "WebhookEndpointRegistered", fields).await?;
     tx.commit().await?;
     tracing::info!(endpoint = %row.id, tenant, by, "webhook endpoint registered");
     Ok((row, secret))
@@ -279,6 +308,9 @@ pub async fn update(
         e => e.into(),
     })?;
     let row = row.ok_or(WebhookError::NotFound(id))?;
+    let fields = serde_json::json!({"url": url, "kinds": kinds, "description": description,
+        "enabled": change.enabled});
+    record(&mut tx, id, &row.tenant, by, "WebhookEndpointChanged", fields).await?;
     if change.enabled == Some(true) {
         sqlx::query(
             "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE endpoint_id = $1 AND status = 'pending' \
@@ -295,14 +327,17 @@ pub async fn update(
 
 /// Removes an endpoint and its delivery log.
 pub async fn delete(pool: &PgPool, id: Uuid, tenant: Option<&str>, by: &str) -> Result<(), WebhookError> {
-    let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)")
-        .bind(id)
-        .bind(tenant)
-        .execute(pool)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(WebhookError::NotFound(id));
-    }
+    let mut tx = pool.begin().await?;
+    let gone: Option<(String, String)> = sqlx::query_as(
+        "DELETE FROM webhook_endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) RETURNING tenant, url",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (tenant, url) = gone.ok_or(WebhookError::NotFound(id))?;
+    record(&mut tx, id, &tenant, by, "WebhookEndpointDeleted", serde_json::json!({"url": url})).await?;
+    tx.commit().await?;
     tracing::info!(endpoint = %id, by, "webhook endpoint deleted");
     Ok(())
 }
@@ -318,6 +353,7 @@ pub async fn rotate(
 ) -> Result<(Endpoint, String), WebhookError> {
     let secret = sign::new_secret();
     let until = crate::store::now() + chrono::Duration::from_std(grace).map_err(|e| invalid("grace", e.to_string()))?;
+    let mut tx = pool.begin().await?;
     let row: Option<Endpoint> = sqlx::query_as(&format!(
         "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $3, secret = $4, \
            updated_at = now(), updated_by = $5 \
@@ -328,9 +364,12 @@ pub async fn rotate(
     .bind(until)
     .bind(&secret)
     .bind(by)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or(WebhookError::NotFound(id))?;
+    record(&mut tx, id, &row.tenant, by, "WebhookSecretRotated", serde_json::json!({"previous_valid_until": until}))
+        .await?;
+    tx.commit().await?;
     tracing::info!(endpoint = %id, by, "webhook secret rotated");
     Ok((row, secret))
 }

@@ -209,6 +209,12 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled_again() {
     assert!(e["disabled_reason"].is_null());
     eventually(WAIT, || async { gone.answered() == 2 }).await;
     assert_eq!(gone.hits()[1].id(), format!("{first}:3"));
+    let events: Vec<_> =
+        db::webhook_events(&app.pool).await.into_iter().filter(|e| e.aggregate_id == endpoint).collect();
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["WebhookEndpointRegistered", "WebhookEndpointDisabled", "WebhookEndpointChanged"]);
+    assert_eq!(events[1].fields()["by"], "webhooks");
+    assert_eq!(events[2].fields()["enabled"], true);
 }
 
 #[tokio::test]
@@ -334,6 +340,15 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_grace_period() {
     for bad in [json!({"grace": "soon"}), json!({"grace": "90d"})] {
         assert_eq!(rotate(bad).await.unwrap().status(), 422);
     }
+    // Each change is an event (who, when), never with a secret.
+    let events = db::webhook_events(&app.pool).await;
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["WebhookEndpointRegistered", "WebhookSecretRotated", "WebhookSecretRotated"]);
+    assert!(events.iter().all(|e| e.aggregate_id == endpoint && e.fields()["by"] == "tests"), "{:?}", events[0]);
+    for e in &events {
+        let text = format!("{} {}", e.payload, e.metadata);
+        assert!(!text.contains("whsec_"), "a secret in an event: {text}");
+    }
 }
 
 #[tokio::test]
@@ -447,6 +462,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let r = app.client.delete(app.url(&format!("/api/v1/webhooks/{id}"))).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(app.get_json(&format!("/api/v1/webhooks/{id}")).await.0, 404);
+    let types: Vec<_> = db::webhook_events(&app.pool).await.into_iter().map(|e| e.event_type).collect();
+    assert_eq!(types, ["WebhookEndpointRegistered", "WebhookEndpointDeleted"], "refused input recorded nothing");
 }
 
 #[tokio::test]
@@ -518,6 +535,9 @@ async fn an_endpoint_failing_again_and_again_is_paused_alerted_on_and_resumed() 
     let scrape = || async { app.client.get(&app.metrics).send().await.unwrap().text().await.unwrap() };
     eventually(WAIT, || async { scrape().await.lines().any(|l| l == "mailledger_webhook_endpoints_paused 1") }).await;
     assert!(scrape().await.contains("mailledger_webhook_endpoint_pauses_total 1"));
+    let events = db::webhook_events(&app.pool).await;
+    assert_eq!(events.last().unwrap().event_type, "WebhookEndpointPaused");
+    assert_eq!(events.last().unwrap().fields()["failures"], 3);
 
     receiver.always(200);
     let r = app.client.patch(app.url(&path)).json(&json!({"enabled": true})).send().await.unwrap();

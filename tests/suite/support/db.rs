@@ -482,3 +482,8 @@ pub async fn webhook_deliveries_of(pool: &PgPool, endpoint: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// Every stored event of webhook endpoints, in commit order.
+pub async fn webhook_events(pool: &PgPool) -> Vec<Stored> {
+    events_of_aggregate(pool, "WebhookEndpoint").await
+}
