@@ -57,6 +57,8 @@ CREATE TABLE webhook_deliveries
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (endpoint_id, email_id, sequence) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint_id, occurred_at);
+-- what webhooks.keep_log prunes
+CREATE INDEX webhook_deliveries_done ON webhook_deliveries (occurred_at) WHERE status <> 'pending';
 
 -- Every attempt: what the endpoint answered, and how fast.
 CREATE TABLE webhook_attempts

@@ -198,6 +198,10 @@ pub struct WebhookSettings {
     /// How long the old secret stays valid after a rotation, unless the rotation says.
     #[serde(with = "humantime_serde")]
     pub rotation_grace: Duration,
+    /// Delivered and given-up deliveries (and their attempts) older than this are
+    /// deleted from the delivery log (0: kept for ever).
+    #[serde(with = "humantime_serde")]
+    pub keep_log: Duration,
 }
 
 /// The subjects and stream names derived from [`NatsSettings`].

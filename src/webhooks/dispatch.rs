@@ -94,6 +94,9 @@ impl Dispatcher {
                 if let Err(e) = self.refresh_gauges().await {
                     tracing::warn!(error = %e, "webhook gauges not refreshed");
                 }
+                if let Err(e) = self.prune().await {
+                    tracing::warn!(error = %e, "webhook delivery log not pruned");
+                }
             }
             let mut full = false;
             let free = self.slots.available_permits();
@@ -362,6 +365,25 @@ impl Dispatcher {
             }
         }
         tx.commit().await
+    }
+
+    /// Deletes up to 5000 delivered or given-up deliveries older than
+    /// `webhooks.keep_log` (their attempts go with them).
+    async fn prune(&self) -> Result<(), sqlx::Error> {
+        if self.settings.keep_log.is_zero() {
+            return Ok(());
+        }
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+               WHERE status <> 'pending' AND occurred_at < now() - $1 LIMIT 5000 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(chrono::Duration::from_std(self.settings.keep_log).unwrap_or(chrono::Duration::MAX))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            tracing::info!(deleted = done.rows_affected(), "webhook delivery log pruned");
+        }
+        Ok(())
     }
 
     /// Paused endpoints and due deliveries, for the gauges (the same on every instance:

@@ -727,3 +727,19 @@ async fn a_timeout_or_a_refused_connection_is_retried() {
     }
     assert!(held.hits().len() >= 2, "the held receiver saw each attempt");
 }
+
+#[tokio::test]
+async fn the_delivery_log_keeps_what_is_pending_and_prunes_what_is_done() {
+    let sink = SmtpSink::start().await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.always(500);
+    let app = app_with(&sink, &[("MAILLEDGER__WEBHOOKS__KEEP_LOG", "1ms")]).await;
+    let (done, _) = register(&app, &app.client, &ok.url(), &["sent"]).await;
+    let (pending, _) = register(&app, &app.client, &failing.url(), &["sent"]).await;
+    app.create(&email("pruned", &["a@example.org"])).await;
+    wait_ids(&ok, 1).await;
+    eventually(WAIT, || async { failing.answered() >= 1 }).await;
+    eventually(WAIT, || async { db::webhook_deliveries_of(&app.pool, &done).await == 0 }).await;
+    assert_eq!(db::webhook_deliveries_of(&app.pool, &pending).await, 1, "still to send: kept");
+}
