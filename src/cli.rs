@@ -572,7 +572,7 @@ async fn webhooks(
         }
         WebhooksAction::Add { url, kinds, tenant, description } => {
             let new = NewEndpoint { url: Some(url), kinds: Some(kinds), description, enabled: None, tenant: None };
-            let (e, secret) = hooks::create(pool, &tenant, &new, &by.name, settings.allow_private).await?;
+            let (e, secret) = hooks::create(pool, &tenant, &new, &by.name, settings).await?;
             show(out, &e)?;
             writeln!(out, "the signing secret (shown this once):")?;
             writeln!(out, "{secret}")?;
@@ -584,7 +584,8 @@ async fn webhooks(
             show(out, &e)?;
         }
         WebhooksAction::Rotate { id, grace } => {
-            let (e, secret) = hooks::rotate(pool, id, None, grace.unwrap_or(settings.rotation_grace), &by.name).await?;
+            let (e, secret) =
+                hooks::rotate(pool, id, None, grace.unwrap_or(settings.rotation_grace), &by.name, settings).await?;
             show(out, &e)?;
             if let Some(until) = e.previous_secret_until {
                 writeln!(out, "the old secret signs too until {}", until.to_rfc3339())?;

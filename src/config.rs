@@ -198,6 +198,10 @@ pub struct WebhookSettings {
     /// How long the old secret stays valid after a rotation, unless the rotation says.
     #[serde(with = "humantime_serde")]
     pub rotation_grace: Duration,
+    /// A file holding 32 random bytes in hex: webhook secrets are stored sealed with it
+    /// (ChaCha20-Poly1305). Unset: they are stored as they are.
+    #[serde(deserialize_with = "optional_path")]
+    pub encryption_key: Option<PathBuf>,
     /// Delivered and given-up deliveries (and their attempts) older than this are
     /// deleted from the delivery log (0: kept for ever).
     #[serde(with = "humantime_serde")]

@@ -99,6 +99,10 @@ impl Application {
         let tls = ServerTls::load(&settings.tls)?;
         // A key file that cannot be used stops start-up before anything runs.
         let signing = Signing::load(&settings.proof, &settings.database.name())?;
+        let webhook_secrets = crate::webhooks::sealed::SecretBox::load(settings.webhooks.encryption_key.as_deref())?;
+        if !webhook_secrets.sealing() {
+            tracing::info!("webhook secrets are stored as issued (no webhooks.encryption_key)");
+        }
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;

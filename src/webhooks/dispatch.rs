@@ -38,6 +38,7 @@ pub struct Dispatcher {
     settings: Arc<WebhookSettings>,
     client: reqwest::Client,
     slots: Arc<Semaphore>,
+    secrets: super::sealed::SecretBox,
     in_flight: Arc<Mutex<HashMap<Uuid, u32>>>,
     done: Arc<Notify>,
 }
@@ -78,7 +79,16 @@ impl Dispatcher {
             .no_proxy()
             .build()?;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
-        Ok(Self { pool, settings: Arc::new(settings), client, slots, in_flight: Arc::default(), done: Arc::default() })
+        let secrets = super::sealed::SecretBox::load(settings.encryption_key.as_deref())?;
+        Ok(Self {
+            pool,
+            settings: Arc::new(settings),
+            client,
+            slots,
+            secrets,
+            in_flight: Arc::default(),
+            done: Arc::default(),
+        })
     }
 
     /// Claims and sends until `stop`, then waits for what is in flight.
@@ -225,12 +235,19 @@ impl Dispatcher {
             return failed(e.to_string(), started);
         }
         let t = crate::store::now().timestamp();
-        let mut secrets = vec![c.secret.as_str()];
+        let mut secrets = match self.secrets.open(c.endpoint_id, &c.secret) {
+            Ok(s) => vec![s],
+            Err(e) => return failed(e, started),
+        };
         if let (Some(old), Some(until)) = (&c.previous_secret, c.previous_until)
             && until > crate::store::now()
         {
-            secrets.push(old.as_str());
+            match self.secrets.open(c.endpoint_id, old) {
+                Ok(s) => secrets.push(s),
+                Err(e) => return failed(e, started),
+            }
         }
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let signature = sign::header_value(&secrets, t, c.body.as_bytes());
         let sent = self
             .client

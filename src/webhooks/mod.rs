@@ -18,6 +18,7 @@
 pub mod dispatch;
 pub mod guard;
 pub mod projection;
+pub mod sealed;
 pub mod sign;
 
 use std::time::Duration;
@@ -155,10 +156,20 @@ pub enum WebhookError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] sqlx::Error),
+    /// The secret could not be sealed (the key file went away, say).
+    #[error("{0}")]
+    Sealing(String),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> WebhookError {
     WebhookError::Invalid { field, reason: reason.into() }
+}
+
+/// What to store for a new secret of endpoint `id` (sealed when a key is set).
+fn seal(settings: &crate::config::WebhookSettings, id: Uuid, secret: &str) -> Result<String, WebhookError> {
+    let sealer = sealed::SecretBox::load(settings.encryption_key.as_deref())
+        .map_err(|e| WebhookError::Sealing(format!("{e:#}")))?;
+    sealer.seal(id, secret).map_err(|e| WebhookError::Sealing(format!("{e:#}")))
 }
 
 /// Checks a URL's form and (unless `allow_private`) that its host resolves only to
@@ -197,15 +208,17 @@ pub async fn create(
     tenant: &str,
     new: &NewEndpoint,
     by: &str,
-    allow_private: bool,
+    settings: &crate::config::WebhookSettings,
 ) -> Result<(Endpoint, String), WebhookError> {
     let url = match new.url.as_deref() {
-        Some(u) if !u.is_empty() => check_url(u, allow_private).await?,
+        Some(u) if !u.is_empty() => check_url(u, settings.allow_private).await?,
         _ => return Err(invalid("url", "is required")),
     };
     let kinds = check_kinds(new.kinds.as_deref().ok_or_else(|| invalid("kinds", "is required"))?)?;
     let description = check_description(new.description.as_deref().unwrap_or_default())?;
     let secret = sign::new_secret();
+    let id = Uuid::now_v7();
+    let stored = seal(settings, id, &secret)?;
     let mut tx = pool.begin().await?;
     // One registration at a time per tenant, so the count below holds.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('webhooks:' || $1))").bind(tenant).execute(&mut *tx).await?;
@@ -222,13 +235,13 @@ pub async fn create(
            updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $9) \
          ON CONFLICT (tenant, url) DO NOTHING RETURNING {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(tenant)
     .bind(&url)
     .bind(&kinds)
     .bind(&description)
     .bind(new.enabled.unwrap_or(true))
-    .bind(&secret)
+    .bind(&stored)
     .bind(now)
     .bind(by)
     .fetch_optional(&mut *tx)
@@ -350,8 +363,10 @@ pub async fn rotate(
     tenant: Option<&str>,
     grace: Duration,
     by: &str,
+    settings: &crate::config::WebhookSettings,
 ) -> Result<(Endpoint, String), WebhookError> {
     let secret = sign::new_secret();
+    let stored = seal(settings, id, &secret)?;
     let until = crate::store::now() + chrono::Duration::from_std(grace).map_err(|e| invalid("grace", e.to_string()))?;
     let mut tx = pool.begin().await?;
     let row: Option<Endpoint> = sqlx::query_as(&format!(
@@ -362,7 +377,7 @@ pub async fn rotate(
     .bind(id)
     .bind(tenant)
     .bind(until)
-    .bind(&secret)
+    .bind(&stored)
     .bind(by)
     .fetch_optional(&mut *tx)
     .await?;

@@ -313,8 +313,14 @@ async fn a_range_or_one_delivery_is_replayed_with_the_same_id_and_body() {
 async fn a_rotated_secret_signs_beside_the_old_one_for_the_grace_period() {
     let sink = SmtpSink::start().await;
     let receiver = Receiver::start().await;
-    let app = app_with(&sink, &[]).await;
+    // Secrets sealed at rest with a key of the test's own.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "7f".repeat(32)).unwrap();
+    let key_path = key.path().to_str().unwrap().to_owned();
+    let app = app_with(&sink, &[("MAILLEDGER__WEBHOOKS__ENCRYPTION_KEY", &key_path)]).await;
     let (endpoint, old) = register(&app, &app.client, &receiver.url(), &["sent"]).await;
+    let (stored, _) = db::webhook_stored_secrets(&app.pool, &endpoint).await;
+    assert!(stored.starts_with("enc:v1:") && !stored.contains(&old[6..]), "sealed: {stored}");
     let rotate =
         |body: Value| app.client.post(app.url(&format!("/api/v1/webhooks/{endpoint}/rotate"))).json(&body).send();
     let r = rotate(json!({})).await.unwrap();
@@ -328,6 +334,8 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_grace_period() {
     let h = &delivered(&receiver)[0];
     assert_eq!(h.signatures(), 2);
     assert!(h.signed_with(&new) && h.signed_with(&old), "both valid during the grace period");
+    let (stored, previous) = db::webhook_stored_secrets(&app.pool, &endpoint).await;
+    assert!(stored.starts_with("enc:v1:") && previous.unwrap().starts_with("enc:v1:"));
 
     // No grace: only the new one.
     let r = rotate(json!({"grace": "0s"})).await.unwrap();

@@ -23,6 +23,7 @@ impl From<WebhookError> for Status {
             WebhookError::Conflict(m) => Status::already_exists(m),
             WebhookError::NotFound(id) => Status::not_found(format!("no webhook endpoint {id}")),
             WebhookError::Store(e) => super::service::internal(e),
+            WebhookError::Sealing(m) => super::service::internal(anyhow::anyhow!(m)),
         }
     }
 }
@@ -85,7 +86,7 @@ pub(super) async fn create(
         enabled: req.enabled,
         tenant: None,
     };
-    let (e, secret) = webhooks::create(pool, &tenant, &new, &by.name, settings.allow_private).await?;
+    let (e, secret) = webhooks::create(pool, &tenant, &new, &by.name, settings).await?;
     Ok(WebhookSecretRes { endpoint: Some(endpoint(e)), secret })
 }
 
@@ -140,7 +141,7 @@ pub(super) async fn rotate(
     if grace > std::time::Duration::from_secs(30 * 24 * 3600) {
         return Err(Status::invalid_argument("Grace: is longer than 30 days"));
     }
-    let (e, secret) = webhooks::rotate(pool, id(&req.id)?, by.tenant_filter(), grace, &by.name).await?;
+    let (e, secret) = webhooks::rotate(pool, id(&req.id)?, by.tenant_filter(), grace, &by.name, settings).await?;
     Ok(WebhookSecretRes { endpoint: Some(endpoint(e)), secret })
 }
 

@@ -34,6 +34,7 @@ impl From<WebhookError> for ApiError {
             WebhookError::Conflict(m) => ApiError::Conflict(m),
             WebhookError::NotFound(id) => ApiError::NotFound(format!("no webhook endpoint {id}")),
             WebhookError::Store(e) => e.into(),
+            WebhookError::Sealing(m) => ApiError::Internal(m.into()),
         }
     }
 }
@@ -87,8 +88,7 @@ pub async fn create(
     by.principal.require(Scope::Webhooks)?;
     let new: NewEndpoint = parse(&body, "webhook endpoint")?;
     let tenant = by.principal.acting_tenant(new.tenant.as_deref())?;
-    let (endpoint, secret) =
-        webhooks::create(&state.pool, &tenant, &new, &by.principal.name, state.webhooks.allow_private).await?;
+    let (endpoint, secret) = webhooks::create(&state.pool, &tenant, &new, &by.principal.name, &state.webhooks).await?;
     Ok((StatusCode::CREATED, Json(CreatedEndpoint { endpoint, secret })).into_response())
 }
 
@@ -251,7 +251,8 @@ pub async fn rotate(
         ))));
     }
     let (endpoint, secret) =
-        webhooks::rotate(&state.pool, id, by.principal.tenant_filter(), grace, &by.principal.name).await?;
+        webhooks::rotate(&state.pool, id, by.principal.tenant_filter(), grace, &by.principal.name, &state.webhooks)
+            .await?;
     Ok(Json(Rotation { endpoint, secret }))
 }
 

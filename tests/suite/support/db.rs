@@ -487,3 +487,12 @@ pub async fn webhook_deliveries_of(pool: &PgPool, endpoint: &str) -> i64 {
 pub async fn webhook_events(pool: &PgPool) -> Vec<Stored> {
     events_of_aggregate(pool, "WebhookEndpoint").await
 }
+
+/// An endpoint's secrets as stored (current, previous).
+pub async fn webhook_stored_secrets(pool: &PgPool, endpoint: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT secret, previous_secret FROM webhook_endpoints WHERE id = $1::uuid")
+        .bind(endpoint)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
