@@ -632,11 +632,17 @@ impl Settings {
         if self.webhooks.backoff.is_empty() || self.webhooks.backoff.iter().any(Duration::is_zero) {
             return Err(("webhooks.backoff", "give at least one duration, each longer than zero".into()));
         }
-        if self.webhooks.concurrency == 0 || self.webhooks.per_endpoint == 0 {
-            return Err(("webhooks.concurrency", "concurrency and per_endpoint must be at least 1".into()));
+        if self.webhooks.concurrency == 0 {
+            return Err(("webhooks.concurrency", "must be at least 1".into()));
         }
-        if self.webhooks.timeout.is_zero() || self.webhooks.connect_timeout.is_zero() {
-            return Err(("webhooks.timeout", "timeouts must be longer than zero".into()));
+        if self.webhooks.per_endpoint == 0 {
+            return Err(("webhooks.per_endpoint", "must be at least 1".into()));
+        }
+        if self.webhooks.timeout.is_zero() {
+            return Err(("webhooks.timeout", "must be longer than zero".into()));
+        }
+        if self.webhooks.connect_timeout.is_zero() {
+            return Err(("webhooks.connect_timeout", "must be longer than zero".into()));
         }
         if self.webhooks.max_response_bytes == 0 {
             return Err(("webhooks.max_response_bytes", "must be at least 1".into()));
@@ -777,6 +783,28 @@ mod tests {
         assert_eq!(s.http.addr.port(), 8080);
         assert_eq!(s.limits.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(s.nats.ack_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn webhook_defaults_retry_a_day_and_bad_values_are_named() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        let w = &s.webhooks;
+        assert!(!w.allow_private && w.enabled && w.encryption_key.is_none());
+        let schedule: Duration = w.backoff.iter().sum();
+        assert!(w.retry_for >= Duration::from_secs(24 * 3600) && schedule < w.retry_for);
+        for (var, value) in [
+            ("MAILLEDGER__WEBHOOKS__BACKOFF", ""),
+            ("MAILLEDGER__WEBHOOKS__BACKOFF", "1s,0s"),
+            ("MAILLEDGER__WEBHOOKS__CONCURRENCY", "0"),
+            ("MAILLEDGER__WEBHOOKS__PER_ENDPOINT", "0"),
+            ("MAILLEDGER__WEBHOOKS__TIMEOUT", "0s"),
+            ("MAILLEDGER__WEBHOOKS__CONNECT_TIMEOUT", "0s"),
+            ("MAILLEDGER__WEBHOOKS__TIMEOUT", "soon"),
+            ("MAILLEDGER__WEBHOOKS__ALLOW_PRIVATE", "maybe"),
+        ] {
+            let e = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.name, var, "{var}={value}: {e}");
+        }
     }
 
     #[test]
