@@ -405,12 +405,14 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Paused endpoints and due deliveries, for the gauges (the same on every instance:
-    /// alert on their maximum).
+    /// Paused endpoints, and deliveries due to endpoints that are sent to (what waits for
+    /// a paused or disabled endpoint is not a backlog), for the gauges (the same on every
+    /// instance: alert on their maximum).
     async fn refresh_gauges(&self) -> Result<(), sqlx::Error> {
         let (paused, due): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM webhook_endpoints WHERE paused_at IS NOT NULL AND enabled), \
-                    (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now())",
+                    (SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+                      WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.enabled AND e.paused_at IS NULL)",
         )
         .fetch_one(&self.pool)
         .await?;
