@@ -113,6 +113,86 @@ pub enum Command {
         #[command(subcommand)]
         action: SuppressionsAction,
     },
+    /// Signed status webhooks: endpoints, their delivery logs, replays.
+    Webhooks {
+        /// What to do.
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
+}
+
+/// `webhooks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksAction {
+    /// Endpoints (never their secrets).
+    List {
+        /// Only this tenant's (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Register an endpoint; its secret is the LAST line of stdout, shown this once.
+    Add {
+        /// `https://…` (or `http://…`).
+        url: String,
+        /// Kinds to hear: sent, failed, dead_lettered, suppressed (comma-separated or repeated).
+        #[arg(long = "kind", required = true, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// The tenant (default `default`).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Turn an endpoint on (also resumes a paused one, or one a 410 disabled).
+    Enable {
+        /// The endpoint.
+        id: Uuid,
+    },
+    /// Turn an endpoint off.
+    Disable {
+        /// The endpoint.
+        id: Uuid,
+    },
+    /// A new secret (the LAST line of stdout, shown this once); the old one signs too
+    /// for the grace period.
+    Rotate {
+        /// The endpoint.
+        id: Uuid,
+        /// How long the old secret still signs (default `webhooks.rotation_grace`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Remove an endpoint and its delivery log.
+    Remove {
+        /// The endpoint.
+        id: Uuid,
+    },
+    /// The delivery log of an endpoint, newest first, with every attempt.
+    Deliveries {
+        /// The endpoint.
+        id: Uuid,
+        /// Only pending, delivered or failed.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        status: Option<String>,
+        /// Rows at most.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send again one delivery, or every delivery of events in a time range.
+    Replay {
+        /// The endpoint.
+        id: Uuid,
+        /// One delivery, by id.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        delivery: Option<i64>,
+        /// Events at or after this instant (RFC 3339).
+        #[arg(long, value_parser = rfc3339, required_unless_present = "delivery")]
+        since: Option<DateTime<Utc>>,
+        /// Events before this instant (RFC 3339; default now).
+        #[arg(long, value_parser = rfc3339)]
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// `keys` subcommands.
@@ -123,7 +203,7 @@ pub enum KeysAction {
         /// A name for people (and the metrics).
         #[arg(long)]
         name: String,
-        /// send, read, redrive, admin — comma-separated — or all.
+        /// send, read, redrive, admin, webhooks — comma-separated — or all.
         #[arg(long = "scope", value_name = "SCOPES")]
         scopes: String,
         /// The tenant it acts in (default `default`).
@@ -389,6 +469,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Dlq { action: DlqAction::Runs } => dlq::runs(&pool, &mut out).await?,
         Command::Suppressions { action } => suppressions(&pool, action, &mut out).await?,
+        Command::Webhooks { action } => webhooks(&pool, action, &settings.webhooks, &mut out).await?,
         Command::Status => {
             let nats = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
@@ -464,6 +545,95 @@ async fn suppressions(pool: &sqlx::PgPool, action: SuppressionsAction, out: &mut
                 anyhow::bail!("{address} is not suppressed in tenant {tenant}");
             }
             eprintln!("mailledger: {address} is no longer suppressed in tenant {tenant}");
+        }
+    }
+    Ok(())
+}
+
+async fn webhooks(
+    pool: &sqlx::PgPool,
+    action: WebhooksAction,
+    settings: &crate::config::WebhookSettings,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use crate::webhooks::{self as hooks, Endpoint, EndpointChange, LogFilter, NewEndpoint, Replay};
+    let by = operator();
+    let show = |out: &mut dyn Write, e: &Endpoint| -> std::io::Result<()> {
+        let state = match (e.enabled, &e.paused_at, &e.disabled_reason) {
+            (true, Some(at), _) => format!("paused since {}", at.format("%Y-%m-%d %H:%M:%S")),
+            (true, None, _) => "enabled".to_owned(),
+            (false, _, Some(why)) => format!("disabled: {why}"),
+            (false, _, None) => "disabled".to_owned(),
+        };
+        writeln!(out, "{}  {:<10} {}  [{}]  {state}", e.id, e.tenant, e.url, e.kinds.join(","))
+    };
+    match action {
+        WebhooksAction::List { tenant } => {
+            let rows = hooks::list(pool, tenant.as_deref()).await?;
+            for e in &rows {
+                show(out, e)?;
+            }
+            eprintln!("mailledger: {} webhook endpoint(s)", rows.len());
+        }
+        WebhooksAction::Add { url, kinds, tenant, description } => {
+            let new = NewEndpoint { url: Some(url), kinds: Some(kinds), description, enabled: None, tenant: None };
+            let (e, secret) = hooks::create(pool, &tenant, &new, &by.name, settings).await?;
+            show(out, &e)?;
+            writeln!(out, "the signing secret (shown this once):")?;
+            writeln!(out, "{secret}")?;
+        }
+        WebhooksAction::Enable { id } | WebhooksAction::Disable { id } => {
+            let enabled = matches!(action, WebhooksAction::Enable { .. });
+            let change = EndpointChange { enabled: Some(enabled), ..Default::default() };
+            let e = hooks::update(pool, id, None, &change, &by.name, settings.allow_private).await?;
+            show(out, &e)?;
+        }
+        WebhooksAction::Rotate { id, grace } => {
+            let (e, secret) =
+                hooks::rotate(pool, id, None, grace.unwrap_or(settings.rotation_grace), &by.name, settings).await?;
+            show(out, &e)?;
+            if let Some(until) = e.previous_secret_until {
+                writeln!(out, "the old secret signs too until {}", until.to_rfc3339())?;
+            }
+            writeln!(out, "the new signing secret (shown this once):")?;
+            writeln!(out, "{secret}")?;
+        }
+        WebhooksAction::Remove { id } => {
+            hooks::delete(pool, id, None, &by.name).await?;
+            eprintln!("mailledger: webhook endpoint {id} removed");
+        }
+        WebhooksAction::Deliveries { id, status, limit } => {
+            hooks::get(pool, id, None).await?;
+            let filter = LogFilter { status, ..Default::default() };
+            for d in hooks::deliveries(pool, id, &filter, limit.clamp(1, 500)).await? {
+                writeln!(
+                    out,
+                    "{:>8}  {}  {:<13} {:<9} attempts {}  {}",
+                    d.id,
+                    d.occurred_at.format("%Y-%m-%d %H:%M:%S"),
+                    d.kind,
+                    d.status,
+                    d.attempts,
+                    d.event_id
+                )?;
+                for a in &d.log {
+                    writeln!(
+                        out,
+                        "          #{} {}  {:>4} {:>6} ms  {:<9} {}",
+                        a.attempt,
+                        a.at.format("%H:%M:%S"),
+                        a.status_code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                        a.latency_ms,
+                        a.outcome,
+                        a.error.as_deref().unwrap_or(&a.excerpt).chars().take(100).collect::<String>()
+                    )?;
+                }
+            }
+        }
+        WebhooksAction::Replay { id, delivery, since, until } => {
+            hooks::get(pool, id, None).await?;
+            let n = hooks::replay(pool, id, &Replay { delivery_id: delivery, since, until }).await?;
+            eprintln!("mailledger: {n} delivery(ies) queued again");
         }
     }
     Ok(())

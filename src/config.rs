@@ -68,6 +68,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The proof log: sealing, checkpoints and their signing key.
     pub proof: ProofSettings,
+    /// Signed status webhooks: the dispatcher, its retries and its outbound limits.
+    pub webhooks: WebhookSettings,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for in-flight work.
@@ -173,6 +175,51 @@ impl ProofSettings {
     pub fn origin(&self, database: &str) -> String {
         if self.origin.is_empty() { format!("mailledger/{database}") } else { self.origin.clone() }
     }
+}
+
+/// Signed status webhooks (see the README's "Webhooks").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Run the dispatcher on this instance (the enqueueing projection runs anyway).
+    pub enabled: bool,
+    /// Allow endpoints on private, loopback and link-local addresses (never in
+    /// production: that is what SSRF goes after).
+    pub allow_private: bool,
+    /// The longest a delivery may take, connecting, sending and reading the answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest a connection may take to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bytes of an answer read at most (the rest is not read; 1 KiB of it is kept).
+    pub max_response_bytes: usize,
+    /// Delay before attempt 2, 3, …; the last one repeats until `retry_for` is over.
+    #[serde(deserialize_with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// How long a delivery is retried before it is given up.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Consecutive failed attempts after which an endpoint is paused (0: never).
+    pub pause_after: u32,
+    /// Deliveries in flight per instance, over every endpoint.
+    pub concurrency: u32,
+    /// Deliveries in flight per instance to any one endpoint.
+    pub per_endpoint: u32,
+    /// How often to look for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long the old secret stays valid after a rotation, unless the rotation says.
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
+    /// A file holding 32 random bytes in hex: webhook secrets are stored sealed with it
+    /// (ChaCha20-Poly1305). Unset: they are stored as they are.
+    #[serde(deserialize_with = "optional_path")]
+    pub encryption_key: Option<PathBuf>,
+    /// Delivered and given-up deliveries (and their attempts) older than this are
+    /// deleted from the delivery log (0: kept for ever).
+    #[serde(with = "humantime_serde")]
+    pub keep_log: Duration,
 }
 
 /// The subjects and stream names derived from [`NatsSettings`].
@@ -621,6 +668,24 @@ impl Settings {
         if self.proof.origin.chars().any(char::is_control) || self.proof.origin.trim() != self.proof.origin {
             return Err(("proof.origin", "one line, without surrounding spaces".into()));
         }
+        if self.webhooks.backoff.is_empty() || self.webhooks.backoff.iter().any(Duration::is_zero) {
+            return Err(("webhooks.backoff", "give at least one duration, each longer than zero".into()));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(("webhooks.concurrency", "must be at least 1".into()));
+        }
+        if self.webhooks.per_endpoint == 0 {
+            return Err(("webhooks.per_endpoint", "must be at least 1".into()));
+        }
+        if self.webhooks.timeout.is_zero() {
+            return Err(("webhooks.timeout", "must be longer than zero".into()));
+        }
+        if self.webhooks.connect_timeout.is_zero() {
+            return Err(("webhooks.connect_timeout", "must be longer than zero".into()));
+        }
+        if self.webhooks.max_response_bytes == 0 {
+            return Err(("webhooks.max_response_bytes", "must be at least 1".into()));
+        }
         if self.limits.max_recipients == 0 || self.limits.max_body_bytes == 0 {
             return Err(("limits", "limits must be at least 1".into()));
         }
@@ -811,6 +876,28 @@ mod tests {
         }
         let err = Settings::load_from(None, env(&[("MAILLEDGER__NATS__REPLICAS", "7")])).unwrap_err();
         assert!(format!("{err:#}").contains("REPLICAS: must be between 1 and 5"), "{err:#}");
+    }
+
+    #[test]
+    fn webhook_defaults_retry_a_day_and_bad_values_are_named() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        let w = &s.webhooks;
+        assert!(!w.allow_private && w.enabled && w.encryption_key.is_none());
+        let schedule: Duration = w.backoff.iter().sum();
+        assert!(w.retry_for >= Duration::from_secs(24 * 3600) && schedule < w.retry_for);
+        for (var, value) in [
+            ("MAILLEDGER__WEBHOOKS__BACKOFF", ""),
+            ("MAILLEDGER__WEBHOOKS__BACKOFF", "1s,0s"),
+            ("MAILLEDGER__WEBHOOKS__CONCURRENCY", "0"),
+            ("MAILLEDGER__WEBHOOKS__PER_ENDPOINT", "0"),
+            ("MAILLEDGER__WEBHOOKS__TIMEOUT", "0s"),
+            ("MAILLEDGER__WEBHOOKS__CONNECT_TIMEOUT", "0s"),
+            ("MAILLEDGER__WEBHOOKS__TIMEOUT", "soon"),
+            ("MAILLEDGER__WEBHOOKS__ALLOW_PRIVATE", "maybe"),
+        ] {
+            let e = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.name, var, "{var}={value}: {e}");
+        }
     }
 
     #[test]

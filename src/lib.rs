@@ -38,6 +38,7 @@
 //! | [`saga`] | the sender: schedule projection, claims and domain shaping, its SMTP client, retries |
 //! | [`suppression`] | the suppression list (per tenant): lookups, changes recorded as events |
 //! | [`redrive`] | bulk redrives by filter: counted, paced, resumable runs |
+//! | [`webhooks`] | signed status webhooks: endpoints, the queueing projection, the dispatcher |
 //! | [`transport`] | REST, gRPC, NATS intake and TLS: adapters only |
 //! | [`proof`] | the tamper-evident log: Merkle tree over every event, signed checkpoints, proofs, audits |
 //! | [`ops`] | operator and auditor tools behind the CLI |
@@ -65,3 +66,4 @@ pub mod suppression;
 pub mod telemetry;
 pub(crate) mod text;
 pub mod transport;
+pub mod webhooks;

@@ -311,6 +311,46 @@ pub fn access_outcome(e: &crate::access::AccessError) -> &'static str {
     }
 }
 
+/// `mailledger_webhooks_queued_total`: webhook deliveries queued (one per endpoint and event).
+pub static WEBHOOKS_QUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("mailledger_webhooks_queued_total", "Webhook deliveries queued").expect("valid metric"))
+});
+
+/// `mailledger_webhook_attempts_total{outcome}`: webhook attempts by outcome
+/// (`delivered`, `retry`, `gone`, `gave_up`).
+pub static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("mailledger_webhook_attempts_total", "Webhook delivery attempts, by outcome", &["outcome"])
+});
+
+/// `mailledger_webhook_attempt_seconds`: how long an attempt took (answer or failure).
+pub static WEBHOOK_LATENCY: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("mailledger_webhook_attempt_seconds", "Duration of webhook delivery attempts", BUCKETS));
+
+/// `mailledger_webhook_endpoint_pauses_total`: endpoints paused for failing again and again.
+pub static WEBHOOK_PAUSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("mailledger_webhook_endpoint_pauses_total", "Webhook endpoints paused after repeated failures")
+            .expect("valid metric"),
+    )
+});
+
+/// `mailledger_webhook_endpoints_disabled_total`: endpoints disabled by a 410 answer.
+pub static WEBHOOK_ENDPOINTS_DISABLED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("mailledger_webhook_endpoints_disabled_total", "Webhook endpoints disabled by a 410 answer")
+            .expect("valid metric"),
+    )
+});
+
+/// `mailledger_webhook_endpoints_paused`: enabled endpoints paused now (every instance
+/// with a dispatcher reports the same value).
+pub static WEBHOOK_ENDPOINTS_PAUSED: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_webhook_endpoints_paused", "Webhook endpoints paused now"));
+
+/// `mailledger_webhook_deliveries_due`: deliveries due and not yet delivered.
+pub static WEBHOOK_DUE: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("mailledger_webhook_deliveries_due", "Webhook deliveries due now"));
+
 /// Registers every metric (so each is exported from the start).
 pub fn init() {
     LazyLock::force(&COMMANDS);
@@ -344,6 +384,15 @@ pub fn init() {
     LazyLock::force(&DOMAIN_QUEUED);
     LazyLock::force(&DOMAIN_THROTTLED);
     LazyLock::force(&SUPPRESSIONS);
+    LazyLock::force(&WEBHOOKS_QUEUED);
+    LazyLock::force(&WEBHOOK_LATENCY);
+    LazyLock::force(&WEBHOOK_PAUSES);
+    LazyLock::force(&WEBHOOK_ENDPOINTS_DISABLED);
+    LazyLock::force(&WEBHOOK_ENDPOINTS_PAUSED);
+    LazyLock::force(&WEBHOOK_DUE);
+    for outcome in ["delivered", "retry", "gone", "gave_up"] {
+        WEBHOOK_DELIVERIES.with_label_values(&[outcome]);
+    }
     // Every series whose labels are known up front starts at 0: `rate()` and
     // `increase()` see a counter's first step only from a sample before it.
     for source in ["nats", "rest", "grpc"] {

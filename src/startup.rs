@@ -101,6 +101,10 @@ impl Application {
         let tls = ServerTls::load(&settings.tls)?;
         // A key file that cannot be used stops start-up before anything runs.
         let signing = Signing::load(&settings.proof, &settings.database.name())?;
+        let webhook_secrets = crate::webhooks::sealed::SecretBox::load(settings.webhooks.encryption_key.as_deref())?;
+        if !webhook_secrets.sealing() {
+            tracing::info!("webhook secrets are stored as issued (no webhooks.encryption_key)");
+        }
         let pool = store::connect(&settings.database).await?;
         store::migrate(&pool).await?;
         let nats = transport::nats::connect(&settings.nats).await?;
@@ -122,6 +126,10 @@ impl Application {
         let cache = Cache::new(&settings.redis);
 
         spawn_projections(&work, &pool, &notifier, &cache);
+        if settings.webhooks.enabled {
+            let dispatcher = crate::webhooks::dispatch::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
+            work.spawn(dispatcher.run(work.shutdown.clone()));
+        }
         let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
         let mut reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
@@ -246,10 +254,11 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
 /// The projections kept in PostgreSQL and Redis, each on the instance that wins its lock.
 /// (The NATS one starts with the NATS intake: see [`run_nats`].)
 fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache) {
-    let projections: [Arc<dyn Projection>; 3] = [
+    let projections: [Arc<dyn Projection>; 4] = [
         Arc::new(EmailsProjection::new()),
         Arc::new(CacheProjection::new(cache.clone())),
         Arc::new(ScheduleProjection::new()),
+        Arc::new(crate::webhooks::projection::WebhookProjection),
     ];
     for projection in projections {
         let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
@@ -337,6 +346,7 @@ fn serve(
         keyring: edge.keyring.clone(),
         pool: edge.pool.clone(),
         proofs: edge.proofs.clone(),
+        webhooks: settings.webhooks.clone(),
     };
     let router = transport::http::router(state).layer(edge.consistency.clone());
     let (routes, health) = transport::grpc::routes(
@@ -344,6 +354,7 @@ fn serve(
         edge.reads,
         edge.pool,
         edge.proofs,
+        settings.webhooks.clone(),
         max_request_bytes(settings.limits.max_body_bytes),
     )?;
     let grpc_served = transport::grpc::Served {

@@ -41,19 +41,22 @@ pub enum Scope {
     Redrive,
     /// Manage keys; act in every tenant.
     Admin,
+    /// Manage the tenant's webhook endpoints, see their delivery logs, replay.
+    Webhooks,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 4] = [Scope::Send, Scope::Read, Scope::Redrive, Scope::Admin];
+    pub const ALL: [Scope; 5] = [Scope::Send, Scope::Read, Scope::Redrive, Scope::Admin, Scope::Webhooks];
 
-    /// Its name (`send`, `read`, `redrive`, `admin`).
+    /// Its name (`send`, `read`, `redrive`, `admin`, `webhooks`).
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Send => "send",
             Scope::Read => "read",
             Scope::Redrive => "redrive",
             Scope::Admin => "admin",
+            Scope::Webhooks => "webhooks",
         }
     }
 
@@ -85,12 +88,12 @@ impl Scopes {
             set |= match name.to_ascii_lowercase().as_str() {
                 "all" => Self::all().0,
                 other => Scope::ALL.iter().find(|s| s.as_str() == other).map(|s| s.bit()).ok_or_else(|| {
-                    format!("{} is not a scope (send, read, redrive, admin or all)", crate::text::echo(name))
+                    format!("{} is not a scope (send, read, redrive, admin, webhooks or all)", crate::text::echo(name))
                 })?,
             };
         }
         if set == 0 {
-            return Err("give at least one scope (send, read, redrive, admin or all)".into());
+            return Err("give at least one scope (send, read, redrive, admin, webhooks or all)".into());
         }
         Ok(Self(set))
     }

@@ -8,6 +8,7 @@
 //! | `schedule` ([`crate::saga::schedule`]) | transactional | the delivery schedule the sender claims from |
 //! | [`events`] | side-effecting, idempotent by message id | domain events on NATS (`mail.events.<kind>`, `mail.dlq.emails`) |
 //! | `nats_suppressions` ([`events::SuppressionPublisher`]) | side-effecting, `Suppression` events only | suppression-list changes on NATS (`mail.events.suppression_added` / `_removed`) |
+//! | `webhooks` ([`crate::webhooks::projection`]) | transactional | one `webhook_deliveries` row per endpoint and event (sent by [`crate::webhooks::dispatch`]) |
 //! | `proof` ([`crate::proof::sealer`]) | transactional, every aggregate ([`Feed::Everything`]) | the proof log's Merkle tree and signed checkpoints |
 //!
 //! Each projection runs on one instance at a time ([`runner`], PostgreSQL advisory lock);

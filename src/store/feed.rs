@@ -180,6 +180,23 @@ pub async fn tenant_of(pool: &sqlx::PgPool, email_id: Uuid) -> Result<Option<Str
     .await
 }
 
+/// The tenant of each email of `ids` that exists (see [`tenant_of`]), on `conn` (a
+/// projection's transaction).
+pub async fn tenants_of(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
+    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, coalesce(metadata->>'tenant', 'default') FROM events \
+         WHERE aggregate_type = 'Email' AND aggregate_id = ANY($1) AND sequence = 1",
+    )
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(id, t)| id.parse().ok().map(|id| (id, t))).collect())
+}
+
 /// One stored event as it is, for people and exports: its payload is the event's own
 /// fields (not wrapped in its type's name), nothing decoded or upcast.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -43,6 +43,14 @@ fn protected_routes(id: &str) -> Vec<(reqwest::Method, String, Option<Value>)> {
         (Method::POST, "/api/v1/redrives".into(), Some(json!({}))),
         (Method::GET, format!("/api/v1/redrives/{id}"), None),
         (Method::POST, format!("/api/v1/redrives/{id}/resume"), None),
+        (Method::GET, "/api/v1/webhooks".into(), None),
+        (Method::POST, "/api/v1/webhooks".into(), Some(json!({"url": "https://example.com/", "kinds": ["sent"]}))),
+        (Method::GET, format!("/api/v1/webhooks/{id}"), None),
+        (Method::PATCH, format!("/api/v1/webhooks/{id}"), Some(json!({"enabled": false}))),
+        (Method::DELETE, format!("/api/v1/webhooks/{id}"), None),
+        (Method::POST, format!("/api/v1/webhooks/{id}/rotate"), Some(json!({}))),
+        (Method::GET, format!("/api/v1/webhooks/{id}/deliveries"), None),
+        (Method::POST, format!("/api/v1/webhooks/{id}/replay"), Some(json!({"since": "2020-01-01T00:00:00Z"}))),
     ]
 }
 

@@ -29,3 +29,4 @@ mod rest_intake;
 mod search_plans;
 mod tls;
 mod traces;
+mod webhooks;

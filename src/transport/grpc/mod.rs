@@ -5,6 +5,7 @@ mod auth;
 pub mod codec;
 mod error;
 pub(crate) mod service;
+mod webhooks;
 
 /// Code generated from `proto/email.proto`.
 pub mod proto {
@@ -34,6 +35,7 @@ pub(crate) fn routes(
     reads: ReadSide,
     pool: sqlx::PgPool,
     proofs: crate::proof::ProofLog,
+    webhooks: crate::config::WebhookSettings,
     max_request_bytes: usize,
 ) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -42,9 +44,10 @@ pub(crate) fn routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     // The same request size REST takes (tonic's default is 4 MiB).
-    let email =
-        proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads, pool, proofs))
-            .max_decoding_message_size(max_request_bytes);
+    let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(
+        ledger, reads, pool, proofs, webhooks,
+    ))
+    .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(email).add_service(health).add_service(reflection);
     Ok((routes, reporter))
 }

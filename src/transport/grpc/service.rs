@@ -15,6 +15,11 @@ use super::proto::{
     ListSuppressionsRes, RedriveReq, RedriveRes, RemoveSuppressionRes, SearchReq, SearchRes, Suppression,
     SuppressionChangeReq,
 };
+use super::proto::{
+    CreateWebhookReq, DeleteWebhookRes, ListWebhookDeliveriesReq, ListWebhookDeliveriesRes, ListWebhooksReq,
+    ListWebhooksRes, ReplayWebhookReq, ReplayWebhookRes, RotateWebhookReq, UpdateWebhookReq, WebhookEndpoint,
+    WebhookReq, WebhookSecretRes,
+};
 use crate::access::Scope;
 use crate::access::keyring::Authenticated;
 use crate::command::{EmailDraft, Source, address::split_list};
@@ -30,12 +35,20 @@ pub struct EmailGrpc {
     reads: ReadSide,
     pool: sqlx::PgPool,
     proofs: ProofLog,
+    webhooks: crate::config::WebhookSettings,
 }
 
 impl EmailGrpc {
-    /// Serves `ledger`, `reads`, the suppression lists in `pool`, and `proofs`.
-    pub fn new(ledger: Ledger, reads: ReadSide, pool: sqlx::PgPool, proofs: ProofLog) -> Self {
-        Self { ledger, reads, pool, proofs }
+    /// Serves `ledger`, `reads`, the suppression lists and webhook endpoints in `pool`,
+    /// and `proofs`.
+    pub fn new(
+        ledger: Ledger,
+        reads: ReadSide,
+        pool: sqlx::PgPool,
+        proofs: ProofLog,
+        webhooks: crate::config::WebhookSettings,
+    ) -> Self {
+        Self { ledger, reads, pool, proofs, webhooks }
     }
 }
 
@@ -136,7 +149,7 @@ fn timestamp(t: DateTime<Utc>) -> Timestamp {
 
 /// A timestamp from a request: a real instant between the years 1 and 9999 (what the
 /// store and RFC 3339 can hold), else `INVALID_ARGUMENT` naming the field.
-fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
+pub(super) fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
     use chrono::Datelike;
     t.map(|t| {
         u32::try_from(t.nanos)
@@ -154,7 +167,7 @@ fn parse_id(raw: &str) -> Result<Uuid, Status> {
     })
 }
 
-fn internal<E: Into<anyhow::Error>>(e: E) -> Status {
+pub(super) fn internal<E: Into<anyhow::Error>>(e: E) -> Status {
     let e: anyhow::Error = e.into();
     let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
     if crate::store::is_unavailable(boxed.as_ref()) {
@@ -427,5 +440,50 @@ impl EmailService for EmailGrpc {
             second_root: p.second_root.to_vec(),
             hashes: p.hashes.iter().map(|h| h.to_vec()).collect(),
         }))
+    }
+    async fn create_webhook(&self, request: Request<CreateWebhookReq>) -> Result<Response<WebhookSecretRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::create(&self.pool, &self.webhooks, &by, request.into_inner()).await?))
+    }
+
+    async fn list_webhooks(&self, request: Request<ListWebhooksReq>) -> Result<Response<ListWebhooksRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::list(&self.pool, &by, request.into_inner()).await?))
+    }
+
+    async fn get_webhook(&self, request: Request<WebhookReq>) -> Result<Response<WebhookEndpoint>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::get(&self.pool, &by, &request.into_inner().id).await?))
+    }
+
+    async fn update_webhook(&self, request: Request<UpdateWebhookReq>) -> Result<Response<WebhookEndpoint>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::update(&self.pool, &self.webhooks, &by, request.into_inner()).await?))
+    }
+
+    async fn delete_webhook(&self, request: Request<WebhookReq>) -> Result<Response<DeleteWebhookRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::delete(&self.pool, &by, &request.into_inner().id).await?))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<RotateWebhookReq>,
+    ) -> Result<Response<WebhookSecretRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::rotate(&self.pool, &self.webhooks, &by, request.into_inner()).await?))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<ListWebhookDeliveriesReq>,
+    ) -> Result<Response<ListWebhookDeliveriesRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::deliveries(&self.pool, &by, request.into_inner()).await?))
+    }
+
+    async fn replay_webhook(&self, request: Request<ReplayWebhookReq>) -> Result<Response<ReplayWebhookRes>, Status> {
+        let by = caller(&request).principal;
+        Ok(Response::new(super::webhooks::replay(&self.pool, &by, request.into_inner()).await?))
     }
 }

@@ -8,6 +8,7 @@ pub mod read;
 pub mod redrives;
 pub mod server;
 pub mod suppressions;
+pub mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -43,6 +44,8 @@ pub struct HttpState {
     pub pool: sqlx::PgPool,
     /// The proof log.
     pub proofs: crate::proof::ProofLog,
+    /// Webhook settings (the SSRF guard, the rotation grace).
+    pub webhooks: crate::config::WebhookSettings,
 }
 
 /// The OpenAPI document.
@@ -53,12 +56,17 @@ pub struct HttpState {
         emails::create_email, emails::redrive, read::search, read::get_email, read::history,
         read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke,
         suppressions::list, suppressions::export, suppressions::add, suppressions::remove,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::rotate,
+        webhooks::deliveries, webhooks::replay,
         redrives::start, redrives::list, redrives::get, redrives::resume, ledger::checkpoint, ledger::inclusion,
         ledger::consistency, health, ready
     ),
     components(schemas(crate::transport::payload::CreateEmailPayload, emails::CreatedBody, emails::RedriveBody,
         error::ErrorBody, ReadinessReport, crate::access::keys::NewKey, crate::access::keys::KeyView, keys::CreatedKey,
         crate::suppression::Suppression, suppressions::Page, suppressions::ChangeBody, suppressions::RemovedBody,
+        crate::webhooks::Endpoint, crate::webhooks::NewEndpoint, crate::webhooks::EndpointChange,
+        crate::webhooks::Delivery, crate::webhooks::Attempt, crate::webhooks::Replay, webhooks::CreatedEndpoint,
+        webhooks::Rotation, webhooks::RotateBody, webhooks::Replayed, webhooks::Deliveries,
         crate::redrive::Run, crate::redrive::Filter, crate::redrive::Preview, redrives::RedriveRequest,
         crate::proof::body::CheckpointBody, crate::proof::body::InclusionBody, crate::proof::body::InclusionEntry,
         crate::proof::body::ConsistencyBody)),
@@ -67,6 +75,7 @@ pub struct HttpState {
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
          (name = "keys", description = "API keys (the `admin` scope)"),
          (name = "suppressions", description = "Recipients not attempted again, per tenant"),
+         (name = "webhooks", description = "Signed status webhooks: endpoints, delivery logs, replays (the `webhooks` scope)"),
          (name = "ledger", description = "The proof log: signed checkpoints, inclusion and consistency proofs"))
 )]
 pub struct ApiDoc;
@@ -119,6 +128,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/suppressions", get(suppressions::list).post(suppressions::add))
         .route("/api/v1/suppressions/export", get(suppressions::export))
         .route("/api/v1/suppressions/{address}", delete(suppressions::remove))
+        .route("/api/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/api/v1/webhooks/{id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/api/v1/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/api/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/api/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/api/v1/redrives", post(redrives::start).get(redrives::list))
         .route("/api/v1/redrives/{id}", get(redrives::get))
         .route("/api/v1/redrives/{id}/resume", post(redrives::resume))

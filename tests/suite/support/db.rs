@@ -473,3 +473,26 @@ pub async fn insert_events_at_once(pool: &PgPool, events: &[(Uuid, i64, String, 
     .await
     .expect("insert events");
 }
+
+/// Webhook deliveries queued for an endpoint (any status).
+pub async fn webhook_deliveries_of(pool: &PgPool, endpoint: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid")
+        .bind(endpoint)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every stored event of webhook endpoints, in commit order.
+pub async fn webhook_events(pool: &PgPool) -> Vec<Stored> {
+    events_of_aggregate(pool, "WebhookEndpoint").await
+}
+
+/// An endpoint's secrets as stored (current, previous).
+pub async fn webhook_stored_secrets(pool: &PgPool, endpoint: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT secret, previous_secret FROM webhook_endpoints WHERE id = $1::uuid")
+        .bind(endpoint)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

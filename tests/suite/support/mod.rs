@@ -5,6 +5,7 @@
 
 pub mod db;
 pub mod pki;
+pub mod receiver;
 pub mod rfc9162;
 pub mod servers;
 pub mod smtp;
