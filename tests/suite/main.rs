@@ -24,6 +24,7 @@ mod proof;
 mod read_api;
 mod reproject;
 mod rest_intake;
+mod search_language;
 mod search_plans;
 mod tls;
 mod traces;
