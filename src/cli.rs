@@ -76,7 +76,7 @@ pub enum Command {
     /// Search the emails with the search language of `q` (see the README), newest first.
     Search {
         /// The query, e.g. 'from:ann@example.com subject:"quarterly report" -is:bounced'.
-        #[arg(default_value = "")]
+        #[arg(default_value = "", allow_hyphen_values = true)]
         query: String,
         /// Only this tenant's emails (default: every tenant).
         #[arg(long)]

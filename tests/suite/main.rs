@@ -8,6 +8,7 @@ mod support;
 mod access;
 mod audit;
 mod cache;
+mod contract;
 mod delivery;
 mod events_stream;
 mod feed;
