@@ -102,13 +102,14 @@ pub fn max_request_bytes(max_body_bytes: usize) -> usize {
     max_body_bytes.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// All REST routes.
-pub fn router(state: HttpState) -> Router {
-    let limit = state.max_request_bytes;
-    let protected = Router::new()
+/// The API's routes (every `/api/v1` path), before authentication is layered on:
+/// bodies up to `max_request_bytes` where a body is taken. [`router`] serves them
+/// behind [`authenticate`]; the contract test walks them against the OpenAPI document.
+pub fn api_routes(max_request_bytes: usize) -> Router<HttpState> {
+    Router::new()
         .route("/api/v1/emails", post(emails::create_email).get(read::search))
         .route("/api/v1/email", post(emails::create_email))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
         .route("/api/v1/emails/{id}", get(read::get_email))
         .route("/api/v1/emails/{id}/events", get(read::history))
         .route("/api/v1/emails/{id}/redrive", post(emails::redrive))
@@ -125,16 +126,27 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/ledger/checkpoint", get(ledger::checkpoint))
         .route("/api/v1/ledger/proof/inclusion", get(ledger::inclusion))
         .route("/api/v1/ledger/proof/consistency", get(ledger::consistency))
+}
+
+/// The routes open without a key: liveness and readiness.
+pub fn open_routes() -> Router<HttpState> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready))
+}
+
+/// All REST routes.
+pub fn router(state: HttpState) -> Router {
+    let protected = api_routes(state.max_request_bytes)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+        .merge(open_routes())
         .route_layer(axum::middleware::from_fn(crate::observe::http::observe));
     let timeout = state.request_timeout;
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(state)
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
             match tokio::time::timeout(timeout, next.run(request)).await {
@@ -143,6 +155,16 @@ pub fn router(state: HttpState) -> Router {
             }
         }))
         .layer(super::request_id::layers())
+}
+
+/// 404 for a path no route has, in the JSON error shape.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", crate::text::echo(uri.path())))
+}
+
+/// 405 for a method a path does not take, in the JSON error shape (axum adds `Allow`).
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", crate::text::echo(uri.path())))
 }
 
 /// The request's correlation id: its `X-Request-Id` (see [`super::request_id`]).
