@@ -78,7 +78,8 @@ async fn every_field_kind_gives_what_plain_sql_gives() {
     let repository = Repository::new(app.pool.clone());
     let domain = |column: &str, d: &str| format!("lower(split_part({column}, '@', 2)) = '{d}'");
     let any_recipient = |cond: &str| format!("EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE {cond})");
-    let delivery = |s: &str| format!("EXISTS (SELECT 1 FROM jsonb_array_elements(deliveries) AS d WHERE d->>'status' = '{s}')");
+    let delivery =
+        |s: &str| format!("EXISTS (SELECT 1 FROM jsonb_array_elements(deliveries) AS d WHERE d->>'status' = '{s}')");
     let phrase = "lower(subject || ' ' || body) LIKE '%quarterly report%'";
     let cases: Vec<(&str, String)> = vec![
         ("from:user3@example.com", "from_address = 'user3@example.com'".into()),
@@ -100,7 +101,10 @@ async fn every_field_kind_gives_what_plain_sql_gives() {
         ("subject:\"quarterly report\"", "subject LIKE '%quarterly report%'".into()),
         ("\"quarterly report\"", phrase.into()),
         ("-\"quarterly report\"", format!("NOT ({phrase})")),
-        ("\"report is late\" -subject:quarterly", "body LIKE '%report is late%' AND subject NOT LIKE '%quarterly%'".into()),
+        (
+            "\"report is late\" -subject:quarterly",
+            "body LIKE '%report is late%' AND subject NOT LIKE '%quarterly%'".into(),
+        ),
         (
             "from:example.com to:example.org has:html -is:bounced after:2026-01-01T00:30:00Z",
             format!(
@@ -117,7 +121,8 @@ async fn every_field_kind_gives_what_plain_sql_gives() {
         let query = mailledger::query::grammar::parse(q).unwrap();
         let (tsquery, filters) = mailledger::query::search::translate(&query);
         for (page, size) in [(1, 10), (3, 10), (1, 100), (20, 100)] {
-            let p = SearchParams { tsquery: tsquery.clone(), filters: filters.clone(), page, size, ..Default::default() };
+            let p =
+                SearchParams { tsquery: tsquery.clone(), filters: filters.clone(), page, size, ..Default::default() };
             let got = repository.search(&p).await.unwrap();
             let start = ((page - 1) * size) as usize;
             let want: Vec<Uuid> = all.iter().skip(start).take(size as usize).copied().collect();

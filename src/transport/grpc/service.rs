@@ -269,7 +269,8 @@ impl EmailService for EmailGrpc {
             page: Some(req.page),
             size: Some(req.size),
         };
-        let params = raw.parse().map_err(|e| super::error::invalid_field(&super::error::proto_field(&e.field), e.reason))?;
+        let params =
+            raw.parse().map_err(|e| super::error::invalid_field(&super::error::proto_field(&e.field), e.reason))?;
         let page = self.reads.search(&params, &by).await.map_err(internal)?;
         Ok(Response::new(SearchRes {
             total_count: page.total_count,

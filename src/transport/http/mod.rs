@@ -110,8 +110,7 @@ impl utoipa::Modify for ContractResponses {
             ("401", error("No usable API key", Some(("WWW-Authenticate", "Bearer realm=\"mailledger\"")))),
             ("403", error("The key lacks the scope, or acts outside its tenant", None)),
             ("408", error("The request was not complete in time", None)),
-            ("429", error("The key's rate or daily quota is spent", Some(("Retry-After", "Seconds to wait"))))
-            ,
+            ("429", error("The key's rate or daily quota is spent", Some(("Retry-After", "Seconds to wait")))),
             ("500", error("Internal error (the cause is logged, never returned)", None)),
             ("503", error("A dependency is unavailable; retry", Some(("Retry-After", "Seconds to wait")))),
         ];
@@ -128,7 +127,10 @@ impl utoipa::Modify for ContractResponses {
             for op in operations.into_iter().flatten() {
                 if api {
                     for (status, response) in &common {
-                        op.responses.responses.entry((*status).to_owned()).or_insert_with(|| RefOr::T(response.clone()));
+                        op.responses
+                            .responses
+                            .entry((*status).to_owned())
+                            .or_insert_with(|| RefOr::T(response.clone()));
                     }
                 }
                 for response in op.responses.responses.values_mut() {
