@@ -302,17 +302,15 @@ fn filters(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
     }
 }
 
-/// One field term, in parentheses. The domain expressions and the partial indexes'
-/// predicates are written exactly as migrations/0009_search_fields.sql indexes them.
+/// One field term, in parentheses. The domain columns and the partial indexes'
+/// predicates are those of migrations/0009_search_fields.sql, written exactly so.
 fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &FilterKind) {
     match f {
         FilterKind::Status(s) => q.push("(status = ").push_bind(s.clone()).push(")"),
         FilterKind::FromAddress(a) => q.push("(from_address = ").push_bind(a.clone()).push(")"),
-        FilterKind::FromDomain(d) => q.push("(mailledger_domain(from_address) = ").push_bind(d.clone()).push(")"),
+        FilterKind::FromDomain(d) => q.push("(from_domain = ").push_bind(d.clone()).push(")"),
         FilterKind::ToAddress(a) => q.push("(recipients @> ARRAY[").push_bind(a.clone()).push("]::text[])"),
-        FilterKind::ToDomain(d) => {
-            q.push("(mailledger_domains(recipients) @> ARRAY[").push_bind(d.clone()).push("]::text[])")
-        }
+        FilterKind::ToDomain(d) => q.push("(recipient_domains @> ARRAY[").push_bind(d.clone()).push("]::text[])"),
         FilterKind::Before(t) => q.push("(created_at < ").push_bind(*t).push(")"),
         FilterKind::After(t) => q.push("(created_at >= ").push_bind(*t).push(")"),
         FilterKind::HasHtml => q.push("(html IS NOT NULL)"),

@@ -73,11 +73,11 @@ pub enum FilterKind {
     Status(String),
     /// `from_address = …`.
     FromAddress(String),
-    /// The sender's domain (`mailledger_domain(from_address)`).
+    /// The sender's domain (the `from_domain` column).
     FromDomain(String),
     /// A recipient's address.
     ToAddress(String),
-    /// A recipient's domain (`mailledger_domains(recipients)`).
+    /// A recipient's domain (the `recipient_domains` column).
     ToDomain(String),
     /// `created_at < …`.
     Before(DateTime<Utc>),
