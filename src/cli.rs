@@ -73,6 +73,24 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["since", "until", "email", "kind", "tenant"])]
         proofs: bool,
     },
+    /// Search the emails with the search language of `q` (see the README), newest first.
+    Search {
+        /// The query, e.g. 'from:ann@example.com subject:"quarterly report" -is:bounced'.
+        #[arg(default_value = "", allow_hyphen_values = true)]
+        query: String,
+        /// Only this tenant's emails (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Page, from 1.
+        #[arg(long, default_value_t = 1)]
+        page: i64,
+        /// Emails per page (at most 100).
+        #[arg(long, default_value_t = 20)]
+        size: i64,
+        /// One JSON summary per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print one email's timeline.
     History {
         /// The email's id.
@@ -423,6 +441,44 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let window = Window { since, until, email, event_type: kind, tenant };
             replay::replay(&pool, &window, &mut out, &bar).await?;
             bar.finish();
+        }
+        Command::Search { query, tenant, page, size, json } => {
+            let raw = crate::query::params::RawSearch {
+                q: Some(query),
+                page: Some(page),
+                size: Some(size),
+                ..Default::default()
+            };
+            let mut params = match raw.parse() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("mailledger: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            params.tenant = tenant;
+            let found = crate::query::repository::Repository::new(pool.clone()).search(&params).await?;
+            for e in &found.items {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {:<13} {:<10} {} -> {}  {}",
+                        e.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        e.id,
+                        e.status,
+                        e.tenant,
+                        e.from,
+                        e.to.join(", "),
+                        crate::text::echo(&e.subject)
+                    )?;
+                }
+            }
+            let total =
+                if found.total_exact { found.total_count.to_string() } else { format!("{}+", found.total_count) };
+            let more = if found.has_more { format!("; more on --page {}", found.page + 1) } else { String::new() };
+            eprintln!("mailledger: {total} match(es), page {} of {}{more}", found.page, found.total_pages.max(1));
         }
         Command::History { id } => {
             if !history::print(&pool, id, &mut out).await? {

@@ -2,6 +2,7 @@
 //! over the `emails` read model, an email's history and its state as of an instant.
 
 pub mod cache;
+pub mod grammar;
 pub(crate) mod params;
 pub mod replica;
 pub mod repository;

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::search::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_WINDOW, STATUSES, SearchParams, to_tsquery};
+use super::search::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_WINDOW, STATUSES, SearchParams, translate};
 use crate::command::{EmailAddress, FieldError};
 
 /// Search parameters as a reader gave them.
@@ -79,8 +79,11 @@ impl RawSearch {
         {
             return Err(FieldError::invalid("until", "must be later than since"));
         }
+        let query = super::grammar::parse(self.q.as_deref().unwrap_or(""))
+            .map_err(|e| FieldError::invalid("q", e.to_string()))?;
+        let (tsquery, filters) = translate(&query);
         Ok(SearchParams {
-            tsquery: self.q.as_deref().and_then(to_tsquery),
+            tsquery,
             status,
             from: address("from", &self.from)?,
             to: address("to", &self.to)?,
@@ -90,6 +93,7 @@ impl RawSearch {
             size,
             body_chars: super::search::SNIPPET_CHARS,
             tenant: None,
+            filters,
         })
     }
 }

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::row::{self, SummaryRow, summary_columns};
-use super::search::{COUNT_CAP, Page, SearchParams};
+use super::search::{COUNT_CAP, FilterKind, Page, SearchParams};
 use super::view::{EmailSummary, EmailView};
 use crate::store::feed;
 
@@ -205,7 +205,11 @@ pub fn push_page(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams, dense: bo
 }
 
 fn filtered(p: &SearchParams) -> bool {
-    p.tsquery.is_some() || p.status.is_some() || p.from.is_some() || p.to.is_some()
+    p.tsquery.is_some()
+        || p.status.is_some()
+        || p.from.is_some()
+        || p.to.is_some()
+        || p.filters.iter().any(|f| f.kind.narrows())
 }
 
 /// The settings under which the dense plans run (see `Repository::search`).
@@ -291,4 +295,26 @@ fn filters(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
         and(q);
         q.push("created_at < ").push_bind(until);
     }
+    for f in &p.filters {
+        and(q);
+        q.push(if f.negated { "NOT " } else { "" });
+        push_filter(q, &f.kind);
+    }
+}
+
+/// One field term, in parentheses. The domain columns and the partial indexes'
+/// predicates are those of migrations/0009_search_fields.sql, written exactly so.
+fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &FilterKind) {
+    match f {
+        FilterKind::Status(s) => q.push("(status = ").push_bind(s.clone()).push(")"),
+        FilterKind::FromAddress(a) => q.push("(from_address = ").push_bind(a.clone()).push(")"),
+        FilterKind::FromDomain(d) => q.push("(from_domain = ").push_bind(d.clone()).push(")"),
+        FilterKind::ToAddress(a) => q.push("(recipients @> ARRAY[").push_bind(a.clone()).push("]::text[])"),
+        FilterKind::ToDomain(d) => q.push("(recipient_domains @> ARRAY[").push_bind(d.clone()).push("]::text[])"),
+        FilterKind::Before(t) => q.push("(created_at < ").push_bind(*t).push(")"),
+        FilterKind::After(t) => q.push("(created_at >= ").push_bind(*t).push(")"),
+        FilterKind::HasHtml => q.push("(html IS NOT NULL)"),
+        FilterKind::Bounced => q.push(r#"(deliveries @> '[{"status": "refused"}]')"#),
+        FilterKind::Suppressed => q.push(r#"(deliveries @> '[{"status": "suppressed"}]')"#),
+    };
 }

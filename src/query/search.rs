@@ -7,6 +7,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::grammar::{Party, Query, TermKind};
+
 /// Most words taken from one query.
 pub const MAX_TERMS: usize = 16;
 /// Longest word kept (longer ones are cut).
@@ -51,6 +53,94 @@ pub struct SearchParams {
     pub body_chars: u32,
     /// Only this tenant's emails (set from the caller's key; `None` for an admin).
     pub tenant: Option<String>,
+    /// The field terms of the query (`from:`, `is:`, …), each to hold (or, negated, not).
+    pub filters: Vec<Filter>,
+}
+
+/// A field term of a query, as SQL will test it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// Must not hold.
+    pub negated: bool,
+    /// What to test.
+    pub kind: FilterKind,
+}
+
+/// What a [`Filter`] tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterKind {
+    /// `status = …`.
+    Status(String),
+    /// `from_address = …`.
+    FromAddress(String),
+    /// The sender's domain (the `from_domain` column).
+    FromDomain(String),
+    /// A recipient's address.
+    ToAddress(String),
+    /// A recipient's domain (the `recipient_domains` column).
+    ToDomain(String),
+    /// `created_at < …`.
+    Before(DateTime<Utc>),
+    /// `created_at >= …`.
+    After(DateTime<Utc>),
+    /// `html IS NOT NULL`.
+    HasHtml,
+    /// A recipient refused for good.
+    Bounced,
+    /// A recipient suppressed.
+    Suppressed,
+}
+
+impl FilterKind {
+    /// Whether the filter narrows by something other than creation time (so an index
+    /// other than the newest-first one may serve it).
+    pub fn narrows(&self) -> bool {
+        !matches!(self, FilterKind::Before(_) | FilterKind::After(_))
+    }
+}
+
+/// The `tsquery` and the filters a parsed query asks for: every text term joined with
+/// `&` (`None` when there is none; `Some("")` when the text had no word in it, which
+/// matches nothing), every field term a filter.
+pub fn translate(q: &Query) -> (Option<String>, Vec<Filter>) {
+    if q.only_wordless_text {
+        return (Some(String::new()), vec![]);
+    }
+    let mut text = Vec::new();
+    let mut filters = Vec::new();
+    for t in &q.terms {
+        let join = |words: &[String], suffix: &str, op: &str| {
+            words.iter().map(|w| format!("{w}{suffix}")).collect::<Vec<_>>().join(op)
+        };
+        let part = match &t.kind {
+            TermKind::Words(w) => Some(join(w, ":*", " & ")),
+            TermKind::Phrase(w) => Some(join(w, "", " <-> ")),
+            TermKind::SubjectWords(w) => Some(join(w, ":*A", " & ")),
+            TermKind::SubjectPhrase(w) => Some(join(w, ":A", " <-> ")),
+            _ => None,
+        };
+        if let Some(part) = part {
+            text.push(if t.negated { format!("!({part})") } else { format!("({part})") });
+            continue;
+        }
+        let kind = match &t.kind {
+            TermKind::From(Party::Address(a)) => FilterKind::FromAddress(a.clone()),
+            TermKind::From(Party::Domain(d)) => FilterKind::FromDomain(d.clone()),
+            TermKind::To(Party::Address(a)) => FilterKind::ToAddress(a.clone()),
+            TermKind::To(Party::Domain(d)) => FilterKind::ToDomain(d.clone()),
+            TermKind::Status(s) => FilterKind::Status(s.clone()),
+            TermKind::Before(at) => FilterKind::Before(*at),
+            TermKind::After(at) => FilterKind::After(*at),
+            TermKind::HasHtml => FilterKind::HasHtml,
+            TermKind::Bounced => FilterKind::Bounced,
+            TermKind::Suppressed => FilterKind::Suppressed,
+            TermKind::Words(_) | TermKind::Phrase(_) | TermKind::SubjectWords(_) | TermKind::SubjectPhrase(_) => {
+                unreachable!("text terms are handled above")
+            }
+        };
+        filters.push(Filter { negated: t.negated, kind });
+    }
+    ((!text.is_empty()).then(|| text.join(" & ")), filters)
 }
 
 impl Default for SearchParams {
@@ -66,6 +156,7 @@ impl Default for SearchParams {
             size: DEFAULT_PAGE_SIZE,
             body_chars: SNIPPET_CHARS,
             tenant: None,
+            filters: vec![],
         }
     }
 }
@@ -123,6 +214,25 @@ mod tests {
         assert_eq!(to_tsquery("& | ! ( ) : * ' \\"), Some(String::new()));
         assert_eq!(to_tsquery("o'brien:*"), Some("o:* & brien:*".into()));
         assert_eq!(to_tsquery("Grüße"), Some("grüße:*".into()));
+    }
+
+    #[test]
+    fn queries_become_a_tsquery_and_filters() {
+        let q = super::super::grammar::parse(
+            r#"subject:"quarterly report" -draft "exact phrase" subject:rep from:example.org -has:html"#,
+        )
+        .unwrap();
+        let (ts, filters) = translate(&q);
+        assert_eq!(ts.as_deref(), Some("(quarterly:A <-> report:A) & !(draft:*) & (exact <-> phrase) & (rep:*A)"));
+        assert_eq!(
+            filters,
+            vec![
+                Filter { negated: false, kind: FilterKind::FromDomain("example.org".into()) },
+                Filter { negated: true, kind: FilterKind::HasHtml },
+            ]
+        );
+        let (ts, filters) = translate(&super::super::grammar::parse("&|!").unwrap());
+        assert_eq!((ts.as_deref(), filters.len()), (Some(""), 0));
     }
 
     proptest! {

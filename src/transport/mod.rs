@@ -21,3 +21,9 @@ pub fn idempotency_key(header: Option<String>, body: Option<String>) -> Result<O
         (h, b) => Ok(h.or(b)),
     }
 }
+
+/// Every REST route as the router holds it (its `Debug` form, which names each path):
+/// what the contract test walks to hold the OpenAPI document to the router itself.
+pub fn rest_routes_debug() -> String {
+    format!("{:?}", http::api_routes(1).merge(http::open_routes()))
+}

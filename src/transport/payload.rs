@@ -12,11 +12,12 @@ use utoipa::ToSchema;
 
 use crate::command::{EmailDraft, FieldError, ValidationErrors};
 
-/// One address, or a list of them.
+/// One address (or several in one string, separated by commas, as the original
+/// service's `to` holds them), or a list of them.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
-    /// `"a@example.com"`
+    /// `"a@example.com"` or `"a@example.com, \"Lee, Bo\" <b@example.com>"`
     One(String),
     /// `["a@example.com", "Bo <b@example.com>"]`
     Many(Vec<String>),
@@ -25,7 +26,11 @@ pub enum OneOrMany {
 impl OneOrMany {
     fn into_vec(self) -> Vec<String> {
         match self {
-            OneOrMany::One(s) => vec![s],
+            // A string with no address in it stays one (empty) entry, refused by name.
+            OneOrMany::One(s) => match crate::command::address::split_list(&s) {
+                list if list.is_empty() => vec![s],
+                list => list,
+            },
             OneOrMany::Many(v) => v,
         }
     }
@@ -45,20 +50,19 @@ impl OneOrMany {
 }))]
 pub struct CreateEmailPayload {
     /// Sender: `addr` or `Name <addr>`.
+    #[schema(required = true, nullable = false)]
     pub from: Option<String>,
-    /// Recipients: one or a list (at least one).
-    #[schema(value_type = Vec<String>)]
+    /// Recipients: one, several separated by commas, or a list (at least one).
+    #[schema(required = true, nullable = false)]
     pub to: Option<OneOrMany>,
     /// Carbon-copy recipients.
-    #[schema(value_type = Option<Vec<String>>)]
     pub cc: Option<OneOrMany>,
     /// Blind carbon-copy recipients (envelope only).
-    #[schema(value_type = Option<Vec<String>>)]
     pub bcc: Option<OneOrMany>,
     /// Reply-To mailboxes.
-    #[schema(value_type = Option<Vec<String>>)]
     pub reply_to: Option<OneOrMany>,
     /// Subject line (required; may be empty).
+    #[schema(required = true, nullable = false)]
     pub subject: Option<String>,
     /// Plain-text body. `text` is accepted as another name.
     #[serde(alias = "text")]
@@ -148,6 +152,17 @@ mod tests {
         assert_eq!(draft.to, vec!["b@example.com"]);
         assert_eq!(draft.text.as_deref(), Some("m"));
         assert_eq!(key, None);
+    }
+
+    #[test]
+    fn one_string_may_hold_several_addresses() {
+        let p = CreateEmailPayload::from_json(
+            br#"{"from":"a@example.com","to":"b@example.com, \"Lee, Bo\" <bo@example.com>","subject":"s","cc":" "}"#,
+        )
+        .unwrap();
+        let (draft, _) = p.into_draft();
+        assert_eq!(draft.to, vec!["b@example.com", "\"Lee, Bo\" <bo@example.com>"]);
+        assert_eq!(draft.cc, vec![" "], "a string without an address is kept, to be refused by name");
     }
 
     #[test]

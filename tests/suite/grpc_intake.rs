@@ -32,11 +32,11 @@ async fn invalid_input_is_invalid_argument_and_stores_nothing() {
     let app = TestApp::spawn().await;
     let mut client = app.grpc_client().await;
     let cases = [
-        (CreateReq::default(), "from: is required"),
-        (request("", "s"), "to: at least one recipient"),
-        (request("nobody", "s"), "to[0]: is not a valid address"),
-        (request("rcpt@example.org", "s\r\nBcc: x@evil.example"), "subject: contains a line break"),
-        (CreateReq { message: String::new(), ..request("rcpt@example.org", "s") }, "message: is required"),
+        (CreateReq::default(), "From: is required"),
+        (request("", "s"), "To: at least one recipient"),
+        (request("nobody", "s"), "To[0]: is not a valid address"),
+        (request("rcpt@example.org", "s\r\nBcc: x@evil.example"), "Subject: contains a line break"),
+        (CreateReq { message: String::new(), ..request("rcpt@example.org", "s") }, "Message: is required"),
     ];
     for (req, want) in cases {
         let status = client.create(req).await.unwrap_err();

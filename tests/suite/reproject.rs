@@ -94,13 +94,18 @@ async fn reproject_while_reads_run_never_shows_a_partial_table() {
     assert_eq!(
         indexes,
         [
+            "emails_bounced_created",
             "emails_created",
             "emails_from_created",
+            "emails_from_domain_created",
+            "emails_html_created",
             "emails_pkey",
+            "emails_recipient_domains",
             "emails_recipients",
             "emails_search",
             "emails_status_created",
-            "emails_tenant_created"
+            "emails_suppressed_created",
+            "emails_tenant_created",
         ]
     );
 }

@@ -1,9 +1,13 @@
 //! The one mapping from ledger errors to gRPC statuses: invalid input is
-//! `INVALID_ARGUMENT` (field and reason in the message), a reused idempotency key is
+//! `INVALID_ARGUMENT` (field and reason in the message, and each field as a
+//! `google.rpc.BadRequest` field violation in the details), a reused idempotency key is
 //! `ALREADY_EXISTS`, a state conflict `FAILED_PRECONDITION`, a dependency outage
 //! `UNAVAILABLE`, anything else `INTERNAL` with no detail (the cause is logged).
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::command::ValidationErrors;
 
 use crate::access::AccessError;
 use crate::ledger::LedgerError;
@@ -22,7 +26,7 @@ impl From<AccessError> for Status {
 impl From<LedgerError> for Status {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::Invalid(v) => Status::invalid_argument(v.to_string()),
+            LedgerError::Invalid(v) => invalid_fields(&v),
             LedgerError::Conflict => {
                 Status::already_exists("this idempotency key was already used with a different request")
             }
@@ -50,5 +54,76 @@ impl From<ProofLogError> for Status {
                 LedgerError::Internal(boxed).into()
             }
         }
+    }
+}
+
+/// The proto field a request's field path names: `to[1]` is `To[1]`, `reply_to[0]`
+/// `ReplyTo[0]`, `headers.X-Tag` `Headers.X-Tag`, `text` `Message`, `q` `Search`.
+pub(super) fn proto_field(path: &str) -> String {
+    let split = path.find(['[', '.']).unwrap_or(path.len());
+    let (head, rest) = path.split_at(split);
+    let name = match head {
+        "text" | "message" => "Message".to_owned(),
+        "q" => "Search".to_owned(),
+        // SearchReq spells these in lower case.
+        "page" | "size" => head.to_owned(),
+        "reply_to" => "ReplyTo".to_owned(),
+        "idempotency_key" => "IdempotencyKey".to_owned(),
+        "email_id" | "id" => "EmailID".to_owned(),
+        other => {
+            let mut c = other.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    };
+    name + rest
+}
+
+/// `INVALID_ARGUMENT` for refused fields: each one in the message (`Field: reason`) and
+/// as a `google.rpc.BadRequest` field violation (proto field names).
+pub(super) fn invalid_fields(v: &ValidationErrors) -> Status {
+    invalid(v.0.iter().map(|e| (proto_field(&e.field), e.reason.clone())).collect())
+}
+
+/// `INVALID_ARGUMENT` naming `(field, reason)` pairs, in the message and the details.
+pub(super) fn invalid(violations: Vec<(String, String)>) -> Status {
+    let message = violations.iter().map(|(f, r)| format!("{f}: {r}")).collect::<Vec<_>>().join("; ");
+    let details = ErrorDetails::with_bad_request(
+        violations.into_iter().map(|(f, r)| FieldViolation::new(f, r)).collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// `INVALID_ARGUMENT` for one field.
+pub(super) fn invalid_field(field: &str, reason: impl Into<String>) -> Status {
+    invalid(vec![(field.to_owned(), reason.into())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths_become_proto_names() {
+        for (path, want) in [
+            ("to[1]", "To[1]"),
+            ("reply_to[0]", "ReplyTo[0]"),
+            ("headers.X-Tag", "Headers.X-Tag"),
+            ("text", "Message"),
+            ("from", "From"),
+            ("q", "Search"),
+            ("since", "Since"),
+        ] {
+            assert_eq!(proto_field(path), want);
+        }
+    }
+
+    #[test]
+    fn violations_travel_in_the_details() {
+        let status = invalid(vec![("From".into(), "is required".into()), ("To[0]".into(), "bad".into())]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "From: is required; To[0]: bad");
+        let bad = status.get_details_bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[1].field, "To[0]");
     }
 }

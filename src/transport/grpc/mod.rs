@@ -39,16 +39,21 @@ pub(crate) fn routes(
     max_request_bytes: usize,
 ) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection v1, and v1alpha for the stock clients that still ask it (Python's
+    // grpcio-reflection, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     // The same request size REST takes (tonic's default is 4 MiB).
     let email = proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(
         ledger, reads, pool, proofs, webhooks,
     ))
     .max_decoding_message_size(max_request_bytes);
-    let routes = Routes::new(email).add_service(health).add_service(reflection);
+    let routes = Routes::new(email).add_service(health).add_service(reflection).add_service(reflection_v1alpha);
     Ok((routes, reporter))
 }
 

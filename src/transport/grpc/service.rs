@@ -89,7 +89,7 @@ impl From<crate::suppression::SuppressionError> for Status {
     fn from(e: crate::suppression::SuppressionError) -> Self {
         match e {
             crate::suppression::SuppressionError::Invalid { field, reason } => {
-                Status::invalid_argument(format!("{}: {reason}", if field == "address" { "Address" } else { "Reason" }))
+                super::error::invalid_field(if field == "address" { "Address" } else { "Reason" }, reason)
             }
             crate::suppression::SuppressionError::Store(e) => internal(e),
         }
@@ -156,14 +156,14 @@ pub(super) fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option
             .ok()
             .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
             .filter(|at| (1..=9999).contains(&at.year()))
-            .ok_or_else(|| Status::invalid_argument(format!("{field}: out of range (years 1 to 9999)")))
+            .ok_or_else(|| super::error::invalid_field(field, "out of range (years 1 to 9999)"))
     })
     .transpose()
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Status> {
     raw.parse().map_err(|_| {
-        Status::invalid_argument(format!("EmailID: {} is not an email id (a UUID)", crate::text::echo(raw)))
+        super::error::invalid_field("EmailID", format!("{} is not an email id (a UUID)", crate::text::echo(raw)))
     })
 }
 
@@ -234,7 +234,10 @@ impl EmailService for EmailGrpc {
         let body_key = present(req.idempotency_key);
         let idempotency_key = crate::transport::idempotency_key(header_key, body_key).map_err(|_| {
             crate::metrics::invalid_command("grpc");
-            Status::invalid_argument("the idempotency-key metadata and the IdempotencyKey field disagree")
+            super::error::invalid_field(
+                "IdempotencyKey",
+                "the idempotency-key metadata and the IdempotencyKey field disagree",
+            )
         })?;
         let draft = EmailDraft {
             from: present(req.from),
@@ -279,7 +282,8 @@ impl EmailService for EmailGrpc {
             page: Some(req.page),
             size: Some(req.size),
         };
-        let params = raw.parse().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let params =
+            raw.parse().map_err(|e| super::error::invalid_field(&super::error::proto_field(&e.field), e.reason))?;
         let page = self.reads.search(&params, &by).await.map_err(internal)?;
         Ok(Response::new(SearchRes {
             total_count: page.total_count,
@@ -322,7 +326,7 @@ impl EmailService for EmailGrpc {
         let id = parse_id(&req.email_id)?;
         let by = present(req.by);
         if by.as_deref().is_some_and(|by| by.len() > 256 || by.chars().any(char::is_control)) {
-            return Err(Status::invalid_argument("By: give 1 to 256 printable characters"));
+            return Err(super::error::invalid_field("By", "give 1 to 256 printable characters"));
         }
         let mut metadata = HashMap::from([("transport".to_owned(), "grpc".to_owned())]);
         if let Some(p) = peer {
@@ -346,16 +350,16 @@ impl EmailService for EmailGrpc {
         let req = request.into_inner();
         let source = present(req.source);
         if source.as_deref().is_some_and(|s| !matches!(s, "bounce" | "manual")) {
-            return Err(Status::invalid_argument("Source: bounce, manual or empty"));
+            return Err(super::error::invalid_field("Source", "bounce, manual or empty"));
         }
         let limit = if req.limit == 0 { 100 } else { i64::from(req.limit) };
         if !(1..=1000).contains(&limit) {
-            return Err(Status::invalid_argument("Limit: 1 to 1000"));
+            return Err(super::error::invalid_field("Limit", "1 to 1000"));
         }
         let cursor = match present(req.cursor) {
             Some(c) => Some(
                 crate::suppression::Cursor::decode(&c)
-                    .ok_or_else(|| Status::invalid_argument("Cursor: not one this service gave"))?,
+                    .ok_or_else(|| super::error::invalid_field("Cursor", "not one this service gave"))?,
             ),
             None => None,
         };

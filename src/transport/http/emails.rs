@@ -44,7 +44,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     request_body = CreateEmailPayload,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body = same email (max 255 bytes)")),
     responses(
-        (status = 202, description = "Recorded and queued", body = CreatedBody, example = json!({"id": "0193a4f2-8c1e-7d2a-9b1f-3c4d5e6f7a8b"})),
+        (status = 202, description = "Recorded and queued", body = CreatedBody,
+            headers(("Location" = String, description = "The email's URL: /api/v1/emails/{id}")),
+            example = json!({"id": "0193a4f2-8c1e-7d2a-9b1f-3c4d5e6f7a8b"})),
         (status = 400, description = "Malformed JSON or unusable header", body = ErrorBody),
         (status = 409, description = "Idempotency key reused with a different email", body = ErrorBody),
         (status = 413, description = "Request, body or recipient list over its limit", body = ErrorBody),
@@ -112,6 +114,36 @@ pub async fn create_email(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// Queue an email on the original service's path: its `models.Email` body
+/// (`{"from", "to", "subject", "message"}`, `to` one or several comma-separated
+/// addresses) or anything `POST /api/v1/emails` takes, with the same answers.
+#[utoipa::path(
+    post,
+    path = "/api/v1/email",
+    tag = "emails (original paths)",
+    request_body = CreateEmailPayload,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body = same email (max 255 bytes)")),
+    responses(
+        (status = 202, description = "Recorded and queued", body = CreatedBody,
+            headers(("Location" = String, description = "The email's URL: /api/v1/emails/{id}"))),
+        (status = 400, description = "Malformed JSON or unusable header", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused with a different email", body = ErrorBody),
+        (status = 413, description = "Request, body or recipient list over its limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "Invalid fields; each is named with its reason", body = ErrorBody),
+        (status = 503, description = "The event store is unavailable; retry", body = ErrorBody),
+    )
+)]
+pub async fn create_email_original(
+    state: State<HttpState>,
+    by: Extension<Authenticated>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    create_email(state, by, peer, headers, body).await
 }
 
 /// Who asks for a redrive.

@@ -27,6 +27,8 @@ pub enum ApiError {
     Unprocessable(ValidationErrors),
     /// 404: no such resource.
     NotFound(String),
+    /// 405: the path does not take this method.
+    MethodNotAllowed(String),
     /// 409: the idempotency key was used for another email, or the state forbids it.
     Conflict(String),
     /// 408: the request was not answered in time (its body never came, say).
@@ -142,6 +144,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", v.to_string(), fields(&v))
             }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, vec![]),
+            ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m, vec![]),
             ApiError::Unauthenticated(m) => {
                 let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", m);
                 let challenge = HeaderValue::from_static("Bearer realm=\"mailledger\"");

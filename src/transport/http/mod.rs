@@ -53,7 +53,7 @@ pub struct HttpState {
 #[openapi(
     info(title = "mailledger", description = "An event-sourced mail ledger: queue emails, look them up, audit their history."),
     paths(
-        emails::create_email, emails::redrive, read::search, read::get_email, read::history,
+        emails::create_email, emails::create_email_original, emails::redrive, read::search, read::get_email, read::history,
         read::get_email_original, read::search_original, keys::create, keys::list, keys::revoke,
         suppressions::list, suppressions::export, suppressions::add, suppressions::remove,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete, webhooks::rotate,
@@ -70,7 +70,7 @@ pub struct HttpState {
         crate::redrive::Run, crate::redrive::Filter, crate::redrive::Preview, redrives::RedriveRequest,
         crate::proof::body::CheckpointBody, crate::proof::body::InclusionBody, crate::proof::body::InclusionEntry,
         crate::proof::body::ConsistencyBody)),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &ContractResponses),
     security(("bearer" = [])),
     tags((name = "emails", description = "Queue and read emails"), (name = "operations", description = "Health and dead-letter redrive"),
          (name = "keys", description = "API keys (the `admin` scope)"),
@@ -93,6 +93,66 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
+/// What every operation can answer besides its own: on the API (`/api/…`) 401
+/// (with `WWW-Authenticate`), 403, 408, 429 and 503 (with `Retry-After`) and 500; and
+/// on every answer the `X-Request-Id` header, taken from the request or made.
+struct ContractResponses;
+
+impl utoipa::Modify for ContractResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
+        let string = || utoipa::openapi::ObjectBuilder::new().schema_type(Type::String).build();
+        let header = |description: &str| HeaderBuilder::new().schema(string()).description(Some(description)).build();
+        let error = |description: &str, extra: Option<(&str, &str)>| {
+            let mut r = ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+            );
+            if let Some((name, about)) = extra {
+                r = r.header(name, header(about));
+            }
+            r.build()
+        };
+        let common = [
+            ("401", error("No usable API key", Some(("WWW-Authenticate", "Bearer realm=\"mailledger\"")))),
+            ("403", error("The key lacks the scope, or acts outside its tenant", None)),
+            ("408", error("The request was not complete in time", None)),
+            ("429", error("The key's rate or daily quota is spent", Some(("Retry-After", "Seconds to wait")))),
+            ("500", error("Internal error (the cause is logged, never returned)", None)),
+            ("503", error("A dependency is unavailable; retry", Some(("Retry-After", "Seconds to wait")))),
+        ];
+        let request_id = ParameterBuilder::new()
+            .name("X-Request-Id")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("Correlation id (1 to 128 visible ASCII characters); made when absent"))
+            .schema(Some(string()))
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/api/");
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                if api {
+                    for (status, response) in &common {
+                        op.responses
+                            .responses
+                            .entry((*status).to_owned())
+                            .or_insert_with(|| RefOr::T(response.clone()));
+                    }
+                }
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(r) = response {
+                        r.headers.insert("X-Request-Id".into(), header("The request's id, as sent or as made"));
+                    }
+                }
+                op.parameters.get_or_insert_with(Vec::new).push(request_id.clone());
+            }
+        }
+    }
+}
+
 /// Authenticates a request to the API (every `/api/v1` route): the principal it acts as
 /// goes into its extensions, or it is answered 401 / 429 here.
 async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
@@ -111,13 +171,14 @@ pub fn max_request_bytes(max_body_bytes: usize) -> usize {
     max_body_bytes.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// All REST routes.
-pub fn router(state: HttpState) -> Router {
-    let limit = state.max_request_bytes;
-    let protected = Router::new()
+/// The API's routes (every `/api/v1` path), before authentication is layered on:
+/// bodies up to `max_request_bytes` where a body is taken. [`router`] serves them
+/// behind [`authenticate`]; the contract test walks them against the OpenAPI document.
+pub fn api_routes(max_request_bytes: usize) -> Router<HttpState> {
+    Router::new()
         .route("/api/v1/emails", post(emails::create_email).get(read::search))
-        .route("/api/v1/email", post(emails::create_email))
-        .layer(DefaultBodyLimit::max(limit))
+        .route("/api/v1/email", post(emails::create_email_original))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
         .route("/api/v1/emails/{id}", get(read::get_email))
         .route("/api/v1/emails/{id}/events", get(read::history))
         .route("/api/v1/emails/{id}/redrive", post(emails::redrive))
@@ -139,16 +200,27 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/ledger/checkpoint", get(ledger::checkpoint))
         .route("/api/v1/ledger/proof/inclusion", get(ledger::inclusion))
         .route("/api/v1/ledger/proof/consistency", get(ledger::consistency))
+}
+
+/// The routes open without a key: liveness and readiness.
+pub fn open_routes() -> Router<HttpState> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready))
+}
+
+/// All REST routes.
+pub fn router(state: HttpState) -> Router {
+    let protected = api_routes(state.max_request_bytes)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new()
         .merge(protected)
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+        .merge(open_routes())
         .route_layer(axum::middleware::from_fn(crate::observe::http::observe));
     let timeout = state.request_timeout;
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(state)
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
             match tokio::time::timeout(timeout, next.run(request)).await {
@@ -157,6 +229,16 @@ pub fn router(state: HttpState) -> Router {
             }
         }))
         .layer(super::request_id::layers())
+}
+
+/// 404 for a path no route has, in the JSON error shape.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", crate::text::echo(uri.path())))
+}
+
+/// 405 for a method a path does not take, in the JSON error shape (axum adds `Allow`).
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", crate::text::echo(uri.path())))
 }
 
 /// The request's correlation id: its `X-Request-Id` (see [`super::request_id`]).

@@ -55,6 +55,85 @@ impl From<Page<EmailSummary>> for SearchBody {
     }
 }
 
+/// The original service's `models.Email`, as its REST clients decode it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalEmail {
+    /// The email's id.
+    #[serde(rename = "emailID")]
+    #[schema(example = "0193a4f2-8c1e-7d2a-9b1f-3c4d5e6f7a8b")]
+    pub email_id: String,
+    /// Sender address.
+    #[schema(example = "ann@example.com")]
+    pub from: String,
+    /// Every recipient (to, cc), comma-separated.
+    #[schema(example = "bob@example.org, carol@example.org")]
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// The plain-text body (in search results, its first 200 characters).
+    pub message: String,
+    /// When it was requested (RFC 3339).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<EmailView> for OriginalEmail {
+    fn from(v: EmailView) -> Self {
+        Self {
+            email_id: v.id.to_string(),
+            from: v.from,
+            to: v.to.iter().chain(&v.cc).cloned().collect::<Vec<_>>().join(", "),
+            subject: v.subject,
+            message: v.body,
+            created_at: v.created_at,
+        }
+    }
+}
+
+impl From<EmailSummary> for OriginalEmail {
+    fn from(v: EmailSummary) -> Self {
+        Self {
+            email_id: v.id.to_string(),
+            from: v.from,
+            to: v.to.iter().chain(&v.cc).cloned().collect::<Vec<_>>().join(", "),
+            subject: v.subject,
+            message: v.snippet,
+            created_at: v.created_at,
+        }
+    }
+}
+
+/// The original service's `models.EmailsList`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalEmailsList {
+    /// Matching emails (at least this many past 10,000).
+    pub total_count: i64,
+    /// Pages of `size`.
+    pub total_pages: i64,
+    /// This page, from 1.
+    pub page: u32,
+    /// Page size.
+    pub size: u32,
+    /// Whether a next page exists.
+    pub has_more: bool,
+    /// This page's emails, newest first.
+    pub emails: Vec<OriginalEmail>,
+}
+
+impl From<Page<EmailSummary>> for OriginalEmailsList {
+    fn from(p: Page<EmailSummary>) -> Self {
+        Self {
+            total_count: p.total_count,
+            total_pages: p.total_pages,
+            page: p.page,
+            size: p.size,
+            has_more: p.has_more,
+            emails: p.items.into_iter().map(OriginalEmail::from).collect(),
+        }
+    }
+}
+
 /// `GET /api/v1/emails` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -147,25 +226,31 @@ async fn current(state: &HttpState, id: Uuid, by: &Authenticated) -> Result<Resp
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
-/// The original path for one email.
+/// One email on the original path, in the original service's shape (`models.Email`).
 #[utoipa::path(
     get, path = "/api/v1/email/{id}", tag = "emails (original paths)",
     params(("id" = Uuid, Path, description = "Email id")),
-    responses((status = 200, body = EmailView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, description = "The email, as the original service answered it", body = OriginalEmail),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such email", body = ErrorBody),
+    )
 )]
 pub async fn get_email_original(
     State(state): State<HttpState>,
     Extension(by): Extension<Authenticated>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<OriginalEmail>, ApiError> {
     by.principal.require(Scope::Read)?;
-    current(&state, parse_id(&id)?, &by).await
+    let id = parse_id(&id)?;
+    let view = state.reads.get(id, &by.principal).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(view.into()))
 }
 
-async fn run_search(state: &HttpState, raw: RawSearch, by: &Authenticated) -> Result<Json<SearchBody>, ApiError> {
+async fn run_search(state: &HttpState, raw: RawSearch, by: &Authenticated) -> Result<Page<EmailSummary>, ApiError> {
     by.principal.require(Scope::Read)?;
     let params = raw.parse().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(Json(state.reads.search(&params, &by.principal).await?.into()))
+    Ok(state.reads.search(&params, &by.principal).await?)
 }
 
 /// Search emails, newest first.
@@ -193,22 +278,27 @@ pub async fn search(
         page: q.page,
         size: q.size,
     };
-    run_search(&state, raw, &by).await
+    Ok(Json(run_search(&state, raw, &by).await?.into()))
 }
 
-/// The original search path.
+/// The original search path, in the original service's shape (`models.EmailsList`);
+/// `search` takes the search language of `q`.
 #[utoipa::path(
     get, path = "/api/v1/email/search", tag = "emails (original paths)",
     params(OriginalSearchQuery),
-    responses((status = 200, body = SearchBody), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, description = "A page of results, as the original service answered it", body = OriginalEmailsList),
+        (status = 400, description = "A malformed query (its position named) or parameter", body = ErrorBody),
+    )
 )]
 pub async fn search_original(
     State(state): State<HttpState>,
     Extension(by): Extension<Authenticated>,
     q: Result<Query<OriginalSearchQuery>, QueryRejection>,
-) -> Result<Json<SearchBody>, ApiError> {
+) -> Result<Json<OriginalEmailsList>, ApiError> {
     let q = query(q)?;
-    run_search(&state, RawSearch { q: q.search, page: q.page, size: q.size, ..Default::default() }, &by).await
+    let raw = RawSearch { q: q.search, page: q.page, size: q.size, ..Default::default() };
+    Ok(Json(run_search(&state, raw, &by).await?.into()))
 }
 
 /// An email's history: every event, in order, with its type, sequence, time, payload

@@ -286,6 +286,45 @@ pub async fn search_oracle(
     .expect("oracle")
 }
 
+/// `n` read-model rows with every field kind of the search language: senders at three
+/// domains, recipients at three (a rare one in cc), an HTML body on every 13th, a
+/// refused recipient on every 97th and a suppressed one on every 89th, the phrase
+/// "quarterly report" in the subject of every 50th and the body of every 30th, three
+/// statuses, one email every half second from 2026-01-01.
+pub async fn seed_field_corpus(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO emails (id, from_address, to_addresses, cc_addresses, recipients, subject, body, html, status, \
+                             source, created_at, updated_at, last_sequence, deliveries) \
+         SELECT gen_random_uuid(), f, ARRAY[t], c, ARRAY[t] || c, \
+                'alpha ' || g || CASE WHEN g % 50 = 0 THEN ' quarterly report' ELSE '' END, \
+                CASE WHEN g % 30 = 0 THEN 'the quarterly report is late' ELSE 'nothing to see' END, \
+                CASE WHEN g % 13 = 0 THEN '<p>hi</p>' END, \
+                CASE WHEN g % 11 = 0 THEN 'dead_lettered' WHEN g % 3 = 0 THEN 'sent' ELSE 'queued' END, 'rest', \
+                timestamptz '2026-01-01' + make_interval(secs => g / 2), now(), 2, \
+                jsonb_build_array(jsonb_build_object('address', t, 'status', \
+                    CASE WHEN g % 97 = 0 THEN 'refused' WHEN g % 89 = 0 THEN 'suppressed' ELSE 'sent' END)) \
+         FROM (SELECT g, \
+                      'user' || (g % 7) || '@' || (ARRAY['example.com', 'example.net', 'mail.example.org'])[g % 3 + 1] AS f, \
+                      'rcpt' || (g % 5) || '@' || CASE WHEN g % 4 = 0 THEN 'other.org' ELSE 'example.org' END AS t, \
+                      CASE WHEN g % 10 = 0 THEN ARRAY['cc@rare.test'] ELSE ARRAY[]::text[] END AS c \
+               FROM generate_series(1, $1) AS g) AS s",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("seed fields");
+    sqlx::query("ANALYZE emails").execute(pool).await.expect("analyze");
+}
+
+/// Every read-model row where `condition` (plain SQL over the `emails` columns) holds,
+/// newest first.
+pub async fn ids_where(pool: &PgPool, condition: &str) -> Vec<Uuid> {
+    sqlx::query_scalar(&format!("SELECT id FROM emails WHERE {condition} ORDER BY created_at DESC, id DESC"))
+        .fetch_all(pool)
+        .await
+        .expect("oracle")
+}
+
 /// Makes the store refuse (with an error, as a broken or hostile row would be refused)
 /// every new email whose request mentions `marker`: a row that fails on its own.
 pub async fn refuse_requests_mentioning(pool: &PgPool, marker: &str) {
