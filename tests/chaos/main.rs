@@ -152,6 +152,8 @@ pub struct Report {
     redis_stale: usize,
     /// Redis views absent (reads fall back to PostgreSQL and refill them).
     redis_missing: usize,
+    /// Of those (up to 100), views still absent after a REST read of the email.
+    redis_not_refilled: usize,
     /// Emails read back over REST (a sample) that did not answer 200 `sent`.
     rest_read_failures: usize,
     /// `Failed` events (attempts the SMTP outage cost).
@@ -172,6 +174,7 @@ impl Report {
             && self.unexpected_emails == 0
             && self.read_model_mismatches == 0
             && self.redis_stale == 0
+            && self.redis_not_refilled == 0
             && self.rest_read_failures == 0
             && self.panics == 0
             && self.unclean_exits == 0
@@ -225,7 +228,10 @@ async fn main() {
     print_table(&reports);
     println!("report: {}", run.out.join("report.json").display());
     if reports.iter().any(|r| !r.ok()) {
-        eprintln!("chaos: FAILED: {}", reports.iter().filter(|r| !r.ok()).map(|r| r.scenario.as_str()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "chaos: FAILED: {}",
+            reports.iter().filter(|r| !r.ok()).map(|r| r.scenario.as_str()).collect::<Vec<_>>().join(", ")
+        );
         std::process::exit(1);
     }
 }
@@ -333,7 +339,8 @@ pub fn publish(
                     map.lock().unwrap().insert(id, chrono::Utc::now());
                 }
                 loop {
-                    let sent = js.publish_with_headers(subject.clone(), c.headers.clone(), c.payload.clone().into()).await;
+                    let sent =
+                        js.publish_with_headers(subject.clone(), c.headers.clone(), c.payload.clone().into()).await;
                     if let Ok(ack) = sent
                         && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), ack).await
                     {
@@ -452,11 +459,7 @@ async fn scenario(run: &Run, pg: &Postgres, name: &str, fault: Fault) -> Report 
         instances.push(Instance::start(&wiring, "b").await);
     }
     let pool = watcher_pool(&database_url).await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats.url())
-        .await
-        .expect("NATS");
+    let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(nats.url()).await.expect("NATS");
     let js = async_nats::jetstream::new(client);
     let cmds = commands(name, run.emails, &key, fault == Fault::Poison);
     let valid: Vec<Uuid> = cmds.iter().filter_map(|c| c.valid).collect();
@@ -579,7 +582,10 @@ async fn scenario(run: &Run, pg: &Postgres, name: &str, fault: Fault) -> Report 
     }
     report.panics = count_in_logs(&wiring.logs, "panicked");
     if report.redis_missing > 0 {
-        notes.push(format!("{} views not in Redis (read from PostgreSQL, refilled on read)", report.redis_missing));
+        notes.push(format!(
+            "{} views not in Redis after the restart, {} of them still not after a REST read",
+            report.redis_missing, report.redis_not_refilled
+        ));
     }
     if report.failed_attempts > 0 {
         notes.push(format!("{} failed attempts retried", report.failed_attempts));
@@ -662,33 +668,39 @@ async fn verify(
         }
     }
 
-    // The Redis views.
+    // The Redis views, and a sample read back over REST with the key: every view
+    // missing from Redis (up to 100) and every twentieth email. A view read from
+    // PostgreSQL is put back into Redis: checked afterwards.
+    let view_key = |id: &Uuid| format!("mailledger:email:{}:{id}", mailledger::query::cache::VIEW_VERSION);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut missing = Vec::new();
     for chunk in valid.chunks(1000) {
         let mut pipe = redis::pipe();
         for id in chunk {
-            pipe.cmd("HMGET").arg(format!("mailledger:email:{}:{id}", mailledger::query::cache::VIEW_VERSION)).arg("v").arg("view");
+            pipe.cmd("HMGET").arg(view_key(id)).arg("v").arg("view");
         }
         let answers: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut conn).await.unwrap();
         for (id, (v, view)) in chunk.iter().zip(answers) {
             match (v, view) {
                 (Some(v), Some(view)) => {
-                    let status = serde_json::from_str::<serde_json::Value>(&view).ok().and_then(|j| j["status"].as_str().map(str::to_owned));
+                    let status = serde_json::from_str::<serde_json::Value>(&view)
+                        .ok()
+                        .and_then(|j| j["status"].as_str().map(str::to_owned));
                     if v != total(id) || status.as_deref() != Some("sent") {
                         r.redis_stale += 1;
                     }
                 }
-                _ => r.redis_missing += 1,
+                _ => missing.push(*id),
             }
         }
     }
-
-    // A sample read back over REST, with the key.
+    r.redis_missing = missing.len();
     if let Some(i) = instances.first() {
         let http = reqwest::Client::new();
         let step = (valid.len() / 20).max(1);
-        for id in valid.iter().step_by(step) {
+        let sample: Vec<Uuid> = missing.iter().take(100).chain(valid.iter().step_by(step)).copied().collect();
+        for id in &sample {
             let ok = match http.get(format!("{}/api/v1/emails/{id}", i.http)).bearer_auth(key).send().await {
                 Ok(resp) if resp.status() == 200 => {
                     resp.json::<serde_json::Value>().await.is_ok_and(|j| j["status"] == "sent")
@@ -696,6 +708,10 @@ async fn verify(
                 _ => false,
             };
             r.rest_read_failures += usize::from(!ok);
+        }
+        for id in missing.iter().take(100) {
+            let back: bool = redis::cmd("EXISTS").arg(view_key(id)).query_async(&mut conn).await.unwrap_or(false);
+            r.redis_not_refilled += usize::from(!back);
         }
     }
 

@@ -317,7 +317,8 @@ impl Instance {
     pub async fn start(w: &Wiring, name: &str) -> Instance {
         let (http, grpc, metrics) = (free_port(), free_port(), free_port());
         std::fs::create_dir_all(&w.logs).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(w.logs.join(format!("{name}.log"))).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(w.logs.join(format!("{name}.log"))).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .env("MAILLEDGER_DATABASE_URL", &w.database_url)
@@ -336,11 +337,7 @@ impl Instance {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("the mailledger binary runs");
-        let instance = Instance {
-            child,
-            name: name.to_owned(),
-            http: format!("http://127.0.0.1:{http}"),
-        };
+        let instance = Instance { child, name: name.to_owned(), http: format!("http://127.0.0.1:{http}") };
         let started = Instant::now();
         let client = reqwest::Client::new();
         loop {

@@ -45,7 +45,10 @@ pub async fn run() -> i32 {
     std::fs::create_dir_all(&out).unwrap();
     let _ = std::fs::remove_dir_all(out.join("logs"));
     let n = (minutes * 60.0 * rate) as usize;
-    eprintln!("soak: {minutes} min at {rate}/s ({n} emails), a sample every {every:?}; binary {}", rig::binary().display());
+    eprintln!(
+        "soak: {minutes} min at {rate}/s ({n} emails), a sample every {every:?}; binary {}",
+        rig::binary().display()
+    );
 
     let pg = Postgres::start();
     let nats = Nats::start();
@@ -88,7 +91,8 @@ pub async fn run() -> i32 {
     let acked = Arc::new(AtomicUsize::new(0));
     let published_at = Arc::new(Mutex::new(HashMap::with_capacity(n)));
     let started = Instant::now();
-    let publisher = publish(js.clone(), "mail.commands.create".into(), cmds, rate, acked.clone(), Some(published_at.clone()));
+    let publisher =
+        publish(js.clone(), "mail.commands.create".into(), cmds, rate, acked.clone(), Some(published_at.clone()));
     let redis_client = redis::Client::open(redis.url()).unwrap();
     let mut redis_conn = redis_client.get_multiplexed_async_connection().await.unwrap();
 
@@ -159,7 +163,19 @@ pub async fn run() -> i32 {
         };
         eprintln!(
             "soak: {:>6.0} s  published {:>7}  sent {:>7}  rss {:>6.1} MiB  fds {:>4} (sockets {:>3})  pg conns {:>3}  db {:>7.1} MiB  nats {:>7.1} MiB  redis {:>6.1} MiB  lag {:>5}  p50 {:>6.0} ms  p99 {:>6.0} ms",
-            s.t_s, s.published, s.sent, s.rss_mib, s.fds, s.sockets, s.pg_connections, s.db_mib, s.nats_store_mib, s.redis_mib, s.lag_events, s.latency_p50_ms, s.latency_p99_ms
+            s.t_s,
+            s.published,
+            s.sent,
+            s.rss_mib,
+            s.fds,
+            s.sockets,
+            s.pg_connections,
+            s.db_mib,
+            s.nats_store_mib,
+            s.redis_mib,
+            s.lag_events,
+            s.latency_p50_ms,
+            s.latency_p99_ms
         );
         let settled = done && s.sent >= n as i64;
         samples.push(s);
@@ -179,10 +195,11 @@ pub async fn run() -> i32 {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let emails: i64 = sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Email'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let emails: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Email'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let exit = instance.stop();
     let summary = summarise(&samples);
     let report = serde_json::json!({
