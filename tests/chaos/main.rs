@@ -137,6 +137,10 @@ pub struct Report {
     recovery_s: f64,
     /// From the fault healed until the ledger committed its next event.
     resumed_s: f64,
+    /// From the fault healed until every email was in the ledger (`Persisted`), and
+    /// until every one was `Sent` (the rest of `recovery_s` is the projections).
+    stored_s: f64,
+    sent_s: f64,
     /// The whole scenario, first publish to settled.
     elapsed_s: f64,
     /// Poison commands published, and dead letters in the DLQ stream.
@@ -238,12 +242,12 @@ async fn main() {
 
 fn print_table(reports: &[Report]) {
     println!(
-        "\n{:<22} {:>9} {:>6} {:>5} {:>9} {:>10} {:>9} {:>6}  notes",
-        "scenario", "published", "lost", "dup", "sends_dup", "recovery_s", "resumed_s", "ok"
+        "\n{:<22} {:>9} {:>6} {:>5} {:>9} {:>10} {:>9} {:>8} {:>6} {:>4}  notes",
+        "scenario", "published", "lost", "dup", "sends_dup", "recovery_s", "resumed_s", "stored_s", "sent_s", "ok"
     );
     for r in reports {
         println!(
-            "{:<22} {:>9} {:>6} {:>5} {:>9} {:>10.1} {:>9.1} {:>6}  {}",
+            "{:<22} {:>9} {:>6} {:>5} {:>9} {:>10.1} {:>9.1} {:>8.1} {:>6.1} {:>4}  {}",
             r.scenario,
             r.published,
             r.events_lost,
@@ -251,6 +255,8 @@ fn print_table(reports: &[Report]) {
             r.sends_duplicated,
             r.recovery_s,
             r.resumed_s,
+            r.stored_s,
+            r.sent_s,
             if r.ok() { "yes" } else { "NO" },
             r.notes
         );
@@ -532,11 +538,14 @@ async fn scenario(run: &Run, pg: &Postgres, name: &str, fault: Fault) -> Report 
     };
 
     // Settled: everything published, every valid email Sent, every projection caught up.
-    let mut resumed = None;
+    let (mut resumed, mut stored, mut all_sent) = (None, None, None);
     let mut timed_out = false;
     loop {
         if resumed.is_none() && max_position(&pool).await.is_some_and(|p| p > healed_at_position) {
             resumed = Some(healed.elapsed());
+        }
+        if stored.is_none() && count(&pool, "Persisted").await.is_some_and(|n| n >= valid.len() as i64) {
+            stored = Some(healed.elapsed());
         }
         let sent: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Email' AND event_type = 'Sent'",
@@ -544,6 +553,9 @@ async fn scenario(run: &Run, pg: &Postgres, name: &str, fault: Fault) -> Report 
         .fetch_one(&pool)
         .await
         .unwrap_or(0);
+        if all_sent.is_none() && sent >= valid.len() as i64 {
+            all_sent = Some(healed.elapsed());
+        }
         if publisher.is_finished()
             && sent >= valid.len() as i64
             && projections_behind(&pool).await == Some(0)
@@ -572,6 +584,8 @@ async fn scenario(run: &Run, pg: &Postgres, name: &str, fault: Fault) -> Report 
     report.recovery_s = recovery.as_secs_f64();
     report.resumed_s = resumed.unwrap_or(recovery).as_secs_f64();
     report.elapsed_s = elapsed.as_secs_f64();
+    report.stored_s = stored.unwrap_or(recovery).as_secs_f64();
+    report.sent_s = all_sent.unwrap_or(recovery).as_secs_f64();
     report.timed_out = timed_out;
     for i in instances {
         let name = i.name.clone();

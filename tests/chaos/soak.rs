@@ -1,5 +1,6 @@
 //! `make soak`: one instance under a steady rate for `SOAK_MINUTES` (30), against the
-//! same servers of its own as the chaos run. Every `SOAK_SAMPLE_SECS` (30) it samples
+//! same servers of its own as the chaos run. Every `SOAK_SAMPLE_SECS` (30; less in a soak
+//! under ten minutes) it samples
 //! the service's RSS, file descriptors and sockets, PostgreSQL's connections and
 //! database size, the JetStream store, Redis's memory, the projections' lag and the
 //! publish → `Sent` latency of the emails sent since the last sample; prints them as a
@@ -40,7 +41,8 @@ struct Sample {
 pub async fn run() -> i32 {
     let minutes: f64 = env_num("SOAK_MINUTES").unwrap_or(30.0);
     let rate: f64 = env_num("SOAK_RATE").unwrap_or(50.0);
-    let every = Duration::from_secs_f64(env_num("SOAK_SAMPLE_SECS").unwrap_or(30.0));
+    // About twenty samples in a short soak, one every 30 s in a long one.
+    let every = Duration::from_secs_f64(env_num("SOAK_SAMPLE_SECS").unwrap_or((minutes * 3.0).clamp(5.0, 30.0)));
     let out = crate::target_dir().join("soak");
     std::fs::create_dir_all(&out).unwrap();
     let _ = std::fs::remove_dir_all(out.join("logs"));
