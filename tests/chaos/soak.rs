@@ -31,7 +31,9 @@ struct Sample {
     events: i64,
     nats_store_mib: f64,
     commands_pending: u64,
+    commands_mib: f64,
     events_stream_msgs: u64,
+    events_stream_mib: f64,
     redis_mib: f64,
     lag_events: i64,
     latency_p50_ms: f64,
@@ -128,15 +130,19 @@ pub async fn run() -> i32 {
             let pool = pool.clone();
             async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap_or(-1) }
         };
-        let stream_msgs = |name: &'static str| {
+        let stream = |name: &'static str| {
             let js = js.clone();
             async move {
                 match js.get_stream(name).await {
-                    Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
-                    Err(_) => 0,
+                    Ok(mut s) => {
+                        s.info().await.map_or((0, 0.0), |i| (i.state.messages, i.state.bytes as f64 / 1048576.0))
+                    }
+                    Err(_) => (0, 0.0),
                 }
             }
         };
+        let (commands_pending, commands_mib) = stream("MAILLEDGER_COMMANDS").await;
+        let (events_stream_msgs, events_stream_mib) = stream("MAILLEDGER_EVENTS").await;
         let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis_conn).await.unwrap_or_default();
         let redis_bytes: f64 = info
             .lines()
@@ -156,15 +162,17 @@ pub async fn run() -> i32 {
             db_mib: scalar("SELECT pg_database_size('soak')").await as f64 / 1048576.0,
             events: scalar("SELECT count(*) FROM events").await,
             nats_store_mib: nats.store_bytes() as f64 / 1048576.0,
-            commands_pending: stream_msgs("MAILLEDGER_COMMANDS").await,
-            events_stream_msgs: stream_msgs("MAILLEDGER_EVENTS").await,
+            commands_pending,
+            commands_mib,
+            events_stream_msgs,
+            events_stream_mib,
             redis_mib: redis_bytes / 1048576.0,
             lag_events: lag,
             latency_p50_ms: pct(0.5),
             latency_p99_ms: pct(0.99),
         };
         eprintln!(
-            "soak: {:>6.0} s  published {:>7}  sent {:>7}  rss {:>6.1} MiB  fds {:>4} (sockets {:>3})  pg conns {:>3}  db {:>7.1} MiB  nats {:>7.1} MiB  redis {:>6.1} MiB  lag {:>5}  p50 {:>6.0} ms  p99 {:>6.0} ms",
+            "soak: {:>6.0} s  published {:>7}  sent {:>7}  rss {:>6.1} MiB  fds {:>4} (sockets {:>3})  pg conns {:>3}  db {:>7.1} MiB  nats {:>7.1} MiB (commands {:>5.1}, events {:>6.1})  redis {:>6.1} MiB  lag {:>5}  p50 {:>6.0} ms  p99 {:>6.0} ms",
             s.t_s,
             s.published,
             s.sent,
@@ -174,6 +182,8 @@ pub async fn run() -> i32 {
             s.pg_connections,
             s.db_mib,
             s.nats_store_mib,
+            s.commands_mib,
+            s.events_stream_mib,
             s.redis_mib,
             s.lag_events,
             s.latency_p50_ms,
@@ -225,13 +235,15 @@ fn summarise(samples: &[Sample]) -> Vec<String> {
         return vec![];
     }
     let from = samples.len() / 4;
-    let series: [(&str, fn(&Sample) -> f64); 9] = [
+    let series: [(&str, fn(&Sample) -> f64); 11] = [
         ("rss_mib", |s| s.rss_mib),
         ("fds", |s| s.fds as f64),
         ("sockets", |s| s.sockets as f64),
         ("pg_connections", |s| s.pg_connections as f64),
         ("redis_mib", |s| s.redis_mib),
         ("nats_store_mib", |s| s.nats_store_mib),
+        ("commands_mib", |s| s.commands_mib),
+        ("events_stream_mib", |s| s.events_stream_mib),
         ("db_mib", |s| s.db_mib),
         ("lag_events", |s| s.lag_events as f64),
         ("latency_p99_ms", |s| s.latency_p99_ms),
@@ -242,7 +254,7 @@ fn summarise(samples: &[Sample]) -> Vec<String> {
             let after_warmup = f(&samples[from]);
             let last = f(samples.last().unwrap());
             let max = samples[from..].iter().map(f).fold(f64::NAN, f64::max);
-            format!("{name:<16} after warm-up {after_warmup:>9.1}   last {last:>9.1}   max {max:>9.1}")
+            format!("{name:<18} after warm-up {after_warmup:>9.1}   last {last:>9.1}   max {max:>9.1}")
         })
         .collect()
 }
