@@ -143,6 +143,9 @@ pub struct Report {
     sent_s: f64,
     /// The whole scenario, first publish to settled.
     elapsed_s: f64,
+    /// `elapsed_s` beyond the baseline's in the same run: what the fault cost, backlog
+    /// included (when the publisher outruns delivery, `recovery_s` is mostly backlog).
+    cost_s: Option<f64>,
     /// Poison commands published, and dead letters in the DLQ stream.
     poison: usize,
     dead_letters: u64,
@@ -229,6 +232,12 @@ async fn main() {
         reports.push(report);
         std::fs::write(run.out.join("report.json"), serde_json::to_string_pretty(&reports).unwrap()).unwrap();
     }
+    if let Some(base) = reports.iter().find(|r| r.scenario == "baseline").map(|r| r.elapsed_s) {
+        for r in &mut reports {
+            r.cost_s = Some(r.elapsed_s - base);
+        }
+        std::fs::write(run.out.join("report.json"), serde_json::to_string_pretty(&reports).unwrap()).unwrap();
+    }
     print_table(&reports);
     println!("report: {}", run.out.join("report.json").display());
     if reports.iter().any(|r| !r.ok()) {
@@ -242,12 +251,22 @@ async fn main() {
 
 fn print_table(reports: &[Report]) {
     println!(
-        "\n{:<22} {:>9} {:>6} {:>5} {:>9} {:>10} {:>9} {:>8} {:>6} {:>4}  notes",
-        "scenario", "published", "lost", "dup", "sends_dup", "recovery_s", "resumed_s", "stored_s", "sent_s", "ok"
+        "\n{:<22} {:>9} {:>6} {:>5} {:>9} {:>10} {:>9} {:>8} {:>6} {:>6} {:>4}  notes",
+        "scenario",
+        "published",
+        "lost",
+        "dup",
+        "sends_dup",
+        "recovery_s",
+        "resumed_s",
+        "stored_s",
+        "sent_s",
+        "cost_s",
+        "ok"
     );
     for r in reports {
         println!(
-            "{:<22} {:>9} {:>6} {:>5} {:>9} {:>10.1} {:>9.1} {:>8.1} {:>6.1} {:>4}  {}",
+            "{:<22} {:>9} {:>6} {:>5} {:>9} {:>10.1} {:>9.1} {:>8.1} {:>6.1} {:>6} {:>4}  {}",
             r.scenario,
             r.published,
             r.events_lost,
@@ -257,6 +276,7 @@ fn print_table(reports: &[Report]) {
             r.resumed_s,
             r.stored_s,
             r.sent_s,
+            r.cost_s.map_or("-".to_owned(), |c| format!("{c:.1}")),
             if r.ok() { "yes" } else { "NO" },
             r.notes
         );
@@ -321,6 +341,9 @@ fn commands(scenario: &str, n: usize, key: &str, poison: bool) -> Vec<Command> {
         .collect()
 }
 
+/// When each valid email was published (for the soak's latency).
+pub type PublishedAt = Arc<std::sync::Mutex<HashMap<Uuid, chrono::DateTime<chrono::Utc>>>>;
+
 /// Publishes every command at `rate` a second, up to 256 awaiting their ack, each
 /// retried (same `Nats-Msg-Id`) until JetStream acknowledges it; counts the acks.
 pub fn publish(
@@ -329,7 +352,7 @@ pub fn publish(
     commands: Vec<Command>,
     rate: f64,
     acked: Arc<AtomicUsize>,
-    published_at: Option<Arc<std::sync::Mutex<HashMap<Uuid, chrono::DateTime<chrono::Utc>>>>>,
+    published_at: Option<PublishedAt>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let permits = Arc::new(tokio::sync::Semaphore::new(256));

@@ -235,7 +235,8 @@ fn summarise(samples: &[Sample]) -> Vec<String> {
         return vec![];
     }
     let from = samples.len() / 4;
-    let series: [(&str, fn(&Sample) -> f64); 11] = [
+    type Series = (&'static str, fn(&Sample) -> f64);
+    let series: [Series; 11] = [
         ("rss_mib", |s| s.rss_mib),
         ("fds", |s| s.fds as f64),
         ("sockets", |s| s.sockets as f64),
