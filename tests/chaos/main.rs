@@ -13,7 +13,9 @@
 //!
 //! Run by `cargo test --all-targets` (a `harness = false` target) it does a reduced run
 //! (`CHAOS_EMAILS` unset: 300 emails a scenario, 3 s outages, short ack wait and lease).
-//! `cargo test --test chaos -- soak` is `make soak` (see soak.rs).
+//! `cargo test --test chaos -- kill postgres` (or `CHAOS_ONLY=kill,postgres`) runs the
+//! scenarios whose names hold one of the words; `cargo test --test chaos -- soak` is
+//! `make soak` (see soak.rs).
 
 #[path = "../suite/support/smtp.rs"]
 mod smtp;
@@ -57,13 +59,12 @@ fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
 impl Run {
     fn from_env(args: &[String]) -> Run {
         let reduced = std::env::var("CHAOS_EMAILS").is_err();
-        let only = args
-            .iter()
-            .find_map(|a| a.strip_prefix("--only="))
-            .map(str::to_owned)
-            .or_else(|| std::env::var("CHAOS_ONLY").ok())
+        // `cargo test kill` runs the scenarios whose name holds `kill`; a filter no
+        // scenario matches (`cargo test delivery::`) runs none.
+        let filters: Vec<String> = args.iter().filter(|a| !a.starts_with('-')).cloned().collect();
+        let only = std::env::var("CHAOS_ONLY")
             .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
-            .unwrap_or_default();
+            .unwrap_or(filters);
         Run {
             emails: env_num("CHAOS_EMAILS").unwrap_or(300),
             rate: env_num("CHAOS_RATE").unwrap_or(if reduced { 200.0 } else { 1000.0 }),
@@ -212,6 +213,12 @@ async fn main() {
         rig::binary().display(),
         rig::nats_version(),
     );
+    let chosen =
+        SCENARIOS.iter().filter(|(name, _)| run.only.is_empty() || run.only.iter().any(|o| name.contains(o.as_str())));
+    if chosen.count() == 0 {
+        eprintln!("chaos: no scenario matches {:?}", run.only);
+        return;
+    }
     let pg = Postgres::start();
     let mut reports = Vec::new();
     for (name, fault) in SCENARIOS {
