@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SERVICES := scripts/ensure-services.sh
 
-.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key nats-cluster
+.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key nats-cluster chaos soak
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -35,6 +35,19 @@ test: check-toolchain services
 ## BENCH_SCALE=0.1 for a quick look, BENCH_SCALE=2 for 2,000,000 emails; BENCH_ROUNDS=5.
 bench: check-toolchain services
 	$(CARGO) bench --bench bench
+
+## The fault matrix (issue #16): SIGKILLs, PostgreSQL stopped and crashed, nats-server killed,
+## Redis down and frozen, SMTP down, two instances with one killed, poison among valid commands,
+## against servers it starts itself; CHAOS_EMAILS (10000) a scenario. Prints a table, writes
+## target/chaos/report.json, exits non-zero on any lost or duplicated event.
+## CHAOS_ONLY=kill,nats for some; CHAOS_CARGO_FLAGS=--release for the optimised binary.
+chaos: check-toolchain services
+	CHAOS_EMAILS=$(or $(CHAOS_EMAILS),10000) $(CARGO) test $(CHAOS_CARGO_FLAGS) --test chaos
+
+## A steady load for SOAK_MINUTES (30) at SOAK_RATE (50/s): RSS, file descriptors, connections,
+## storage, lag and latency sampled every SOAK_SAMPLE_SECS (30) to target/soak/report.json.
+soak: check-toolchain services
+	SOAK_MINUTES=$(or $(SOAK_MINUTES),30) $(CARGO) test $(CHAOS_CARGO_FLAGS) --test chaos -- soak
 
 ## An API key with every scope, for a first try: the key is the last line printed.
 ## KEY=$$(make -s key | tail -n 1); NAME=… for another name.

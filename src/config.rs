@@ -139,6 +139,10 @@ pub struct NatsSettings {
     /// JetStream duplicate window.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// How long the `<prefix>_EVENTS` stream keeps an event (the ledger keeps it for
+    /// good): without a bound the stream grows with every event ever recorded.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
     /// Refuse (dead-letter) commands without a valid `Authorization: Bearer <key>`
     /// header. Off by default: NATS's own accounts and permissions guard the subject.
     pub require_key: bool,

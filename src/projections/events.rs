@@ -30,6 +30,7 @@ use crate::store::feed::FeedEvent;
 pub struct EventPublisher {
     js: jetstream::Context,
     names: NatsNames,
+    max_age: Duration,
 }
 
 /// `Sent` → `sent`, `DeadLettered` → `dead_lettered`.
@@ -47,25 +48,27 @@ pub fn subject_kind(event_type: &str) -> String {
 impl EventPublisher {
     /// Publishes with `js` under the settings' names.
     pub fn new(js: jetstream::Context, settings: &NatsSettings) -> Self {
-        Self { js, names: settings.names() }
+        Self { js, names: settings.names(), max_age: settings.events_max_age }
     }
 
-    /// Creates the events stream, with `replicas` copies, if it does not exist.
+    /// Creates the events stream with `replicas` copies, or brings an existing one to the
+    /// configured retention (`nats.events_max_age`: a stream made before it had no bound)
+    /// and replication.
     pub async fn ensure_stream(&self, replicas: usize) -> anyhow::Result<()> {
-        crate::transport::nats::ensure_stream(
-            &self.js,
-            replicas,
-            stream::Config {
+        self.js
+            .create_or_update_stream(stream::Config {
                 name: self.names.events_stream.clone(),
                 description: Some("mailledger domain events".into()),
                 subjects: vec![self.names.events_filter.clone()],
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
+                max_age: self.max_age,
+                num_replicas: replicas,
                 ..Default::default()
-            },
-        )
-        .await
+            })
+            .await?;
+        Ok(())
     }
 }
 

@@ -148,9 +148,33 @@ impl Sender {
         let settings = self.settings();
         let (claimed, throttled) =
             shaping::claim(&self.0.pool, &self.0.owner, limit as i64, settings.lease, &settings).await?;
+        self.0.throttled.lock().unwrap_or_else(|e| e.into_inner()).0.extend(throttled);
+        if claimed.is_empty() {
+            self.refresh_throttled().await?;
+            return Ok(vec![]);
+        }
+        // The rows are ours for the lease now. A store that fails from here on (an
+        // outage) must not leave them to wait for the lease to run out: try again,
+        // for up to half the lease, so nobody else can have claimed them meanwhile.
+        let deadline = std::time::Instant::now() + settings.lease / 2;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.prepare(&claimed, &settings).await {
+                Ok(jobs) => return Ok(jobs),
+                Err(e) if std::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = format!("{e:#}"), claimed = claimed.len(), retry_in = ?wait, "cannot prepare claimed deliveries yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The throttled domains, read again once they are a second old.
+    async fn refresh_throttled(&self) -> anyhow::Result<()> {
         let stale = {
-            let mut known = self.0.throttled.lock().unwrap_or_else(|e| e.into_inner());
-            known.0.extend(throttled);
+            let known = self.0.throttled.lock().unwrap_or_else(|e| e.into_inner());
             known.1.is_none_or(|at| at.elapsed() > Duration::from_secs(1))
         };
         if stale {
@@ -159,9 +183,13 @@ impl Sender {
             known.0.extend(paused);
             known.1 = Some(std::time::Instant::now());
         }
-        if claimed.is_empty() {
-            return Ok(vec![]);
-        }
+        Ok(())
+    }
+
+    /// The jobs for claimed rows: their histories, those the schedule is ahead of left
+    /// to the projection, suppressed recipients looked up.
+    async fn prepare(&self, claimed: &[Claimed], settings: &DeliverySettings) -> anyhow::Result<Vec<Job>> {
+        self.refresh_throttled().await?;
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.email_id).collect();
         let histories = {
             let mut conn = self.0.pool.acquire().await?;
@@ -185,7 +213,7 @@ impl Sender {
                 lagging.push(id);
                 continue;
             }
-            jobs.push(Job { claimed, parts, suppressed: vec![] });
+            jobs.push(Job { claimed: claimed.clone(), parts, suppressed: vec![] });
         }
         for id in lagging {
             schedule::extend(&self.0.pool, id, &self.0.owner, settings.lease).await?;

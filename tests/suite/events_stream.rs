@@ -83,3 +83,36 @@ async fn events_are_published_once_and_can_be_replayed_every_way() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stream_len(&app).await, 6);
 }
+
+/// The events stream is bounded by `nats.events_max_age` (7 days unless set), and a
+/// stream made before the bound existed (no limit) gets it when the service starts.
+#[tokio::test]
+async fn the_events_stream_is_bounded_even_when_it_existed_unbounded() {
+    use async_nats::jetstream::stream;
+
+    let iso = crate::support::Isolation::new();
+    let js = async_nats::jetstream::new(async_nats::connect(crate::support::nats_url()).await.unwrap());
+    let name = format!("{}_EVENTS", iso.stream_prefix);
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.events.>", iso.namespace)],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut before = js.get_stream(&name).await.unwrap();
+    assert_eq!(before.info().await.unwrap().config.max_age, Duration::ZERO);
+
+    let app = TestApp::spawn_in(iso, &[("MAILLEDGER__NATS__EVENTS_MAX_AGE", "36h")]).await;
+    let mut stream = app.js.get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.max_age, Duration::from_secs(36 * 3600));
+    // Still the stream it was: events go on into it.
+    app.create(&original_payload("bounded")).await;
+    eventually(Duration::from_secs(20), || async { stream_len(&app).await >= 2 }).await;
+
+    let fresh = TestApp::spawn().await;
+    let mut stream = fresh.js.get_stream(format!("{}_EVENTS", fresh.iso.stream_prefix)).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.max_age, Duration::from_secs(7 * 24 * 3600));
+}
