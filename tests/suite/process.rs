@@ -117,3 +117,29 @@ async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
     assert_eq!(emails + waiting, N as i64, "{emails} committed + {waiting} waiting");
     pool.close().await;
 }
+
+/// Text logs written to a file (not a terminal) carry no ANSI colour codes.
+#[tokio::test]
+async fn text_logs_to_a_file_are_plain() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .envs(iso.env())
+        .env("MAILLEDGER__LOG__FORMAT", "text")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(logs.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let _service = crate::support::Killed(child);
+    eventually(Duration::from_secs(30), || async {
+        std::fs::read_to_string(logs.path()).unwrap().contains("NATS command intake running")
+    })
+    .await;
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(text.contains(" INFO "), "a text log: {text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escape codes in a log file: {text:?}");
+}

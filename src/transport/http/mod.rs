@@ -97,6 +97,25 @@ async fn authenticate(State(state): State<HttpState>, mut request: Request, next
     }
 }
 
+/// Starts `mailledger_http_requests_total` and `…_duration_seconds` at zero for every
+/// documented route and method (with its first success status), so a fresh instance's
+/// dashboard shows 0 rather than "No data" before the first request of each kind.
+pub fn metrics_at_zero() {
+    use utoipa::openapi::path::Operation;
+    let doc = ApiDoc::openapi();
+    for (path, item) in &doc.paths.paths {
+        let operations: [(&str, &Option<Operation>); 4] =
+            [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete)];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let status =
+                operation.responses.responses.keys().find(|s| s.starts_with('2')).map_or("200", String::as_str);
+            crate::metrics::HTTP_REQUESTS.with_label_values(&[method, path, status]);
+            crate::metrics::HTTP_DURATION.with_label_values(&[method, path]);
+        }
+    }
+}
+
 /// Largest request body for a given body limit: JSON escaping can double a body.
 pub fn max_request_bytes(max_body_bytes: usize) -> usize {
     max_body_bytes.saturating_mul(2).saturating_add(64 * 1024)
