@@ -4,6 +4,7 @@
 #   openssl       scripts/make-cert.sh
 #   redis-server  tests that start (and stop) a Redis of their own
 #   nats-server   tests that start (and stop) a NATS of their own
+#   grpcurl       a test calls the service as the README does (scripts/ensure-example-tools.sh)
 # The last two are needed even when the shared PostgreSQL, NATS and Redis run elsewhere
 # (another host, Docker), which is why scripts/ensure-services.sh, which installs a
 # service only when it is unreachable, is not enough. Installs what is missing with apt
@@ -33,4 +34,6 @@ fi
 for tool in nginx openssl redis-server nats-server; do
   command -v "$tool" >/dev/null 2>&1 || { echo "ensure-test-tools: $tool still missing" >&2; exit 1; }
 done
-echo "test tools: nginx, openssl, redis-server and nats-server present"
+# grpcurl (a test calls the service with it, as the README does), jq and psql.
+bash "$(dirname "${BASH_SOURCE[0]}")/ensure-example-tools.sh"
+echo "test tools: nginx, openssl, redis-server, nats-server and grpcurl present"

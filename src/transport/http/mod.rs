@@ -87,8 +87,12 @@ impl utoipa::Modify for BearerScheme {
 /// Authenticates a request to the API (every `/api/v1` route): the principal it acts as
 /// goes into its extensions, or it is answered 401 / 429 here.
 async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
-    let values = request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes());
-    match state.keyring.authenticate(values) {
+    let result = {
+        let values: Vec<&[u8]> =
+            request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
+        state.keyring.authenticate_fresh(&values).await
+    };
+    match result {
         Ok(authenticated) => {
             request.extensions_mut().insert(authenticated);
             next.run(request).await
