@@ -61,6 +61,12 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
         "mailledger_nats_messages_total{outcome=\"dead_lettered\"} ",
         "mailledger_delivery_attempts_total{outcome=\"transient_failure\"} ",
         "mailledger_cache_requests_total{result=\"error\"} ",
+        // Every route and method, before its first request; the process and the build.
+        "mailledger_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/emails/{id}/events\"} ",
+        "mailledger_grpc_request_duration_seconds_count{method=\"emailService.EmailService/History\"} ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "mailledger_build_info{",
     ] {
         assert!(before.lines().any(|l| l.starts_with(series)), "{series} is not exported from the start");
     }
