@@ -1,4 +1,4 @@
-# mailledger — make run | make test | make lint | make migrate
+# mailledger — make run | make test | make install | make lint | make migrate | make compose-check
 #
 # `run` and `test` first make sure PostgreSQL, NATS (JetStream) and Redis are reachable
 # at the configured URLs, installing (apt) and starting them locally when they are not:
@@ -6,13 +6,24 @@
 
 CARGO ?= cargo
 SERVICES := scripts/ensure-services.sh
+BIN := target/release/mailledger
+# Where `make install` puts the binary: /usr/local/bin as root, else ~/.local/bin.
+PREFIX ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
+# The oldest Rust that builds mailledger (edition 2024), from Cargo.toml.
+RUST_MIN := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
+# redis-server and nats-server live in /usr/sbin on Debian; the tests start their own.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key nats-cluster chaos soak
+.PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key install compose-check examples nats-cluster chaos soak
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
-	  echo "mailledger: cargo not found. Install Rust (https://rustup.rs): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"; \
+	  echo "mailledger: cargo not found. Install Rust $(RUST_MIN) or newer with rustup: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"; \
 	  exit 1; }
+	@have=$$(rustc --version 2>/dev/null | cut -d' ' -f2); \
+	  if [ "$$(printf '%s\n%s\n' "$(RUST_MIN)" "$$have" | sort -V | head -n 1)" != "$(RUST_MIN)" ]; then \
+	  echo "mailledger: Rust $(RUST_MIN) or newer is needed (edition 2024), this is rustc $${have:-missing} (Debian's rustc/cargo packages are too old): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh, or rustup update"; \
+	  exit 1; fi
 	@command -v cc >/dev/null 2>&1 || { \
 	  echo "mailledger: a C compiler is needed to build some dependencies: sudo apt-get install -y build-essential"; \
 	  exit 1; }
@@ -22,9 +33,30 @@ services:
 
 ## Run the service (REST :8080, gRPC :50051, metrics :9090) until Ctrl-C.
 ## A development signing key for the proof log is made in .run/signing.key on first use.
+## Its process id is in .run/mailledger.pid (for `kill -HUP "$(cat .run/mailledger.pid)"`).
 run: check-toolchain services
-	@mkdir -p .run; test -f .run/signing.key || $(CARGO) run --release --quiet --bin mailledger -- ledger keygen --out .run/signing.key
-	MAILLEDGER_SIGNING_KEY=$${MAILLEDGER_SIGNING_KEY:-.run/signing.key} $(CARGO) run --release --bin mailledger -- serve
+	$(CARGO) build --release --bin mailledger
+	@mkdir -p .run; test -f .run/signing.key || $(BIN) ledger keygen --out .run/signing.key
+	@echo "mailledger: serving; the CLI is $(BIN) (make install puts it on PATH); pid in .run/mailledger.pid"
+	@echo $$$$ > .run/mailledger.pid; MAILLEDGER_SIGNING_KEY=$${MAILLEDGER_SIGNING_KEY:-.run/signing.key} exec $(BIN) serve
+
+## Put the `mailledger` command on PATH: $(PREFIX)/bin/mailledger (PREFIX=… for another place).
+install: check-toolchain
+	$(CARGO) build --release --bin mailledger
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mailledger
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) echo "mailledger: installed $(PREFIX)/bin/mailledger";; \
+	  *) echo "mailledger: installed $(PREFIX)/bin/mailledger; $(PREFIX)/bin is not on PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
+
+## Run the README's examples against the service `make run` started (in another terminal).
+examples:
+	@bash scripts/readme-examples.sh
+
+## Validate compose/docker-compose.yml without a Docker engine (schema, pinned images,
+## files, OTLP protocol) and the Dockerfile's shape; with the compose plugin, also
+## `docker compose config`.
+compose-check:
+	@if docker compose version >/dev/null 2>&1; then docker compose -f compose/docker-compose.yml config -q && echo "compose: docker compose config: valid"; fi
+	$(CARGO) test --test suite -- operability::the_compose operability::the_image
 
 ## Run every test against the local PostgreSQL, NATS and Redis.
 test: check-toolchain services

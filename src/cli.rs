@@ -62,7 +62,8 @@ pub enum Command {
         #[arg(long)]
         email: Option<Uuid>,
         /// Only this event type (requested, persisted, sent, failed, dead_lettered, redriven,
-        /// key_created, key_revoked).
+        /// suppressed, key_created, key_revoked, suppression_added, suppression_removed); any
+        /// other is a usage error (exit 2).
         #[arg(long = "type", value_name = "KIND", value_parser = crate::ops::replay::parse_kind)]
         kind: Option<String>,
         /// Only events of this tenant.

@@ -334,6 +334,26 @@ pub static WEBHOOK_PAUSES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// `mailledger_build_info{version, git_sha}`: always 1; joins any series to the build
+/// that produced it (`* on(instance) group_left(version) mailledger_build_info`).
+pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "mailledger_build_info",
+        "The running build: always 1, labelled with its version",
+        &["version", "git_sha"],
+    )
+});
+
+/// `mailledger_otlp_export_failures_total`: batches of spans the OTLP exporter could not
+/// send (collector unreachable, wrong protocol or port); each is also logged, at most
+/// once a minute.
+pub static OTLP_EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("mailledger_otlp_export_failures_total", "Span batches the OTLP exporter failed to send")
+            .expect("valid metric"),
+    )
+});
+
 /// `mailledger_webhook_endpoints_disabled_total`: endpoints disabled by a 410 answer.
 pub static WEBHOOK_ENDPOINTS_DISABLED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
@@ -351,47 +371,104 @@ pub static WEBHOOK_ENDPOINTS_PAUSED: LazyLock<IntGauge> =
 pub static WEBHOOK_DUE: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("mailledger_webhook_deliveries_due", "Webhook deliveries due now"));
 
-/// Registers every metric (so each is exported from the start).
+/// Every `mailledger_*` metric, in the order of the README's table.
+fn all() -> Vec<Box<dyn prometheus::core::Collector>> {
+    vec![
+        Box::new(BUILD_INFO.clone()),
+        Box::new(COMMANDS.clone()),
+        Box::new(EVENTS_APPENDED.clone()),
+        Box::new(APPEND_BATCH.clone()),
+        Box::new(HTTP_REQUESTS.clone()),
+        Box::new(HTTP_DURATION.clone()),
+        Box::new(GRPC_REQUESTS.clone()),
+        Box::new(GRPC_DURATION.clone()),
+        Box::new(NATS_MESSAGES.clone()),
+        Box::new(NATS_PENDING.clone()),
+        Box::new(NATS_ACK_PENDING.clone()),
+        Box::new(PROJECTED.clone()),
+        Box::new(PROOF_TREE_SIZE.clone()),
+        Box::new(PROOF_CHECKPOINT_SIZE.clone()),
+        Box::new(PROJECTION_LAG_EVENTS.clone()),
+        Box::new(PROJECTION_LAG_SECONDS.clone()),
+        Box::new(DELIVERIES.clone()),
+        Box::new(SMTP_DURATION.clone()),
+        Box::new(QUEUE_DEPTH.clone()),
+        Box::new(DEAD_LETTERED.clone()),
+        Box::new(DOMAIN_DELIVERIES.clone()),
+        Box::new(DOMAIN_IN_FLIGHT.clone()),
+        Box::new(DOMAIN_QUEUED.clone()),
+        Box::new(DOMAIN_THROTTLED.clone()),
+        Box::new(SUPPRESSIONS.clone()),
+        Box::new(EVENTS_BY_REFERENCE.clone()),
+        Box::new(EVENTS_UNPUBLISHABLE.clone()),
+        Box::new(CACHE.clone()),
+        Box::new(POOL.clone()),
+        Box::new(POOL_MAX.clone()),
+        Box::new(TLS_HANDSHAKE_FAILURES.clone()),
+        Box::new(KEY_REQUESTS.clone()),
+        Box::new(WEBHOOKS_QUEUED.clone()),
+        Box::new(WEBHOOK_DELIVERIES.clone()),
+        Box::new(WEBHOOK_LATENCY.clone()),
+        Box::new(WEBHOOK_PAUSES.clone()),
+        Box::new(WEBHOOK_ENDPOINTS_DISABLED.clone()),
+        Box::new(WEBHOOK_ENDPOINTS_PAUSED.clone()),
+        Box::new(WEBHOOK_DUE.clone()),
+        Box::new(REPLICA_LAG_SECONDS.clone()),
+        Box::new(REPLICA_LAG_BYTES.clone()),
+        Box::new(REPLICA_USABLE.clone()),
+        Box::new(READS.clone()),
+        Box::new(OTLP_EXPORT_FAILURES.clone()),
+    ]
+}
+
+#[cfg(test)]
+/// One metric as declared: name, type (`counter`, `gauge`, `histogram`) and label names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// `mailledger_…`.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Its label names, in declaration order.
+    pub labels: Vec<String>,
+}
+
+#[cfg(test)]
+/// Every `mailledger_*` metric with its type and labels (the README's table is held to it).
+pub fn catalogue() -> Vec<Declared> {
+    all()
+        .iter()
+        .map(|c| {
+            let desc = c.desc()[0];
+            let kind = match c.collect().first().map(prometheus::proto::MetricFamily::get_field_type) {
+                Some(prometheus::proto::MetricType::COUNTER) => "counter",
+                Some(prometheus::proto::MetricType::GAUGE) => "gauge",
+                Some(prometheus::proto::MetricType::HISTOGRAM) => "histogram",
+                _ => "other",
+            };
+            Declared { name: desc.fq_name.clone(), kind, labels: desc.variable_labels.clone() }
+        })
+        .collect()
+}
+
+/// Registers every metric (so each is exported from the start), the `process_*` metrics
+/// (resident memory, CPU seconds, open and maximum file descriptors, start time; Linux)
+/// and `mailledger_build_info`.
 pub fn init() {
-    LazyLock::force(&COMMANDS);
-    LazyLock::force(&APPEND_BATCH);
-    LazyLock::force(&EVENTS_APPENDED);
-    LazyLock::force(&HTTP_REQUESTS);
-    LazyLock::force(&HTTP_DURATION);
-    LazyLock::force(&GRPC_REQUESTS);
-    LazyLock::force(&GRPC_DURATION);
-    LazyLock::force(&NATS_MESSAGES);
-    LazyLock::force(&NATS_PENDING);
-    LazyLock::force(&NATS_ACK_PENDING);
-    LazyLock::force(&CACHE);
-    LazyLock::force(&PROJECTED);
-    LazyLock::force(&PROOF_TREE_SIZE);
-    LazyLock::force(&PROOF_CHECKPOINT_SIZE);
-    LazyLock::force(&PROJECTION_LAG_EVENTS);
-    LazyLock::force(&PROJECTION_LAG_SECONDS);
-    LazyLock::force(&DELIVERIES);
-    LazyLock::force(&SMTP_DURATION);
-    LazyLock::force(&QUEUE_DEPTH);
-    LazyLock::force(&DEAD_LETTERED);
-    LazyLock::force(&POOL);
-    LazyLock::force(&POOL_MAX);
-    LazyLock::force(&TLS_HANDSHAKE_FAILURES);
-    LazyLock::force(&EVENTS_BY_REFERENCE);
-    LazyLock::force(&EVENTS_UNPUBLISHABLE);
-    LazyLock::force(&KEY_REQUESTS);
-    LazyLock::force(&DOMAIN_DELIVERIES);
-    LazyLock::force(&DOMAIN_IN_FLIGHT);
-    LazyLock::force(&DOMAIN_QUEUED);
-    LazyLock::force(&DOMAIN_THROTTLED);
-    LazyLock::force(&SUPPRESSIONS);
-    LazyLock::force(&WEBHOOKS_QUEUED);
-    LazyLock::force(&WEBHOOK_LATENCY);
-    LazyLock::force(&WEBHOOK_PAUSES);
-    LazyLock::force(&WEBHOOK_ENDPOINTS_DISABLED);
-    LazyLock::force(&WEBHOOK_ENDPOINTS_PAUSED);
-    LazyLock::force(&WEBHOOK_DUE);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_os = "linux")]
+        REGISTRY
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("registered once");
+    });
+    drop(all());
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("MAILLEDGER_GIT_SHA")]).set(1);
     for outcome in ["delivered", "retry", "gone", "gave_up"] {
         WEBHOOK_DELIVERIES.with_label_values(&[outcome]);
+    }
+    for from in ["primary", "replica"] {
+        READS.with_label_values(&[from]);
     }
     // Every series whose labels are known up front starts at 0: `rate()` and
     // `increase()` see a counter's first step only from a sample before it.
@@ -445,6 +522,91 @@ mod tests {
             "mailledger_tls_handshake_failures_total{listener=\"grpc\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} missing from:\n{text}");
+        }
+    }
+
+    /// The README's metrics table: (name, type, labels) of each row, in order.
+    fn readme_table() -> Vec<(String, String, Vec<String>)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = &readme[readme.find("## Observability").expect("an Observability section")..];
+        let backticked =
+            |text: &str| -> Vec<String> { text.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+        let mut rows = Vec::new();
+        for line in section.lines().skip_while(|l| !l.starts_with("| metric |")).skip(2) {
+            if !line.starts_with('|') {
+                break;
+            }
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "one metric per row, three cells: {line}");
+            // Labels are the backticked words outside parentheses (which describe them).
+            let mut depth = 0;
+            let outside: String = cells[2]
+                .chars()
+                .filter(|c| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => return depth == 0,
+                    }
+                    false
+                })
+                .collect();
+            let name = backticked(cells[0]).into_iter().next().unwrap_or_else(|| panic!("no name in {line}"));
+            rows.push((name, cells[1].to_owned(), backticked(&outside)));
+        }
+        rows
+    }
+
+    #[test]
+    fn the_readme_table_names_every_metric_with_its_type_and_labels() {
+        super::init();
+        let table = readme_table();
+        let declared: Vec<_> = super::catalogue().into_iter().map(|d| (d.name, d.kind.to_owned(), d.labels)).collect();
+        let table_own: Vec<_> = table.iter().filter(|(n, ..)| n.starts_with("mailledger_")).cloned().collect();
+        for row in &declared {
+            assert!(table_own.contains(row), "README lacks or misdescribes {row:?}; its table: {table_own:#?}");
+        }
+        for row in &table_own {
+            assert!(declared.contains(row), "README names {row:?}, which the service does not export as such");
+        }
+        // Others (process_*) are exported under the names the table gives.
+        let families: Vec<String> = super::REGISTRY.gather().iter().map(|f| f.name().to_owned()).collect();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (name, ..) in table.iter().filter(|(n, ..)| !n.starts_with("mailledger_")) {
+            assert!(families.contains(name), "{name} is not exported: {families:?}");
+        }
+        for family in families.iter().filter(|f| f.starts_with("process_")) {
+            assert!(readme.contains(&format!("`{family}`")), "README does not name {family}");
+        }
+    }
+
+    #[test]
+    fn build_info_names_this_build() {
+        super::init();
+        let text = prometheus::TextEncoder::new().encode_to_string(&super::REGISTRY.gather()).unwrap();
+        let line = text.lines().find(|l| l.starts_with("mailledger_build_info{")).expect("build info exported");
+        assert!(line.ends_with(" 1"), "{line}");
+        assert!(line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{line}");
+        assert!(line.contains("git_sha=\""), "{line}");
+        assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "no process metrics");
+    }
+
+    #[test]
+    fn every_documented_route_and_grpc_method_starts_at_zero() {
+        super::init();
+        crate::transport::http::metrics_at_zero();
+        crate::transport::grpc::metrics_at_zero();
+        let text = prometheus::TextEncoder::new().encode_to_string(&super::REGISTRY.gather()).unwrap();
+        for series in [
+            "mailledger_http_requests_total{method=\"POST\",route=\"/api/v1/emails\",status=\"202\"}",
+            "mailledger_http_requests_total{method=\"GET\",route=\"/api/v1/emails/{id}\",status=\"200\"}",
+            "mailledger_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/emails\"}",
+            "mailledger_http_request_duration_seconds_count{method=\"GET\",route=\"/ready\"}",
+            "mailledger_grpc_requests_total{code=\"OK\",method=\"emailService.EmailService/Create\"}",
+            "mailledger_grpc_request_duration_seconds_count{method=\"emailService.EmailService/GetByID\"}",
+            "mailledger_grpc_request_duration_seconds_count{method=\"grpc.health.v1.Health/Check\"}",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{series} "))), "{series} missing");
         }
     }
 }

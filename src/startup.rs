@@ -97,6 +97,8 @@ impl Application {
     /// intake waits for it).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         metrics::init();
+        transport::http::metrics_at_zero();
+        transport::grpc::metrics_at_zero();
         transport::tls::install_default_provider();
         let tls = ServerTls::load(&settings.tls)?;
         // A key file that cannot be used stops start-up before anything runs.

@@ -73,8 +73,17 @@ pub fn init(settings: &LogSettings, serving: bool) {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(colour()).with_writer(std::io::stderr)).try_init()
+        }
     };
+}
+
+/// Text logs are coloured only on a terminal, and never with `NO_COLOR` set: a log
+/// file or a pipe gets plain text, not ANSI escape codes.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn exporter() -> anyhow::Result<SdkTracerProvider> {
@@ -84,10 +93,10 @@ fn exporter() -> anyhow::Result<SdkTracerProvider> {
     }
     let provider = SdkTracerProvider::builder().with_resource(resource.build());
     let provider = match protocol().as_str() {
-        "http/protobuf" => {
-            provider.with_span_processor(batch(opentelemetry_otlp::SpanExporter::builder().with_http().build()?))
-        }
-        "grpc" => provider.with_span_processor(batch(GrpcExporter::build()?)),
+        "http/protobuf" => provider.with_span_processor(batch(Reporting::new(
+            opentelemetry_otlp::SpanExporter::builder().with_http().build()?,
+        ))),
+        "grpc" => provider.with_span_processor(batch(Reporting::new(GrpcExporter::build()?))),
         other => anyhow::bail!("OTLP protocol {other:?} is not supported (grpc or http/protobuf)"),
     };
     Ok(provider.build())
@@ -115,6 +124,70 @@ fn protocol() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
         .map_or_else(|| "http/protobuf".to_owned(), |s| s.trim().to_ascii_lowercase())
+}
+
+/// How often a failing export is logged (each failure is counted).
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An exporter whose failures are not silent: each failed batch is counted in
+/// `mailledger_otlp_export_failures_total`, and logged as a warning at most once a
+/// minute with the number of failures since the last report (a collector on the wrong
+/// port or protocol would otherwise drop every span without a word).
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    /// When the last warning was logged, and failures since then.
+    reported: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E) -> Self {
+        Self { inner, reported: std::sync::Mutex::new((None, 0)) }
+    }
+
+    fn failed(&self, error: &opentelemetry_sdk::error::OTelSdkError) {
+        crate::metrics::OTLP_EXPORT_FAILURES.inc();
+        let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.1 += 1;
+        if reported.0.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+            tracing::warn!(
+                failures = reported.1,
+                protocol = %protocol(),
+                error = %error,
+                "OTLP export failed: spans are being dropped; check OTEL_EXPORTER_OTLP_ENDPOINT and \
+                 OTEL_EXPORTER_OTLP_PROTOCOL (logged at most once a minute)"
+            );
+            *reported = (Some(std::time::Instant::now()), 0);
+        }
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter for Reporting<E> {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            if let Err(e) = &result {
+                self.failed(e);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// The OTLP/gRPC exporter on a runtime of its own: tonic needs a Tokio reactor, and

@@ -33,7 +33,13 @@ struct Inner {
     generation: Mutex<Option<(i64, Option<DateTime<Utc>>)>>,
     used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
     limits: Limiter,
+    /// When the last look at the keys on behalf of an unknown key began; held while
+    /// looking, so that such looks run one at a time and are shared.
+    looked_again: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// What an unknown (well-formed) key is told.
+const UNKNOWN_KEY: &str = "unknown API key";
 
 /// What a request that passed presents from then on.
 #[derive(Debug, Clone)]
@@ -58,6 +64,7 @@ impl Keyring {
                 generation: Mutex::default(),
                 used: Mutex::default(),
                 limits: Limiter::new(settings.clone()),
+                looked_again: tokio::sync::Mutex::default(),
             }),
         };
         ring.reload().await?;
@@ -125,7 +132,40 @@ impl Keyring {
     /// Authenticates the values of a request's `Authorization` header (all of them: two
     /// are refused) and takes one request from the key's rate.
     pub fn authenticate<'a>(&self, values: impl Iterator<Item = &'a [u8]>) -> Result<Authenticated, AccessError> {
-        let result = self.authenticate_uncounted(values);
+        self.counted(self.authenticate_uncounted(values))
+    }
+
+    /// `authenticate`, except that a well-formed key this instance does not know yet —
+    /// made a moment ago by `mailledger keys create` or on another instance — makes it
+    /// read the keys again first, rather than answer 401 until the next half-second
+    /// reload: `KEY=$(make -s key | tail -n 1); curl … $KEY` works at once. Such looks
+    /// run one at a time, and every request waiting shares the next one (a flood of
+    /// unknown keys costs one small query at a time, not one each).
+    pub async fn authenticate_fresh(&self, values: &[&[u8]]) -> Result<Authenticated, AccessError> {
+        let arrived = std::time::Instant::now();
+        let result = match self.authenticate_uncounted(values.iter().copied()) {
+            Err(AccessError::Unauthenticated(m)) if m == UNKNOWN_KEY => {
+                self.look_again(arrived).await;
+                self.authenticate_uncounted(values.iter().copied())
+            }
+            other => other,
+        };
+        self.counted(result)
+    }
+
+    /// Reads the keys again unless a read that began after `arrived` already did.
+    async fn look_again(&self, arrived: std::time::Instant) {
+        let mut last = self.inner.looked_again.lock().await;
+        if last.is_some_and(|began| began >= arrived) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        if let Err(e) = self.reload().await {
+            tracing::debug!(error = %e, "cannot reload the API keys; keeping the ones in memory");
+        }
+    }
+
+    fn counted(&self, result: Result<Authenticated, AccessError>) -> Result<Authenticated, AccessError> {
         match &result {
             Ok(a) => crate::metrics::key_request(&a.principal.name, "allowed"),
             Err(AccessError::RateLimited(_)) => {}
@@ -200,7 +240,7 @@ impl Keyring {
             let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
             keys.get(&hash).filter(|r| key::same(&r.hash, &hash)).cloned()
         };
-        let record = record.ok_or_else(|| AccessError::Unauthenticated("unknown API key".into()))?;
+        let record = record.ok_or_else(|| AccessError::Unauthenticated(UNKNOWN_KEY.into()))?;
         if record.revoked_at.is_some() {
             return Err(AccessError::Unauthenticated("this API key was revoked".into()));
         }

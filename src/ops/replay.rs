@@ -12,9 +12,20 @@ use chrono::SecondsFormat;
 use super::progress::Progress;
 use crate::store::replay::{self, Window};
 
-/// Every event type the store holds.
-pub const KINDS: &[&str] =
-    &["Requested", "Persisted", "Sent", "Failed", "DeadLettered", "Redriven", "KeyCreated", "KeyRevoked"];
+/// Every event type the store holds: an email's, an API key's, a suppression list's.
+pub const KINDS: &[&str] = &[
+    "Requested",
+    "Persisted",
+    "Sent",
+    "Failed",
+    "DeadLettered",
+    "Redriven",
+    "Suppressed",
+    "KeyCreated",
+    "KeyRevoked",
+    "SuppressionAdded",
+    "SuppressionRemoved",
+];
 
 /// A `--type` value: `dead_lettered`, `DeadLettered` or `deadlettered`… as stored, or
 /// an error listing the kinds there are.
@@ -88,5 +99,8 @@ mod tests {
         assert_eq!(super::parse_kind("key_created").unwrap(), "KeyCreated");
         assert_eq!(super::parse_kind("deadlettered").unwrap(), "DeadLettered");
         assert!(super::parse_kind("bogus").unwrap_err().contains("dead_lettered"));
+        assert_eq!(super::parse_kind("suppressed").unwrap(), "Suppressed");
+        assert_eq!(super::parse_kind("suppression_added").unwrap(), "SuppressionAdded");
+        assert_eq!(super::parse_kind("SuppressionRemoved").unwrap(), "SuppressionRemoved");
     }
 }

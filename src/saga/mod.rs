@@ -324,7 +324,7 @@ impl Sender {
             tracing::info!(email_id = %id, domain, suppressed = suppressed.len(), "every recipient left is suppressed");
         }
         for r in &outcome.refused {
-            tracing::info!(email_id = %id, attempt, domain, code = r.code.map(i64::from).unwrap_or(-1),
+            tracing::info!(email_id = %id, attempt, domain, code = r.code,
                 permanent = r.permanent, recipients = r.recipients.len(), taken = outcome.accepted.len(),
                 error = %r.message, elapsed_ms, "delivery attempt failed");
         }

@@ -358,6 +358,25 @@ async fn rates_and_daily_quotas_answer_429_and_resource_exhausted() {
     assert!(!scrape.contains(&capped_key));
 }
 
+/// A key made elsewhere (another instance, or `mailledger keys create`, as in the README's
+/// first lines: `KEY=$(make -s key | tail -n 1); curl … $KEY`) works on its first REST
+/// request, not only after the next periodic reload; an unknown key is still a 401.
+#[tokio::test]
+async fn a_key_made_elsewhere_works_on_its_first_request() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(&[]).await;
+    for n in 0..3 {
+        let key = a.new_key(json!({"name": format!("fresh-{n}"), "scopes": "read"})).await;
+        let r = client_with_key(&key).get(b.url("/api/v1/emails")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "key {n} on the other instance at once: {:?}", r.text().await);
+    }
+    let unknown = client_with_key(&mailledger::access::key::generate());
+    let r = unknown.get(b.url("/api/v1/emails")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("unknown API key"));
+    drop(b);
+}
+
 #[tokio::test]
 async fn a_key_revoked_on_one_instance_stops_working_on_another_within_a_second() {
     let a = TestApp::spawn().await;

@@ -89,3 +89,41 @@ async fn the_request_id_is_echoed_in_the_answer_metadata() {
     let made = err.metadata().get("x-request-id").unwrap().to_str().unwrap();
     assert!(made.parse::<uuid::Uuid>().is_ok(), "{made:?}");
 }
+
+/// grpcurl — 1.8.6 from PyPI, which knows only the v1alpha reflection API — lists the
+/// services and calls Create with the README's request, as a newcomer would.
+#[tokio::test]
+async fn grpcurl_finds_the_services_by_reflection_and_creates_an_email() {
+    let app = crate::support::TestApp::spawn().await;
+    let target = app.grpc.trim_start_matches("http://").to_owned();
+    // Off the test's runtime thread, which also serves the calls.
+    let grpcurl = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("grpcurl")
+                .args(args)
+                .output()
+                .expect("grpcurl (scripts/ensure-example-tools.sh installs it; make test runs that)")
+        })
+        .await
+        .unwrap()
+    };
+    let list = grpcurl(vec!["-plaintext".into(), target.clone(), "list".into()]).await;
+    let services = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{list:?}");
+    assert!(services.lines().any(|l| l == "emailService.EmailService"), "{services}");
+    let body = r#"{"From":"ann@example.com","To":"bob@example.org, \"Lee, Cy\" <cy@example.org>","Subject":"Hi","Message":"Hello"}"#;
+    let create = grpcurl(vec![
+        "-plaintext".into(),
+        "-H".into(),
+        format!("authorization: Bearer {}", app.key),
+        "-d".into(),
+        body.into(),
+        target,
+        "emailService.EmailService/Create".into(),
+    ])
+    .await;
+    assert!(create.status.success(), "{create:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&create.stdout).unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    assert!(answer["EmailID"].as_str().is_some_and(|id| id.len() == 36), "{answer}");
+}

@@ -61,6 +61,12 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_and_moves() {
         "mailledger_nats_messages_total{outcome=\"dead_lettered\"} ",
         "mailledger_delivery_attempts_total{outcome=\"transient_failure\"} ",
         "mailledger_cache_requests_total{result=\"error\"} ",
+        // Every route and method, before its first request; the process and the build.
+        "mailledger_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/emails/{id}/events\"} ",
+        "mailledger_grpc_request_duration_seconds_count{method=\"emailService.EmailService/History\"} ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "mailledger_build_info{",
     ] {
         assert!(before.lines().any(|l| l.starts_with(series)), "{series} is not exported from the start");
     }
@@ -140,8 +146,109 @@ fn the_compose_file_names_the_whole_stack() {
         prometheus.contains("mailledger-1:9090") && prometheus.contains("mailledger-2:9090"),
         "every instance is scraped"
     );
+}
+
+/// The compose file as `docker compose config` would validate it, without a Docker
+/// engine: YAML merges applied, then the compose-spec JSON schema (vendored in
+/// `compose/compose-spec.json`), then what the schema cannot know — every image pinned to
+/// a version, every file it mounts or builds from present, the OTLP protocol matching
+/// the collector's port. `make compose-check` runs this test.
+#[test]
+fn the_compose_file_is_valid_compose() {
+    let problems = compose_problems(&std::fs::read_to_string(format!("{ROOT}/compose/docker-compose.yml")).unwrap());
+    assert!(problems.is_empty(), "compose/docker-compose.yml:\n{}", problems.join("\n"));
+    // And each check can fail: the old mistakes are each caught.
+    let original = std::fs::read_to_string(format!("{ROOT}/compose/docker-compose.yml")).unwrap();
+    for (from, to, caught) in [
+        ("    OTEL_EXPORTER_OTLP_PROTOCOL: grpc\n", "", "OTLP"),
+        ("axllent/mailpit:v1.27.10", "axllent/mailpit:latest", "not pinned"),
+        ("image: redis:7.2.5", "image: redis", "not pinned"),
+        ("../nginx/nginx.conf:", "../nginx/nginx.missing.conf:", "does not exist"),
+        ("interval: 5s", "interval: [5s]", "schema"),
+        ("      - \"exec 3<>", "      - exec 3<>", "schema"),
+    ] {
+        assert!(original.contains(from), "{from}");
+        let mut broken = original.replacen(from, to, 1);
+        if from.contains("exec 3<>") {
+            // Unquoted, as it was: "Host: localhost" makes the item a mapping.
+            broken = broken.replace("grep -q ' 200 '\"", "grep -q ' 200 '").replace("\\\\r\\\\n", "\\r\\n");
+        }
+        let problems = compose_problems(&broken);
+        assert!(problems.iter().any(|p| p.contains(caught)), "{from} -> {to}: {problems:?}");
+    }
+}
+
+fn compose_problems(text: &str) -> Vec<String> {
+    let mut doc: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => return vec![format!("schema: not YAML: {e}")],
+    };
+    doc.apply_merge().unwrap();
+    let json: serde_json::Value = serde_json::to_value(&doc).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{ROOT}/compose/compose-spec.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut problems: Vec<String> =
+        validator.iter_errors(&json).map(|e| format!("schema: {} at {}", e, e.instance_path())).collect();
+    let compose_dir = std::path::Path::new(ROOT).join("compose");
+    let Some(services) = json["services"].as_object() else { return problems };
+    for (name, service) in services {
+        if let Some(image) = service["image"].as_str() {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/'));
+            if !tag.is_some_and(|t| t != "latest" && t.chars().any(|c| c.is_ascii_digit())) {
+                problems.push(format!("{name}: image {image} is not pinned to a version"));
+            }
+        }
+        if let Some(context) = service["build"]["context"].as_str() {
+            let dockerfile = service["build"]["dockerfile"].as_str().unwrap_or("Dockerfile");
+            let path = compose_dir.join(context).join(dockerfile);
+            if !path.exists() {
+                problems.push(format!("{name}: build file {} does not exist", path.display()));
+            }
+        }
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let Some(source) = volume.as_str().and_then(|v| v.split(':').next()) else { continue };
+            if source.starts_with('.') && !source.contains("certs") && !compose_dir.join(source).exists() {
+                problems.push(format!("{name}: mounted {source} does not exist"));
+            }
+        }
+        let env = &service["environment"];
+        if let Some(endpoint) = env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str() {
+            let protocol = env["OTEL_EXPORTER_OTLP_PROTOCOL"].as_str().unwrap_or("http/protobuf");
+            let wanted = if endpoint.trim_end_matches('/').ends_with(":4317") { "grpc" } else { "http/protobuf" };
+            if protocol != wanted {
+                problems.push(format!(
+                    "{name}: OTLP endpoint {endpoint} speaks {wanted}, but OTEL_EXPORTER_OTLP_PROTOCOL is {protocol}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_image_is_slim_cached_and_not_root() {
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    let at = |s: &str| dockerfile.find(s).unwrap_or_else(|| panic!("Dockerfile lacks {s}"));
+    assert!(at("COPY Cargo.toml Cargo.lock") < at("COPY src src"), "dependencies get a layer before the code");
+    assert!(at("cargo build --release --locked") < at("COPY src src"), "dependencies are built before the code");
+    assert!(
+        dockerfile.contains("CARGO_PROFILE_RELEASE_DEBUG=0")
+            && dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=symbols")
+    );
     assert!(dockerfile.contains("USER 10001"), "the runtime image is not root");
+    for from in dockerfile.lines().filter_map(|l| l.strip_prefix("FROM ")) {
+        let image = from.split_whitespace().next().unwrap();
+        let tag = image.rsplit_once(':').map_or("", |(_, t)| t);
+        assert!(tag.starts_with(|c: char| c.is_ascii_digit()), "{image} is not pinned to a version");
+    }
+    let ignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).unwrap();
+    assert!(ignore.lines().next().is_some_and(|l| l.starts_with('#')) && ignore.contains("\n*\n"), "{ignore}");
+    // Everything the code embeds is in the build context.
+    for path in ["src", "migrations", "config", "proto", "build.rs", "benches"] {
+        assert!(ignore.contains(&format!("!{path}\n")), "{path} is not in the build context");
+        assert!(dockerfile.contains(&format!("COPY {path}")) || dockerfile.contains(path), "{path} not copied");
+    }
 }
 
 #[tokio::test]

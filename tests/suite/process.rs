@@ -117,3 +117,84 @@ async fn sigterm_mid_burst_exits_zero_quickly_and_loses_nothing() {
     assert_eq!(emails + waiting, N as i64, "{emails} committed + {waiting} waiting");
     pool.close().await;
 }
+
+/// Text logs written to a file (not a terminal) carry no ANSI colour codes.
+#[tokio::test]
+async fn text_logs_to_a_file_are_plain() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .envs(iso.env())
+        .env("MAILLEDGER__LOG__FORMAT", "text")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(logs.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let _service = crate::support::Killed(child);
+    eventually(Duration::from_secs(30), || async {
+        std::fs::read_to_string(logs.path()).unwrap().contains("NATS command intake running")
+    })
+    .await;
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(text.contains(" INFO "), "a text log: {text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escape codes in a log file: {text:?}");
+}
+
+/// The README's runnable examples (```sh blocks without `# needs:`; scripts/readme-examples.sh
+/// runs them against `make run`) hold no placeholder a person would have to replace, use
+/// only commands this repository brings or installs, and name `mailledger` subcommands
+/// that exist.
+#[test]
+fn readme_examples_are_pasteable_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut blocks: Vec<(usize, Vec<&str>)> = Vec::new();
+    let mut current: Option<(usize, Vec<&str>)> = None;
+    for (n, line) in readme.lines().enumerate() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sh") => current = Some((n + 2, Vec::new())),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some((_, lines)), _) => lines.push(line),
+            _ => {}
+        }
+    }
+    let runnable: Vec<_> =
+        blocks.iter().filter(|(_, lines)| !lines.first().is_some_and(|l| l.starts_with("# needs:"))).collect();
+    assert!(runnable.len() >= 10, "{} runnable blocks", runnable.len());
+    let tools = ["KEY=", "ID=", "SENT_AT=", "SIZE=", "curl", "grpcurl", "mailledger", "make", "scripts/", "psql", "jq"];
+    let mut subcommands = std::collections::BTreeSet::new();
+    for (at, lines) in &runnable {
+        let mut continuation = false;
+        for line in lines.iter().map(|l| l.trim()) {
+            let continues = line.ends_with('\\');
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // A placeholder (`4b0e5a43-…`, `0193…`) is for the reader to replace: not in a runnable block.
+            let code = line.split(" # ").next().unwrap();
+            assert!(!code.contains('…'), "README.md:{at}: a placeholder in a runnable example: {line}");
+            assert!(!code.contains("pgrep"), "README.md:{at}: pgrep names every process of that name: {line}");
+            if !continuation {
+                assert!(
+                    tools.iter().any(|t| line.starts_with(t)),
+                    "README.md:{at}: a command this repository neither brings nor installs: {line}"
+                );
+            }
+            continuation = continues;
+            if let Some(rest) = line.strip_prefix("mailledger ") {
+                let words: Vec<&str> = rest.split_whitespace().take_while(|w| !w.starts_with('-')).take(2).collect();
+                subcommands.insert(words.join(" "));
+            }
+        }
+    }
+    assert!(subcommands.len() >= 5, "{subcommands:?}");
+    for sub in &subcommands {
+        let mut args: Vec<&str> = sub.split(' ').filter(|w| !w.contains('$') && !w.contains('@')).collect();
+        args.push("--help");
+        let out = run(&args, &[]);
+        assert!(out.status.success(), "`mailledger {sub}` in the README is not a command: {out:?}");
+    }
+}

@@ -196,3 +196,55 @@ async fn an_unknown_otlp_protocol_is_named_and_the_service_runs_without_export()
     let health = format!("http://127.0.0.1:{http_port}/health");
     eventually(WAIT, || async { reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) }).await;
 }
+
+/// The compose stack's old mistake: an OTLP/gRPC receiver (Jaeger's 4317) with the default
+/// protocol, HTTP/protobuf. Every export fails; that is counted and logged, at most once a
+/// minute, instead of dropping every span without a word.
+#[tokio::test]
+async fn failing_exports_are_counted_and_logged_at_most_once_a_minute() {
+    let (endpoint, spans) = grpc_receiver().await;
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (http_port, metrics_port) = (free(), free());
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let _service = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mailledger"))
+            .arg("serve")
+            .envs(iso.env())
+            .env("MAILLEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("MAILLEDGER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(logs.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let health = format!("http://127.0.0.1:{http_port}/health");
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let failures = || async {
+        let Ok(r) = reqwest::get(&metrics).await else { return 0.0 };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("mailledger_otlp_export_failures_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Each request makes a span; keep making them until three batches have failed.
+    eventually(WAIT, || async {
+        let _ = reqwest::get(&health).await;
+        failures().await >= 3.0
+    })
+    .await;
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("OTLP export failed")).collect();
+    assert_eq!(warnings.len(), 1, "one warning a minute, however many failures: {warnings:#?}");
+    let warning: serde_json::Value = serde_json::from_str(warnings[0]).unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["protocol"], "http/protobuf", "{warning}");
+    assert!(warning["error"].as_str().is_some_and(|e| !e.is_empty()), "{warning}");
+    assert!(spans.lock().unwrap().is_empty(), "nothing reached the receiver");
+}

@@ -37,7 +37,7 @@ impl From<LedgerError> for Status {
                 Status::unavailable("temporarily unavailable; retry later")
             }
             LedgerError::Internal(e) => {
-                tracing::error!(error = %e, source = ?e.source(), "gRPC call failed: internal error");
+                tracing::error!(error = %e, source = e.source().map(tracing::field::display), "gRPC call failed: internal error");
                 Status::internal("internal error")
             }
         }

@@ -57,6 +57,35 @@ pub(crate) fn routes(
     Ok((routes, reporter))
 }
 
+/// Every method served (`package.Service/Method`): the email service's and the health
+/// service's, from their descriptor sets, and reflection's.
+pub fn methods() -> Vec<String> {
+    use prost::Message;
+    let mut methods = Vec::new();
+    for set in [proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    methods.push("grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned());
+    methods.push("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned());
+    methods
+}
+
+/// Starts `mailledger_grpc_requests_total{code="OK"}` and `…_duration_seconds` at zero
+/// for every method, so a fresh instance's dashboard shows 0 rather than "No data".
+pub fn metrics_at_zero() {
+    for method in methods() {
+        crate::metrics::GRPC_REQUESTS.with_label_values(&[method.as_str(), "OK"]);
+        crate::metrics::GRPC_DURATION.with_label_values(&[method.as_str()]);
+    }
+}
+
 /// Serves `routes` on the `incoming` connections (plain TCP or TLS), reported serving
 /// until `stop`, then not serving while the calls in flight finish.
 /// What the gRPC listener serves, and how.

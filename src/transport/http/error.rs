@@ -165,7 +165,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, vec![]),
             ApiError::Unavailable(e) => {
-                tracing::warn!(error = %e, source = ?e.source(), "request failed: dependency unavailable");
+                tracing::warn!(error = %e, source = e.source().map(tracing::field::display), "request failed: dependency unavailable");
                 let body = ErrorBody {
                     error: ErrorDetail {
                         code: "unavailable",
@@ -178,7 +178,7 @@ impl IntoResponse for ApiError {
                 return response;
             }
             ApiError::Internal(e) => {
-                tracing::error!(error = %e, source = ?e.source(), "request failed: internal error");
+                tracing::error!(error = %e, source = e.source().map(tracing::field::display), "request failed: internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), vec![])
             }
         };

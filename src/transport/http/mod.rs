@@ -156,13 +156,36 @@ impl utoipa::Modify for ContractResponses {
 /// Authenticates a request to the API (every `/api/v1` route): the principal it acts as
 /// goes into its extensions, or it is answered 401 / 429 here.
 async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
-    let values = request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes());
-    match state.keyring.authenticate(values) {
+    let result = {
+        let values: Vec<&[u8]> =
+            request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
+        state.keyring.authenticate_fresh(&values).await
+    };
+    match result {
         Ok(authenticated) => {
             request.extensions_mut().insert(authenticated);
             next.run(request).await
         }
         Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Starts `mailledger_http_requests_total` and `…_duration_seconds` at zero for every
+/// documented route and method (with its first success status), so a fresh instance's
+/// dashboard shows 0 rather than "No data" before the first request of each kind.
+pub fn metrics_at_zero() {
+    use utoipa::openapi::path::Operation;
+    let doc = ApiDoc::openapi();
+    for (path, item) in &doc.paths.paths {
+        let operations: [(&str, &Option<Operation>); 4] =
+            [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete)];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let status =
+                operation.responses.responses.keys().find(|s| s.starts_with('2')).map_or("200", String::as_str);
+            crate::metrics::HTTP_REQUESTS.with_label_values(&[method, path, status]);
+            crate::metrics::HTTP_DURATION.with_label_values(&[method, path]);
+        }
     }
 }
 

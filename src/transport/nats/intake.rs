@@ -219,7 +219,7 @@ impl NatsIntake {
         };
         if let Err(e) = ack {
             // The server will redeliver after ack_wait; the email id makes that harmless.
-            tracing::warn!(error = %e, ?outcome, "cannot acknowledge a command");
+            tracing::warn!(error = %e, outcome = label, "cannot acknowledge a command");
         }
         outcome
     }
