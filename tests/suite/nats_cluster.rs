@@ -213,14 +213,25 @@ async fn replicated_streams_ride_out_a_leader_and_a_follower_lost() {
     eventually(Duration::from_secs(120), || async { app.email_count().await == TOTAL as i64 }).await;
 
     // The events stream: every event once by message id, every email's Requested there.
-    let stream = js.get_stream(&events).await.unwrap();
-    let reader = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // (A node is down: the meta leader may be moving, so JetStream requests are retried.)
+    let started = Instant::now();
+    let reader = loop {
+        let made = match js.get_stream(&events).await {
+            Ok(stream) => stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if let Some(reader) = made {
+            break reader;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the events stream cannot be read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut messages = reader.messages().await.unwrap();
     let requested = |seen: &HashMap<String, usize>| seen.keys().filter(|id| id.ends_with(":1")).count();
