@@ -9,7 +9,7 @@ use mailledger::startup::Application;
 use serde_json::Value;
 
 use crate::support::servers::PgCluster;
-use crate::support::{Cleanup, Isolation, client_with_key, eventually, make_key, original_payload};
+use crate::support::{Cleanup, Isolation, client_with_key, eventually, grpc_with_key, make_key, original_payload};
 
 async fn metric(url: &str, name: &str) -> f64 {
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
@@ -25,6 +25,7 @@ async fn replica_sql(replica: &PgCluster, sql: &str) {
 
 struct Running {
     base: String,
+    grpc: String,
     metrics: String,
     stop: tokio_util::sync::CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -38,12 +39,13 @@ async fn start(iso: &Isolation, primary: &PgCluster, replica: &PgCluster, max_la
     ]);
     let app = Application::build(settings).await.expect("the service starts with a replica");
     let base = format!("http://{}", app.http_addr());
+    let grpc = format!("http://{}", app.grpc_addr());
     let metrics = format!("http://{}/metrics", app.metrics_addr());
     let stop = app.stopper();
     let handle = tokio::spawn(async move {
         let _ = app.run_until_stopped().await;
     });
-    Running { base, metrics, stop, handle }
+    Running { base, grpc, metrics, stop, handle }
 }
 
 #[tokio::test]
