@@ -58,6 +58,16 @@ pub fn figure(
     notes: String,
 ) -> Figure {
     let value = median(&rounds);
+    let spread_of_rounds = spread(&rounds);
+    // A figure whose rounds disagree by more than a fifth of its median says so.
+    let notes = if rounds.len() > 1 && value.is_finite() && value != 0.0 && spread_of_rounds > 0.2 * value.abs() {
+        format!(
+            "{notes} (rounds spread {:.0} % of the median: wider than 20 %, read with care)",
+            100.0 * spread_of_rounds / value.abs()
+        )
+    } else {
+        notes
+    };
     let limit_value = (!limit_rounds.is_empty()).then(|| median(&limit_rounds));
     let ratio = limit_value.map(|l| if higher_is_better { value / l } else { l / value });
     Figure {
@@ -68,7 +78,7 @@ pub fn figure(
         limit_value,
         ratio,
         notes,
-        spread: spread(&rounds),
+        spread: spread_of_rounds,
         rounds,
         limit_rounds,
     }
