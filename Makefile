@@ -12,7 +12,7 @@ PREFIX ?= $(if $(filter 0,$(shell id -u)),/usr/local,$(HOME)/.local)
 # The oldest Rust that builds mailledger (edition 2024), from Cargo.toml.
 RUST_MIN := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
 # redis-server and nats-server live in /usr/sbin on Debian; the tests start their own.
-export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+export PATH := $(CURDIR)/target/tools/bin:$(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
 .PHONY: run test lint fmt migrate services check-toolchain build release clean bench cert key install compose-check examples nats-cluster chaos soak
 
