@@ -100,6 +100,20 @@ async fn reads_go_to_the_replica_while_it_keeps_up_and_to_the_primary_for_what_i
     assert!(!found(base.clone(), "bravo", None).await, "the paused replica does not have it yet");
     eventually(Duration::from_secs(20), || async { metric(&metrics, "mailledger_replica_lag_bytes").await > 0.0 })
         .await;
+    // gRPC writes name their position too, in the answer's metadata.
+    let channel = tonic::transport::Channel::from_shared(app.grpc.clone()).unwrap().connect().await.unwrap();
+    let created = grpc_with_key(channel, &key)
+        .create(mailledger::transport::grpc::proto::CreateReq {
+            from: "sender@example.com".into(),
+            to: "rcpt@example.org".into(),
+            subject: "echo".into(),
+            message: "over gRPC".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let position = created.metadata().get("x-min-position").expect("a gRPC write names its position");
+    assert!(position.to_str().unwrap().contains('/'), "{position:?}");
     app.stop.cancel();
     let _ = app.handle.await;
 
