@@ -17,6 +17,8 @@
 //! scenarios whose names hold one of the words; `cargo test --test chaos -- soak` is
 //! `make soak` (see soak.rs).
 
+#[path = "../suite/support/pg.rs"]
+mod pg;
 #[path = "../suite/support/smtp.rs"]
 mod smtp;
 

@@ -5,6 +5,8 @@
 //! removed when dropped.
 
 use std::path::{Path, PathBuf};
+
+use crate::pg::{initdb, pg_start, pg_stop};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,29 +26,6 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// `program` as the `postgres` user when this process is root (initdb refuses root).
-fn as_postgres(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
-}
-
 /// A PostgreSQL cluster of the run's own, with PostgreSQL's durable defaults (fsync on,
 /// synchronous_commit on): stopping it fast or crashing it is part of the matrix.
 pub struct Postgres {
@@ -57,18 +36,9 @@ pub struct Postgres {
 impl Postgres {
     pub fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("mailledger-chaos-pg").tempdir().unwrap();
-        let data = dir.path().join("data");
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
-        let status = as_postgres(&pg_bin("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("initdb (PostgreSQL's server package) is installed");
-        assert!(status.success(), "initdb failed");
+        initdb(dir.path(), true);
         let pg = Self { port: free_port(), dir };
-        pg.ctl_start();
+        pg.restart();
         pg
     }
 
@@ -76,43 +46,15 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    fn ctl_start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
-        let status = as_postgres(&pg_bin("pg_ctl"))
-            .args(["-w", "-D"])
-            .arg(self.dir.path().join("data"))
-            .args(["-o", &options, "-l"])
-            .arg(self.dir.path().join("log"))
-            .arg("start")
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl");
-        assert!(
-            status.success(),
-            "PostgreSQL did not start: {}",
-            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-        );
-        wait_port(self.port, "PostgreSQL");
-    }
-
     /// `pg_ctl stop -m fast` (a clean shutdown) or `-m immediate` (a crash: recovery from
     /// the WAL at the next start).
     pub fn stop(&self, mode: &str) {
-        let _ = as_postgres(&pg_bin("pg_ctl"))
-            .args(["-w", "-m", mode, "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        pg_stop(self.dir.path(), mode);
     }
 
+    /// Starts it (again) on its port.
     pub fn restart(&self) {
-        self.ctl_start();
+        pg_start(self.dir.path(), self.port, "-c max_connections=200", Duration::from_secs(30));
     }
 }
 

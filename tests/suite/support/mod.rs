@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod pg;
 pub mod pki;
 pub mod receiver;
 pub mod rfc9162;

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::free_port;
+use super::pg::{as_postgres, initdb, pg_bin, pg_start, pg_stop};
 use super::pki::{Ca, Issued};
 
 fn wait_port(port: u16, what: &str) {
@@ -28,69 +29,8 @@ pub fn write_pki(dir: &Path, ca: &Ca, server: &Issued) -> (PathBuf, PathBuf, Pat
     (ca_path, cert, key)
 }
 
-/// `cmd` as the `postgres` user when this process is root (initdb refuses root).
-fn as_postgres(program: &Path) -> Command {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// `initdb` (trust authentication) of a new cluster in `dir`/data, owned by postgres.
-fn initdb(dir: &Path) {
-    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
-    let status = as_postgres(&pg_bin("initdb"))
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("initdb");
-    assert!(status.success(), "initdb failed");
-}
-
-/// Starts the cluster in `dir`/data on `port` with `extra` server options, and waits for it.
-fn pg_start(dir: &Path, port: u16, extra: &str) {
-    let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}", dir.display());
-    let status = as_postgres(&pg_bin("pg_ctl"))
-        .args(["-w", "-D"])
-        .arg(dir.join("data"))
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .arg("start")
-        .stdout(Stdio::null())
-        .status()
-        .expect("pg_ctl");
-    assert!(
-        status.success(),
-        "PostgreSQL did not start: {}",
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
-    wait_port(port, "PostgreSQL");
-}
-
-/// Stops the cluster in `dir`/data (`mode`: fast or immediate).
-fn pg_stop(dir: &Path, mode: &str) {
-    let _ = as_postgres(&pg_bin("pg_ctl"))
-        .args(["-m", mode, "-w", "-D"])
-        .arg(dir.join("data"))
-        .arg("stop")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
+/// How long a cluster the suite starts may take to listen.
+const PG_WAIT: Duration = Duration::from_secs(10);
 
 /// A PostgreSQL cluster of a test's own, serving TLS with `server`'s certificate.
 pub struct OwnPostgres {
@@ -101,14 +41,19 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     pub fn start(server: &Issued) -> Self {
         let dir = tempfile::Builder::new().prefix("mailledger-pg").tempdir().unwrap();
-        initdb(dir.path());
+        initdb(dir.path(), false);
         let data = dir.path().join("data");
         std::fs::write(data.join("server.crt"), &server.cert).unwrap();
         std::fs::write(data.join("server.key"), &server.key).unwrap();
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
         let _ = Command::new("chmod").args(["600"]).arg(data.join("server.key")).status();
         let port = free_port();
-        pg_start(dir.path(), port, "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        pg_start(
+            dir.path(),
+            port,
+            "-c fsync=off -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key",
+            PG_WAIT,
+        );
         Self { port, dir }
     }
 }
@@ -198,7 +143,7 @@ impl PgCluster {
     /// A fresh primary.
     pub fn primary() -> Self {
         let dir = tempfile::Builder::new().prefix("mailledger-pg").tempdir().unwrap();
-        initdb(dir.path());
+        initdb(dir.path(), false);
         let cluster = Self { port: free_port(), dir };
         cluster.start();
         cluster
@@ -226,7 +171,7 @@ impl PgCluster {
     }
 
     pub fn start(&self) {
-        pg_start(self.dir.path(), self.port, "");
+        pg_start(self.dir.path(), self.port, "-c fsync=off", PG_WAIT);
     }
 
     /// Stops it the fast way (connections cut, a clean shutdown).
