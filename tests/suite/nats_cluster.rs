@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use tokio::sync::Mutex;
 
-use crate::support::{TestApp, eventually, original_payload};
+use crate::support::{TestApp, eventually, free_port, nats_server_binary, original_payload};
 
 struct Node {
     name: String,
@@ -27,17 +27,6 @@ struct Node {
 struct Cluster {
     nodes: Vec<Node>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn binary() -> &'static str {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nats-server")
 }
 
 impl Cluster {
@@ -81,7 +70,7 @@ impl Cluster {
 
     fn start_node(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut child = Command::new(binary())
+        let mut child = Command::new(nats_server_binary())
             .arg("-c")
             .arg(&node.config)
             .stdout(Stdio::null())

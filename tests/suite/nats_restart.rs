@@ -15,7 +15,7 @@ struct NatsServer {
 
 impl NatsServer {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = spawn(port, dir.path());
         Self { child, port, dir }
@@ -43,11 +43,7 @@ impl Drop for NatsServer {
 }
 
 fn spawn(port: u16, dir: &std::path::Path) -> Child {
-    let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nats-server");
-    let mut child = Command::new(binary)
+    let mut child = Command::new(crate::support::nats_server_binary())
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir)
         .stdout(Stdio::null())

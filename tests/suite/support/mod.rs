@@ -546,6 +546,14 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Debian's nats-server (in /usr/sbin, often not on a user's PATH), else the one on PATH.
+pub fn nats_server_binary() -> &'static str {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+}
+
 /// Makes an API key straight in the database (as `mailledger keys create` does).
 pub async fn make_key(pool: &PgPool, name: &str, scopes: &str, tenant: Option<&str>) -> String {
     // Tests fire hundreds of requests at once: their keys are not the ones rate-limited.
