@@ -154,6 +154,16 @@ pub static PROJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_projection_events_total", "Events applied, by projection", &["projection"])
 });
 
+/// `mailledger_feed_reads_total{from}`: batches the email projections read, from the
+/// shared tail in memory or from PostgreSQL (see `store::tail`).
+pub static FEED_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_feed_reads_total",
+        "Feed batches read by the email projections, by where from (memory, database)",
+        &["from"],
+    )
+});
+
 /// `mailledger_proof_tree_size`: events sealed into the proof log.
 pub static PROOF_TREE_SIZE: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("mailledger_proof_tree_size", "Events sealed into the proof log (its tree size)"));
@@ -386,6 +396,7 @@ fn all() -> Vec<Box<dyn prometheus::core::Collector>> {
         Box::new(NATS_PENDING.clone()),
         Box::new(NATS_ACK_PENDING.clone()),
         Box::new(PROJECTED.clone()),
+        Box::new(FEED_READS.clone()),
         Box::new(PROOF_TREE_SIZE.clone()),
         Box::new(PROOF_CHECKPOINT_SIZE.clone()),
         Box::new(PROJECTION_LAG_EVENTS.clone()),

@@ -37,6 +37,7 @@ use crate::saga::Sender;
 use crate::saga::mailer::Mailer;
 use crate::saga::schedule::ScheduleProjection;
 use crate::store::notify::Notifier;
+use crate::store::tail::{Tail, TailLimits};
 use crate::transport::consistency::ConsistencyLayer;
 use crate::transport::http::{HttpState, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
@@ -126,8 +127,10 @@ impl Application {
             .with_announcer(notifier.announcer())
             .with_keyring(keyring.clone());
         let cache = Cache::new(&settings.redis);
+        // The email feed, read once for every projection of this instance.
+        let tail = Tail::new(TailLimits::default());
 
-        spawn_projections(&work, &pool, &notifier, &cache);
+        spawn_projections(&work, &pool, &notifier, &cache, &tail);
         if settings.webhooks.enabled {
             let dispatcher = crate::webhooks::dispatch::Dispatcher::new(pool.clone(), settings.webhooks.clone())?;
             work.spawn(dispatcher.run(work.shutdown.clone()));
@@ -168,6 +171,7 @@ impl Application {
             keyring,
             pool.clone(),
             notifier,
+            tail,
             signing.is_some(),
             work.shutdown.clone(),
         ));
@@ -255,7 +259,7 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
 
 /// The projections kept in PostgreSQL and Redis, each on the instance that wins its lock.
 /// (The NATS one starts with the NATS intake: see [`run_nats`].)
-fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache) {
+fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache, tail: &Tail) {
     let projections: [Arc<dyn Projection>; 4] = [
         Arc::new(EmailsProjection::new()),
         Arc::new(CacheProjection::new(cache.clone())),
@@ -263,7 +267,9 @@ fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Ca
         Arc::new(crate::webhooks::projection::WebhookProjection),
     ];
     for projection in projections {
-        let runner = Runner::new(pool.clone(), projection, RunnerOptions::default()).wake_on(notifier.events());
+        let runner = Runner::new(pool.clone(), projection, RunnerOptions::default())
+            .wake_on(notifier.events())
+            .with_tail(tail.clone());
         work.spawn(runner.run(work.shutdown.clone()));
     }
 }
@@ -401,6 +407,7 @@ async fn run_nats(
     keyring: Keyring,
     pool: PgPool,
     notifier: Notifier,
+    tail: Tail,
     signing: bool,
     stop: CancellationToken,
 ) {
@@ -435,7 +442,9 @@ async fn run_nats(
         },
     };
     tracing::info!("NATS command intake running");
-    let runner = Runner::new(pool.clone(), Arc::new(publisher), RunnerOptions::default()).wake_on(notifier.events());
+    let runner = Runner::new(pool.clone(), Arc::new(publisher), RunnerOptions::default())
+        .wake_on(notifier.events())
+        .with_tail(tail);
     let suppressions =
         Runner::new(pool.clone(), Arc::new(suppressions), RunnerOptions::default()).wake_on(notifier.events());
     let copies = async {

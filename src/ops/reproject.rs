@@ -205,9 +205,12 @@ async fn apply_all(
     let mut applied = 0u64;
     loop {
         let mut tx = conn.begin().await?;
-        let events = feed::read_after(&mut tx, at, batch, BATCH_BYTES, upcasters).await?;
-        let Some(last) = events.last().map(|e| e.checkpoint) else { break };
-        projection.apply(&mut tx, &events).await?;
+        let read = feed::read_after(&mut tx, at, batch, BATCH_BYTES, upcasters).await?;
+        let Some(last) = read.reached else { break };
+        let events = read.events;
+        if !events.is_empty() {
+            projection.apply(&mut tx, &events).await?;
+        }
         if let Some(name) = checkpoint {
             checkpoints::save(&mut tx, name, last).await?;
         }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Feed, Projection, ProjectionKind};
 use crate::store::feed::{self, Checkpoint};
 use crate::store::raw;
+use crate::store::tail::Tail;
 use crate::store::upcast::{UPCASTERS, Upcaster};
 use crate::store::{checkpoints, notify};
 
@@ -56,12 +57,19 @@ pub struct Runner {
     options: RunnerOptions,
     wake: Option<watch::Receiver<u64>>,
     upcasters: &'static [Upcaster],
+    tail: Option<Tail>,
 }
 
 impl Runner {
     /// A runner for `projection` on `pool`.
     pub fn new(pool: PgPool, projection: Arc<dyn Projection>, options: RunnerOptions) -> Self {
-        Self { pool, projection, options, wake: None, upcasters: UPCASTERS }
+        Self { pool, projection, options, wake: None, upcasters: UPCASTERS, tail: None }
+    }
+
+    /// Reads the email feed through `tail`, shared with the process's other projections.
+    pub fn with_tail(mut self, tail: Tail) -> Self {
+        self.tail = Some(tail);
+        self
     }
 
     /// Reads old event versions with these upcasters (the production set by default).
@@ -84,6 +92,12 @@ impl Runner {
     /// Applies the next batch after the checkpoint, and moves the checkpoint: the single
     /// step tests drive. Returns how many events were applied.
     pub async fn try_execute_once(&self) -> anyhow::Result<usize> {
+        Ok(self.step().await?.0)
+    }
+
+    /// One batch: (events applied, whether the checkpoint moved). A batch of other
+    /// aggregates' events only applies nothing and still moves it.
+    async fn step(&self) -> anyhow::Result<(usize, bool)> {
         let name = self.projection.name();
         let mut tx = self.pool.begin().await?;
         // A projection can always be rebuilt from the store: its commits need not wait for
@@ -92,18 +106,24 @@ impl Runner {
         let at = checkpoints::load(&mut tx, name).await?;
         match self.projection.feed() {
             Feed::Emails => {}
-            Feed::Everything => return self.apply_raw(tx, at, None).await,
-            Feed::Aggregate(kind) => return self.apply_raw(tx, at, Some(kind)).await,
+            Feed::Everything => return self.apply_raw(tx, at, None).await.map(|n| (n, n > 0)),
+            Feed::Aggregate(kind) => return self.apply_raw(tx, at, Some(kind)).await.map(|n| (n, n > 0)),
         }
-        let events =
-            feed::read_after(&mut tx, at, self.options.batch_size, self.options.batch_bytes, self.upcasters).await?;
-        let Some(last) = events.last().map(|e| e.checkpoint) else {
-            tx.commit().await?;
-            return Ok(0);
+        let (limit, bytes) = (self.options.batch_size, self.options.batch_bytes);
+        let batch = match &self.tail {
+            Some(tail) => tail.read_after(&mut tx, at, limit, bytes, self.upcasters).await?,
+            None => feed::read_after(&mut tx, at, limit, bytes, self.upcasters).await?,
         };
+        let Some(last) = batch.reached else {
+            tx.commit().await?;
+            return Ok((0, false));
+        };
+        let events = &batch.events;
         match self.projection.kind() {
             ProjectionKind::Transactional => {
-                self.projection.apply(&mut tx, &events).await?;
+                if !events.is_empty() {
+                    self.projection.apply(&mut tx, events).await?;
+                }
                 checkpoints::save(&mut tx, name, last).await?;
                 tx.commit().await?;
             }
@@ -111,7 +131,9 @@ impl Runner {
                 // Finish the read transaction first: side effects must not hold it open.
                 tx.commit().await?;
                 let mut conn = self.pool.acquire().await?;
-                self.projection.apply(&mut conn, &events).await?;
+                if !events.is_empty() {
+                    self.projection.apply(&mut conn, events).await?;
+                }
                 let mut tx = conn.begin().await?;
                 sqlx::query("SET LOCAL synchronous_commit TO off").execute(&mut *tx).await?;
                 checkpoints::save(&mut tx, name, last).await?;
@@ -121,12 +143,12 @@ impl Runner {
         crate::metrics::PROJECTED.with_label_values(&[name]).inc_by(events.len() as u64);
         if crate::telemetry::otel_enabled() {
             // One short span per event, in the trace that caused it.
-            for e in &events {
+            for e in events.iter() {
                 let span = tracing::info_span!("projection.applied", projection = name, event = %e.event_type, trace_id = tracing::field::Empty);
                 crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&e.metadata));
             }
         }
-        Ok(events.len())
+        Ok((events.len(), true))
     }
 
     /// [`Self::try_execute_once`] for a projection of every aggregate's events, as
@@ -172,8 +194,8 @@ impl Runner {
         loop {
             // A short batch may have been cut by its byte budget: only an empty one
             // says the feed is drained.
-            let n = self.try_execute_once().await?;
-            if n == 0 {
+            let (n, moved) = self.step().await?;
+            if !moved {
                 return Ok(total);
             }
             total += n;

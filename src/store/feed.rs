@@ -71,37 +71,103 @@ pub enum FeedError {
 const SELECT: &str = "SELECT txid::text AS txid, position, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, recorded_at FROM events";
 
-/// Reads up to `limit` events after `after`, in commit order, below the horizon, and
+/// A batch of the feed: the email events in it, in order, and how far it reached (the
+/// last row read, which may be another aggregate's event that email readers pass by: a
+/// run of such events must still move a reader's checkpoint, or it would read them
+/// again forever).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// The email events.
+    pub events: Events,
+    /// The last row read; `None` when there was nothing below the horizon.
+    pub reached: Option<Checkpoint>,
+    /// The rows' stored size, about (what a cache of batches counts).
+    pub(crate) bytes: i64,
+}
+
+/// Email events of a [`Batch`]: a window on a shared, immutable list (batches read once
+/// are handed to every projection that follows the feed: see [`super::tail`]).
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    all: std::sync::Arc<[FeedEvent]>,
+    range: std::ops::Range<usize>,
+}
+
+impl Events {
+    pub(crate) fn new(all: std::sync::Arc<[FeedEvent]>, range: std::ops::Range<usize>) -> Self {
+        debug_assert!(range.end <= all.len());
+        Self { all, range }
+    }
+
+    pub(crate) fn shared(&self) -> &std::sync::Arc<[FeedEvent]> {
+        &self.all
+    }
+}
+
+impl From<Vec<FeedEvent>> for Events {
+    fn from(events: Vec<FeedEvent>) -> Self {
+        let range = 0..events.len();
+        Self { all: events.into(), range }
+    }
+}
+
+impl std::ops::Deref for Events {
+    type Target = [FeedEvent];
+    fn deref(&self) -> &[FeedEvent] {
+        &self.all[self.range.clone()]
+    }
+}
+
+/// Reads up to `limit` rows after `after`, in commit order, below the horizon, and
 /// no more than about `max_bytes` of them (always at least one): a batch of ten-megabyte
-/// bodies holds a few of them, not `limit`.
+/// bodies holds a few of them, not `limit`. The batch holds the email events among them.
 ///
 /// The query is shaped for one plan whatever the statistics say: a walk of the
 /// `(txid, position)` index from the checkpoint, stopped by the LIMIT. (A filter on
 /// `aggregate_type` here once tempted the planner into scanning the whole store on
-/// every batch — the primary key starts with that column — so other aggregate types,
-/// if any ever appear, are skipped while decoding instead.) A row's size is its stored
-/// size, or for a large (compressed, out-of-line) payload the size of its text: only
-/// those rows pay for being measured.
+/// every batch — the primary key starts with that column — so other aggregate types
+/// are skipped while decoding instead, and the batch says how far it reached.) A row's
+/// size is its stored size, or for a large (compressed, out-of-line) payload the size
+/// of its text: only those rows pay for being measured.
 pub async fn read_after(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
     max_bytes: i64,
     upcasters: &[Upcaster],
-) -> Result<Vec<FeedEvent>, FeedError> {
+) -> Result<Batch, FeedError> {
     let rows = fetch_batch(
         conn,
         "e.txid::text AS txid, e.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
-         e.event_version, e.payload, e.metadata, e.recorded_at",
+         e.event_version, e.payload, e.metadata, e.recorded_at, \
+         pg_column_size(e.payload)::int8 + pg_column_size(e.metadata)::int8 AS bytes",
         after,
         limit,
         max_bytes,
     )
     .await?;
-    rows.iter()
-        .filter(|r| r.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email"))
-        .map(|r| decode_row(r, upcasters))
-        .collect()
+    let mut reached = None;
+    let mut bytes = 0i64;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        bytes += row.try_get::<i64, _>("bytes")?;
+        if row.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email") {
+            let event = decode_row(row, upcasters)?;
+            reached = Some(event.checkpoint);
+            events.push(event);
+        } else {
+            let txid: String = row.try_get("txid")?;
+            let position = row.try_get("position")?;
+            let txid = txid.parse().map_err(|e| FeedError::Undecodable {
+                position,
+                event_type: String::new(),
+                version: String::new(),
+                reason: format!("txid {txid:?}: {e}"),
+            })?;
+            reached = Some(Checkpoint { txid, position });
+        }
+    }
+    Ok(Batch { events: events.into(), reached, bytes })
 }
 
 /// The rows of a feed batch after `after` (see [`read_after`] for the statement's

@@ -25,6 +25,7 @@
 //! # Reading
 //! [`feed`] (every event in commit order, never skipping a late commit; one email's
 //! events), [`raw`] (every aggregate's events exactly as stored, for the proof log),
+//! [`tail`] (recent batches of the feed, read once for every projection of the process),
 //! [`checkpoints`] (where each projection stands), [`replay`] (time windows, streamed),
 //! [`stats`] (head, counts, lag).
 
@@ -37,6 +38,7 @@ pub mod raw;
 pub(crate) mod records;
 pub(crate) mod replay;
 pub(crate) mod stats;
+pub mod tail;
 pub mod upcast;
 
 use std::collections::HashMap;

@@ -277,3 +277,107 @@ async fn commit_order_is_numeric_across_a_digit_boundary() {
     assert_eq!(seen.len(), 4);
     assert!(seen.values().all(|&n| n == 1));
 }
+
+/// A recorder with a name of its choosing (several follow one feed).
+struct Named(&'static str, Arc<Recorder>);
+
+#[async_trait]
+impl Projection for Named {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn kind(&self) -> ProjectionKind {
+        ProjectionKind::Transactional
+    }
+    async fn apply(&self, tx: &mut PgConnection, events: &[FeedEvent]) -> anyhow::Result<()> {
+        self.1.apply(tx, events).await
+    }
+}
+
+/// Puts `address` on the suppression list: an event of another aggregate than emails.
+async fn suppress(pool: &sqlx::PgPool, address: &str) {
+    let change = mailledger::suppression::Change {
+        tenant: "default",
+        address,
+        reason: "test",
+        by: "tester",
+        metadata: HashMap::new(),
+    };
+    assert!(mailledger::suppression::add(pool, change, None).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_run_of_other_aggregates_events_longer_than_a_batch_does_not_stall_the_email_projections() {
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let recorder = Arc::new(Recorder::default());
+    let runner = Runner::new(pool.clone(), recorder.clone(), options(3));
+    let emails = Runner::new(pool.clone(), Arc::new(EmailsProjection::new()), options(3));
+    // Seven suppression-list events (not email events), then an email: a reader whose
+    // batch holds none of its events must still move past them.
+    for i in 0..7 {
+        suppress(&pool, &format!("gone{i}@example.net")).await;
+    }
+    let id = commit_email(&pool, "after the suppressions").await;
+    assert_eq!(drain(&runner, 2).await, 2);
+    assert_eq!(drain(&emails, 2).await, 2);
+    assert_eq!(recorder.seen.lock().unwrap().keys().filter(|(e, _)| *e == id).count(), 2);
+    assert_eq!(db::read_model_rows_where(&pool, "status", "queued").await, 1);
+}
+
+#[tokio::test]
+async fn projections_sharing_one_tail_each_see_every_event_exactly_once() {
+    use mailledger::store::tail::{Tail, TailLimits};
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    // A small ring, so the slower reader also falls behind it and reads for itself.
+    let tail = Tail::new(TailLimits { events: 8, bytes: 1 << 30 });
+    let (fast, slow) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let fast_runner =
+        Runner::new(pool.clone(), Arc::new(Named("tail_fast", fast.clone())), options(4)).with_tail(tail.clone());
+    let slow_runner =
+        Runner::new(pool.clone(), Arc::new(Named("tail_slow", slow.clone())), options(4)).with_tail(tail.clone());
+    let emails = Runner::new(pool.clone(), Arc::new(EmailsProjection::new()), options(4)).with_tail(tail.clone());
+    let mut ids = vec![];
+    for round in 0..6 {
+        // Interleaved with the readers: other aggregates' events among the emails'.
+        for i in 0..3 {
+            ids.push(commit_email(&pool, &format!("round {round} email {i}")).await);
+        }
+        if round % 2 == 0 {
+            suppress(&pool, &format!("round{round}@example.net")).await;
+        }
+        fast_runner.catch_up().await.unwrap();
+        if round % 3 == 2 {
+            slow_runner.catch_up().await.unwrap();
+        }
+        emails.try_execute_once().await.unwrap();
+    }
+    let want = ids.len() * 2;
+    let (fast_seen, slow_seen) =
+        (drain_all(&fast_runner, &fast, want).await, drain_all(&slow_runner, &slow, want).await);
+    drain_all(&emails, &Recorder::default(), 0).await;
+    for seen in [fast_seen, slow_seen] {
+        assert_eq!(seen.len(), want, "every event of every email");
+        assert!(seen.values().all(|&n| n == 1), "each once: {seen:?}");
+        assert!(ids.iter().all(|id| seen.contains_key(&(*id, 1)) && seen.contains_key(&(*id, 2))));
+    }
+    assert_eq!(db::read_model_rows_where(&pool, "status", "queued").await, ids.len() as i64);
+    assert!(tail.served_from_memory() > 0, "the readers behind the first were served from memory");
+}
+
+/// Catches `runner` up until `recorder` has seen `want` events (the horizon may hold
+/// the last ones back a moment); returns what it saw.
+async fn drain_all(runner: &Runner, recorder: &Recorder, want: usize) -> HashMap<(Uuid, i64), usize> {
+    let started = std::time::Instant::now();
+    loop {
+        runner.catch_up().await.unwrap();
+        let seen = recorder.seen.lock().unwrap().clone();
+        if seen.len() >= want || started.elapsed() > Duration::from_secs(20) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
