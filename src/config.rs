@@ -321,6 +321,9 @@ pub struct RedisSettings {
     /// Time to live of a cached view.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Views each instance also keeps in its own memory, in front of Redis, kept
+    /// coherent by the event feed (0: off; see `query::near`).
+    pub local_views: usize,
     /// PEM CA certificate(s) the server's certificate must chain to (`rediss://`).
     #[serde(deserialize_with = "optional_path")]
     pub tls_ca: Option<PathBuf>,

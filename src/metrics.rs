@@ -144,7 +144,7 @@ pub static READS: LazyLock<IntCounterVec> =
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "mailledger_cache_requests_total",
-        "Email view cache lookups, by result (hit, miss, error)",
+        "Email view cache lookups, by result (memory: the instance's own, hit: Redis, miss, error)",
         &["result"],
     )
 });

@@ -31,6 +31,7 @@ use crate::proof::publish::Publisher as CheckpointPublisher;
 use crate::proof::sealer::{Sealer, Signing};
 use crate::query::ReadSide;
 use crate::query::cache::Cache;
+use crate::query::near::{Invalidator, NearCache};
 use crate::query::replica::Replica;
 use crate::query::repository::Repository;
 use crate::saga::Sender;
@@ -137,7 +138,9 @@ impl Application {
         }
         let signing = spawn_sealer(&work, &settings, signing, &pool, &notifier);
         let sender = spawn_sender(&work, &settings, &pool, &ledger, &notifier)?;
-        let mut reads = ReadSide::new(Repository::new(pool.clone()), cache.clone());
+        let near = NearCache::new(settings.redis.local_views);
+        work.spawn(Invalidator::new(pool.clone(), near.clone()).run(Some(notifier.events()), work.shutdown.clone()));
+        let mut reads = ReadSide::new(Repository::new(pool.clone()), cache.clone()).with_near_cache(near);
         let replica = crate::store::connect_replica(&settings.database)?.map(|r| Replica::new(r, pool.clone()));
         if let Some(replica) = &replica {
             work.spawn(replica.clone().monitor(settings.database.read_max_lag, work.shutdown.clone()));

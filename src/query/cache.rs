@@ -155,17 +155,17 @@ impl Cache {
 
     /// The cached view, if Redis has it and answers in time.
     pub async fn get(&self, id: Uuid) -> Option<EmailView> {
-        let (json, _) = self.fetch(id).await?;
+        let (json, _, _) = self.fetch(id).await?;
         self.counted(id, serde_json::from_str(&json))
     }
 
     /// The cached view as the JSON it is stored as (`EmailView`'s own serialisation),
-    /// for a reader that would only serialise it again, with the tenant it belongs to.
-    /// `None` when Redis does not have it, does not answer in time, or holds something
-    /// that is not JSON.
-    pub async fn get_json(&self, id: Uuid) -> Option<(String, String)> {
-        let (json, tenant) = self.fetch(id).await?;
-        self.counted(id, serde_json::from_str::<serde::de::IgnoredAny>(&json)).map(|_| (json, tenant))
+    /// for a reader that would only serialise it again, with the tenant it belongs to
+    /// and its version. `None` when Redis does not have it, does not answer in time, or
+    /// holds something that is not JSON.
+    pub async fn get_json(&self, id: Uuid) -> Option<(String, String, i64)> {
+        let (json, tenant, version) = self.fetch(id).await?;
+        self.counted(id, serde_json::from_str::<serde::de::IgnoredAny>(&json)).map(|_| (json, tenant, version))
     }
 
     /// Counts a value read from the cache as a hit, or as an error when it does not
@@ -184,8 +184,9 @@ impl Cache {
         }
     }
 
-    /// The stored JSON of one view and its tenant; a miss or a failure is counted here.
-    async fn fetch(&self, id: Uuid) -> Option<(String, String)> {
+    /// The stored JSON of one view, its tenant and version; a miss or a failure is
+    /// counted here.
+    async fn fetch(&self, id: Uuid) -> Option<(String, String, i64)> {
         if self.resting() {
             crate::metrics::CACHE.with_label_values(&["error"]).inc();
             return None;
@@ -193,12 +194,12 @@ impl Cache {
         let read = async {
             let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("HMGET");
-            cmd.arg(self.key(id)).arg("view").arg("t");
-            let (view, tenant) = cmd
-                .query_async::<(Option<String>, Option<String>)>(&mut conn)
+            cmd.arg(self.key(id)).arg("view").arg("t").arg("v");
+            let (view, tenant, version) = cmd
+                .query_async::<(Option<String>, Option<String>, Option<i64>)>(&mut conn)
                 .await
                 .map_err(|e| CacheError(e.to_string()))?;
-            Ok(view.zip(tenant))
+            Ok(view.zip(tenant).map(|(view, tenant)| (view, tenant, version.unwrap_or(0))))
         };
         let result =
             tokio::time::timeout(READ_BUDGET, read).await.unwrap_or_else(|_| Err(CacheError("timed out".into())));

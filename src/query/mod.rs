@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod grammar;
+pub mod near;
 pub(crate) mod params;
 pub mod replica;
 pub mod repository;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use crate::access::Principal;
 
 use cache::Cache;
+use near::{Kept, NearCache};
 use replica::Replica;
 use repository::{HistoryEntry, Repository};
 use search::{Page, SearchParams};
@@ -27,12 +29,18 @@ pub struct ReadSide {
     repo: Repository,
     replica: Option<Replica>,
     cache: Cache,
+    near: NearCache,
 }
 
 impl ReadSide {
     /// Reads through `cache` into `repo`.
     pub fn new(repo: Repository, cache: Cache) -> Self {
-        Self { repo, replica: None, cache }
+        Self { repo, replica: None, cache, near: NearCache::new(0) }
+    }
+
+    /// Keeps views in memory too, in front of Redis (see [`near`]).
+    pub fn with_near_cache(self, near: NearCache) -> Self {
+        Self { near, ..self }
     }
 
     /// Reads from `replica` when it serves (see [`replica`]), else from the primary.
@@ -87,12 +95,32 @@ impl ReadSide {
     /// One email's current view as JSON — from the cache as stored, without decoding
     /// and encoding it again, else from PostgreSQL (refilling the cache) — when `by` may
     /// see it.
-    pub async fn get_json(&self, id: Uuid, by: &Principal) -> sqlx::Result<Option<String>> {
-        if let Some((json, tenant)) = self.cache.get_json(id).await {
-            return Ok(Some(json).filter(|_| by.sees(&tenant)));
+    ///
+    /// The instance's memory comes first ([`near`]), unless the request asks to read its
+    /// own writes (`X-Min-Position`); what Redis or PostgreSQL return is kept there when
+    /// it is as new as the store.
+    pub async fn get_json(&self, id: Uuid, by: &Principal) -> sqlx::Result<Option<bytes::Bytes>> {
+        let near = replica::min_position().is_none();
+        if near && let Some(kept) = self.near.get(id) {
+            crate::metrics::CACHE.with_label_values(&["memory"]).inc();
+            return Ok(Some(kept.json).filter(|_| by.sees(&kept.tenant)));
         }
-        let view = self.get_uncached(id).await?.filter(|v| by.sees(&v.tenant));
-        Ok(view.map(|v| serde_json::to_string(&v).expect("a view always serialises")))
+        let ticket = self.near.ticket();
+        let kept = match self.cache.get_json(id).await {
+            Some((json, tenant, version)) => Kept { json: json.into_bytes().into(), tenant: tenant.into(), version },
+            None => match self.get_uncached(id).await? {
+                Some(v) => Kept {
+                    json: serde_json::to_vec(&v).expect("a view always serialises").into(),
+                    tenant: v.tenant.into(),
+                    version: v.version,
+                },
+                None => return Ok(None),
+            },
+        };
+        if near {
+            self.near.keep(id, kept.clone(), ticket);
+        }
+        Ok(Some(kept.json).filter(|_| by.sees(&kept.tenant)))
     }
 
     /// The email as it was at `at`, from its events (not from the read model).

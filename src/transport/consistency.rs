@@ -7,7 +7,8 @@
 //!   replica has replayed that far, else from the primary. A malformed value is ignored
 //!   (the read goes where it would without it).
 //!
-//! Without a replica the layer passes everything through untouched.
+//! Without a replica the layer only tells the read side that a request sent
+//! `x-min-position` (such a read skips the views kept in memory: [`crate::query::near`]).
 
 use std::task::{Context, Poll};
 
@@ -66,10 +67,13 @@ where
         // The service that was polled ready serves this request; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(replica) = self.replica.clone() else {
-            return Box::pin(inner.call(request));
-        };
         let min = request.headers().get(&MIN_POSITION_HEADER).and_then(|v| v.to_str().ok()).and_then(Lsn::parse);
+        let Some(replica) = self.replica.clone() else {
+            return match min {
+                None => Box::pin(inner.call(request)),
+                Some(_) => Box::pin(MIN_POSITION.scope(min, inner.call(request))),
+            };
+        };
         let write = is_write(&request);
         Box::pin(async move {
             let mut response = MIN_POSITION.scope(min, inner.call(request)).await?;

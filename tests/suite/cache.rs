@@ -1,5 +1,6 @@
 //! The Redis cache: filled by its projection, written by version, read first, refilled
-//! on a miss — and never the reason a read fails when Redis is down.
+//! on a miss — and never the reason a read fails when Redis is down. And the views each
+//! instance keeps in memory in front of it: dropped at the email's next event.
 
 use std::time::{Duration, Instant};
 
@@ -11,23 +12,33 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
+/// Waits until Redis holds version `version` of the view under `key`.
+async fn wait_version(redis: &redis::aio::MultiplexedConnection, key: &str, version: i64) {
+    eventually(Duration::from_secs(10), || {
+        let (mut redis, key) = (redis.clone(), key.to_owned());
+        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(version) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn views_are_cached_by_version_read_first_and_refilled() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = format!("file://{}", dir.path().display());
-    let app = TestApp::spawn_with(&[("MAILLEDGER__DELIVERY__ENABLED", "true"), ("MAILLEDGER_SMTP_URL", &outbox)]).await;
+    // Redis itself is under test: no views in memory in front of it.
+    let app = TestApp::spawn_with(&[
+        ("MAILLEDGER__DELIVERY__ENABLED", "true"),
+        ("MAILLEDGER_SMTP_URL", &outbox),
+        ("MAILLEDGER__REDIS__LOCAL_VIEWS", "0"),
+    ])
+    .await;
     let id = app.create(&original_payload("cached")).await;
     // Requested, Persisted, then Sent (to the outbox directory).
     eventually(Duration::from_secs(10), || async { app.event_count(Some(&id)).await == 3 }).await;
     app.wait_projected(1).await;
     let key = format!("t{}:email:v3:{id}", app.iso.suffix);
     let mut redis = redis_conn("redis://127.0.0.1:6379").await;
-    eventually(Duration::from_secs(10), || {
-        let mut redis = redis.clone();
-        let key = key.clone();
-        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(3) }
-    })
-    .await;
+    wait_version(&redis, &key, 3).await;
     let ttl: i64 = redis.pttl(&key).await.unwrap();
     assert!(ttl > 0 && ttl <= 3_600_000, "TTL set: {ttl}");
 
@@ -53,12 +64,7 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
     assert_eq!((status, body["subject"].as_str()), (200, Some("cached")));
     // The refill happens beside the answer, not before it.
-    eventually(Duration::from_secs(5), || {
-        let mut redis = redis.clone();
-        let key = key.clone();
-        async move { redis.hget::<_, _, Option<i64>>(&key, "v").await.unwrap() == Some(3) }
-    })
-    .await;
+    wait_version(&redis, &key, 3).await;
 
     // A hit is served as stored, and is the same document a miss makes from PostgreSQL.
     let (_, from_cache) = app.get_json(&format!("/api/v1/emails/{id}")).await;
@@ -127,4 +133,63 @@ async fn the_service_starts_and_reads_with_no_redis_at_all() {
     app.wait_projected(1).await;
     let (status, body) = app.get_json(&format!("/api/v1/emails/{id}")).await;
     assert_eq!((status, body["subject"].as_str()), (200, Some("no redis")));
+}
+
+#[tokio::test]
+async fn views_kept_in_memory_are_dropped_at_the_emails_next_event() {
+    use mailledger::command::{EmailCommand, Limits, RecipientFailure, RecordAttemptCommand};
+    let app = TestApp::spawn().await;
+    let id = app.create(&original_payload("kept in memory")).await;
+    app.wait_projected(1).await;
+    let key = format!("t{}:email:v3:{id}", app.iso.suffix);
+    let mut redis = redis_conn("redis://127.0.0.1:6379").await;
+    wait_version(&redis, &key, 2).await;
+    let path = format!("/api/v1/emails/{id}");
+    // Read once more than it takes for the invalidator to follow the store: now in memory.
+    eventually(Duration::from_secs(10), || async {
+        let (_, body) = app.get_json(&path).await;
+        let served = reqwest::get(&app.metrics).await.unwrap().text().await.unwrap();
+        body["subject"] == "kept in memory" && served.contains("mailledger_cache_requests_total{result=\"memory\"}")
+    })
+    .await;
+    // Served from memory: a view changed under Redis's key (no event) is not seen.
+    let forged = {
+        let json: String = redis.hget(&key, "view").await.unwrap();
+        json.replace("kept in memory", "changed in Redis only")
+    };
+    let _: () = redis.hset(&key, "view", &forged).await.unwrap();
+    let (_, body) = app.get_json(&path).await;
+    assert_eq!(body["subject"], "kept in memory");
+    // A request that asks to read its own writes goes past memory.
+    let fresh = app.client.get(app.url(&path)).header("X-Min-Position", "0/0").send().await.unwrap();
+    assert_eq!(fresh.json::<serde_json::Value>().await.unwrap()["subject"], "changed in Redis only");
+
+    // The email's next event (a refused attempt) drops it: reads show the attempt as
+    // soon as the projections have it, and never the view from memory again.
+    let ledger = mailledger::ledger::Ledger::new(app.pool.clone(), Limits::default());
+    let now = chrono::Utc::now();
+    let attempt = RecordAttemptCommand {
+        attempt: 1,
+        accepted: vec![],
+        reply_code: 0,
+        reply_text: String::new(),
+        failures: vec![RecipientFailure {
+            recipients: vec!["rcpt@example.org".into()],
+            error: "451 try again later".into(),
+            reply_code: Some(451),
+            permanent: false,
+        }],
+        suppressed: vec![],
+        suppression_reason: String::new(),
+        at: now,
+        retry_at: now + chrono::Duration::hours(1),
+        max_attempts: 5,
+    };
+    let metadata = std::collections::HashMap::from([("tenant".to_owned(), "default".to_owned())]);
+    ledger.execute(id.parse().unwrap(), EmailCommand::RecordAttempt(attempt), metadata).await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let (_, body) = app.get_json(&path).await;
+        body["attempts"] == 1 && body["subject"] == "kept in memory" && body["version"] == 3
+    })
+    .await;
 }

@@ -1,0 +1,301 @@
+//! Views kept in the instance's own memory, in front of Redis: a hit costs no network
+//! round trip. Kept coherent by the event feed, on every instance.
+//!
+//! Each instance runs an [`Invalidator`] that follows the ids and sequences of new email
+//! events in the store (a small query on the feed index, woken by the commit
+//! announcements, else every [`POLL`]). For every event it drops the email's view and
+//! remembers the newest sequence seen for that email. A view read from Redis or
+//! PostgreSQL is kept only when it is at least that new: the read model may lag the
+//! store, and a lagging view is served (as before) but never kept. So a view in memory is
+//! never older than the store's history as of the invalidator's last poll: one feed
+//! batch at most, however far the projections are behind.
+//!
+//! The memory of sequences seen is bounded too: when it is full, its older half is
+//! forgotten and every read that began before that moment is not kept (it could be
+//! older than a forgotten sequence). While the invalidator cannot read the store, nothing
+//! is kept and nothing is served from memory. A request that asks for read-your-writes
+//! (`X-Min-Position`) goes past this cache to Redis and PostgreSQL.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::feed::Checkpoint;
+
+/// How often the invalidator looks for new events when no announcement wakes it.
+pub const POLL: Duration = Duration::from_millis(200);
+/// Rows the invalidator reads per query.
+const PAGE: i64 = 10_000;
+
+/// A view as served: its JSON, its tenant, its version (the email's last sequence).
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// The view's JSON.
+    pub json: bytes::Bytes,
+    /// The email's tenant.
+    pub tenant: Arc<str>,
+    /// The last event sequence the view holds.
+    pub version: i64,
+}
+
+/// The in-memory views; cheap to clone.
+#[derive(Clone)]
+pub struct NearCache {
+    state: Arc<Mutex<State>>,
+    capacity: usize,
+}
+
+/// A read's ticket: taken before the read, shown when keeping its result.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+#[derive(Default)]
+struct State {
+    views: HashMap<Uuid, Kept>,
+    order: VecDeque<Uuid>,
+    /// The newest sequence seen in the store per email, and the order they came in.
+    seen: HashMap<Uuid, i64>,
+    seen_order: VecDeque<Uuid>,
+    /// Bumped whenever sequences are forgotten or the invalidator loses the store: reads
+    /// that began before cannot be kept.
+    epoch: u64,
+    /// The invalidator follows the store (else nothing is kept or served).
+    live: bool,
+}
+
+impl NearCache {
+    /// Up to `capacity` views (0: off).
+    pub fn new(capacity: usize) -> Self {
+        Self { state: Arc::default(), capacity }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view of `id`, if kept.
+    pub fn get(&self, id: Uuid) -> Option<Kept> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let state = self.lock();
+        if !state.live {
+            return None;
+        }
+        state.views.get(&id).cloned()
+    }
+
+    /// Taken before reading a view elsewhere, to keep it after.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.lock().epoch)
+    }
+
+    /// Keeps a view read after `ticket`, unless it is older than the store's newest
+    /// event for its email, or memory was forgotten meanwhile.
+    pub fn keep(&self, id: Uuid, view: Kept, ticket: Ticket) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let mut state = self.lock();
+        if !state.live || ticket.0 != state.epoch || state.seen.get(&id).is_some_and(|&s| view.version < s) {
+            return false;
+        }
+        if state.views.insert(id, view).is_none() {
+            state.order.push_back(id);
+            while state.views.len() > self.capacity {
+                let Some(old) = state.order.pop_front() else { break };
+                state.views.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// New events: each email's view is dropped, and its newest sequence remembered.
+    fn saw(&self, events: &[(Uuid, i64)]) {
+        let mut state = self.lock();
+        let limit = self.capacity.max(1) * 8;
+        for &(id, sequence) in events {
+            state.views.remove(&id);
+            match state.seen.get_mut(&id) {
+                Some(s) => *s = (*s).max(sequence),
+                None => {
+                    state.seen.insert(id, sequence);
+                    state.seen_order.push_back(id);
+                }
+            }
+        }
+        if state.seen.len() > limit {
+            // Forget the older half; reads in flight may predate what is forgotten.
+            for _ in 0..limit / 2 {
+                let Some(old) = state.seen_order.pop_front() else { break };
+                state.seen.remove(&old);
+            }
+            state.epoch += 1;
+        }
+        let State { order, views, .. } = &mut *state;
+        order.retain(|id| views.contains_key(id));
+    }
+
+    /// The invalidator follows the store again (`true`) or lost it (`false`: everything
+    /// is dropped).
+    fn set_live(&self, live: bool) {
+        let mut state = self.lock();
+        if !live {
+            state.views.clear();
+            state.order.clear();
+            state.seen.clear();
+            state.seen_order.clear();
+        }
+        if live != state.live {
+            state.epoch += 1;
+        }
+        state.live = live;
+    }
+}
+
+/// Follows the store's new email events for a [`NearCache`].
+pub struct Invalidator {
+    pool: PgPool,
+    near: NearCache,
+}
+
+impl Invalidator {
+    /// For `near`, reading `pool`.
+    pub fn new(pool: PgPool, near: NearCache) -> Self {
+        Self { pool, near }
+    }
+
+    /// Runs until `stop`, woken by `wake` (commit announcements) or every [`POLL`].
+    pub async fn run(self, mut wake: Option<watch::Receiver<u64>>, stop: CancellationToken) {
+        if self.near.capacity == 0 {
+            return;
+        }
+        let mut cursor = None;
+        while !stop.is_cancelled() {
+            match self.follow(&mut cursor).await {
+                Ok(()) => self.near.set_live(true),
+                Err(e) => {
+                    if self.near.lock().live {
+                        tracing::warn!(error = %e, "in-memory views off until the event store answers");
+                    }
+                    self.near.set_live(false);
+                    cursor = None;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = crate::store::notify::wait(&mut wake, POLL) => {}
+            }
+        }
+    }
+
+    /// Applies every event below the horizon after `cursor` (from the horizon now, the
+    /// first time: nothing is kept yet, so nothing older matters).
+    async fn follow(&self, cursor: &mut Option<Checkpoint>) -> Result<(), sqlx::Error> {
+        let mut at = match *cursor {
+            Some(at) => at,
+            None => {
+                let horizon: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                    .fetch_one(&self.pool)
+                    .await?;
+                // Every transaction below the horizon has ended; events of the others follow.
+                Checkpoint { txid: horizon.parse::<u64>().unwrap_or(1).saturating_sub(1), position: i64::MAX }
+            }
+        };
+        loop {
+            let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+                "SELECT txid::text, position, aggregate_type, aggregate_id, sequence FROM events \
+                 WHERE (txid, position) > ($1::text::xid8, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY txid, position LIMIT $3",
+            )
+            .bind(at.txid.to_string())
+            .bind(at.position)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            at = Checkpoint { txid: last.0.parse().unwrap_or(at.txid), position: last.1 };
+            let events: Vec<(Uuid, i64)> =
+                rows.iter().filter(|r| r.2 == "Email").filter_map(|r| Some((r.3.parse().ok()?, r.4))).collect();
+            self.near.saw(&events);
+            *cursor = Some(at);
+            if rows.len() < PAGE as usize {
+                break;
+            }
+        }
+        *cursor = Some(at);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(version: i64) -> Kept {
+        Kept { json: format!("{{\"v\":{version}}}").into_bytes().into(), tenant: "default".into(), version }
+    }
+
+    fn live(capacity: usize) -> NearCache {
+        let near = NearCache::new(capacity);
+        near.set_live(true);
+        near
+    }
+
+    #[test]
+    fn a_view_older_than_the_newest_event_seen_is_not_kept() {
+        let near = live(10);
+        let id = Uuid::now_v7();
+        let ticket = near.ticket();
+        near.saw(&[(id, 3)]);
+        assert!(!near.keep(id, view(2), ticket), "the read model lags the store");
+        assert!(near.get(id).is_none());
+        assert!(near.keep(id, view(3), ticket));
+        assert_eq!(near.get(id).unwrap().version, 3);
+        // A new event drops it.
+        near.saw(&[(id, 4)]);
+        assert!(near.get(id).is_none());
+    }
+
+    #[test]
+    fn reads_that_began_before_memory_was_forgotten_are_not_kept() {
+        let near = live(1);
+        let id = Uuid::now_v7();
+        let ticket = near.ticket();
+        // Capacity 1 remembers 8 sequences: the ninth forgets the older half.
+        let others: Vec<(Uuid, i64)> = (0..9).map(|_| (Uuid::now_v7(), 1)).collect();
+        near.saw(&others);
+        assert!(!near.keep(id, view(1), ticket));
+        assert!(near.keep(id, view(1), near.ticket()));
+    }
+
+    #[test]
+    fn nothing_is_kept_or_served_while_the_store_is_not_followed() {
+        let near = live(10);
+        let id = Uuid::now_v7();
+        assert!(near.keep(id, view(1), near.ticket()));
+        let ticket = near.ticket();
+        near.set_live(false);
+        assert!(near.get(id).is_none());
+        assert!(!near.keep(id, view(1), ticket));
+        near.set_live(true);
+        assert!(!near.keep(id, view(1), ticket), "began while the store was not followed");
+        assert!(near.keep(id, view(1), near.ticket()));
+    }
+
+    #[test]
+    fn the_oldest_views_make_room() {
+        let near = live(2);
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            assert!(near.keep(*id, view(1), near.ticket()));
+        }
+        assert!(near.get(ids[0]).is_none());
+        assert!(near.get(ids[1]).is_some() && near.get(ids[2]).is_some());
+    }
+}
