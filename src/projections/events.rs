@@ -151,6 +151,20 @@ const HEADER_ROOM: usize = 8 * 1024;
 /// (`"omitted": "payload"`). A subscriber fetches what was left out by email id
 /// (`GET /api/v1/emails/{id}/events`).
 fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'static str>)> {
+    // Whole: written straight from the event (no intermediate JSON tree).
+    let bytes = serde_json::to_vec(&Body {
+        email_id: e.email_id,
+        metadata: &e.metadata,
+        payload: Payload(&e.event),
+        position: e.checkpoint.position,
+        recorded_at: e.recorded_at,
+        sequence: e.sequence,
+        r#type: &e.event_type,
+        version: &e.event_version,
+    })?;
+    if bytes.len() <= room {
+        return Ok((bytes, None));
+    }
     let payload = match serde_json::to_value(&e.event)? {
         Value::Object(mut m) if m.len() == 1 => m.remove(&e.event_type).unwrap_or_default(),
         other => other,
@@ -165,10 +179,6 @@ fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'s
         "payload": payload,
         "metadata": e.metadata,
     });
-    let bytes = serde_json::to_vec(&body)?;
-    if bytes.len() <= room {
-        return Ok((bytes, None));
-    }
     if let Some(request) = body["payload"].get_mut("request").and_then(Value::as_object_mut) {
         request.remove("text");
         request.remove("html");
@@ -181,6 +191,36 @@ fn event_body(e: &FeedEvent, room: usize) -> anyhow::Result<(Vec<u8>, Option<&'s
     body["payload"] = Value::Null;
     body["omitted"] = json!("payload");
     Ok((serde_json::to_vec(&body)?, Some("payload")))
+}
+
+/// An event as published whole (the keys in the order the cut-down forms have them).
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    email_id: uuid::Uuid,
+    metadata: &'a Value,
+    payload: Payload<'a>,
+    position: i64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    sequence: i64,
+    r#type: &'a str,
+    version: &'a str,
+}
+
+/// An event's own fields, without the variant's name around them.
+struct Payload<'a>(&'a EmailEvent);
+
+impl serde::Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            EmailEvent::Requested(e) => e.serialize(s),
+            EmailEvent::Persisted(e) => e.serialize(s),
+            EmailEvent::Sent(e) => e.serialize(s),
+            EmailEvent::Failed(e) => e.serialize(s),
+            EmailEvent::DeadLettered(e) => e.serialize(s),
+            EmailEvent::Redriven(e) => e.serialize(s),
+            EmailEvent::Suppressed(e) => e.serialize(s),
+        }
+    }
 }
 
 /// Changes to suppression lists out to NATS (side-effecting, at-least-once, idempotent
@@ -243,6 +283,46 @@ impl Projection for SuppressionPublisher {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
+    use crate::command::EmailEvent;
+    use crate::store::feed::{Checkpoint, FeedEvent};
+
+    #[test]
+    fn an_event_published_whole_is_its_fields_under_payload() {
+        let e = FeedEvent {
+            checkpoint: Checkpoint { txid: 7, position: 42 },
+            email_id: uuid::Uuid::now_v7(),
+            sequence: 4,
+            event_type: "Redriven".into(),
+            event_version: "1.0".into(),
+            recorded_at: chrono::Utc::now(),
+            event: EmailEvent::Redriven(crate::command::events::Redriven {
+                by: "ops".into(),
+                redriven_at: chrono::Utc::now(),
+                run: Some(uuid::Uuid::now_v7()),
+            }),
+            metadata: json!({"actor": "ops", "tenant": "default"}),
+        };
+        let (bytes, omitted) = super::event_body(&e, 1 << 20).unwrap();
+        let EmailEvent::Redriven(r) = &e.event else { unreachable!() };
+        let want = json!({
+            "email_id": e.email_id,
+            "sequence": 4,
+            "position": 42,
+            "type": "Redriven",
+            "version": "1.0",
+            "recorded_at": e.recorded_at,
+            "payload": {"by": "ops", "redriven_at": r.redriven_at, "run": r.run},
+            "metadata": {"actor": "ops", "tenant": "default"},
+        });
+        assert_eq!((serde_json::from_slice::<Value>(&bytes).unwrap(), omitted), (want, None));
+        // Too large whole: cut down, and said so.
+        let (cut, omitted) = super::event_body(&e, 100).unwrap();
+        assert_eq!(omitted, Some("payload"));
+        assert_eq!(serde_json::from_slice::<Value>(&cut).unwrap()["payload"], Value::Null);
+    }
+
     #[test]
     fn kinds_are_snake_case() {
         assert_eq!(super::subject_kind("Sent"), "sent");

@@ -198,11 +198,13 @@ impl TestApp {
         app
     }
 
-    /// Waits until the intake's consumer exists (the service creates it in the background).
+    /// Waits until the intake's consumer exists (the service creates it in the background;
+    /// on a three-server cluster, with replicated streams, while every other test runs
+    /// beside it, that took more than 10 s once).
     pub async fn wait_for_intake(&self) {
         let stream = format!("{}_COMMANDS", self.iso.stream_prefix);
         let consumer = format!("intake-{}", self.iso.suffix);
-        eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(30), || async {
             match self.js.get_stream(&stream).await {
                 Ok(s) => s.get_consumer::<jetstream::consumer::pull::Config>(&consumer).await.is_ok(),
                 Err(_) => false,
