@@ -12,6 +12,20 @@ pub struct Service {
     /// An API key with every scope and no practical rate limit (the bench measures the
     /// service, not its limits).
     pub key: String,
+    database_url: String,
+}
+
+/// `mailledger keys create` on `database_url`: a key of tenant `default` with `scopes`
+/// and no practical rate limit; returns the key.
+fn make_key(database_url: &str, name: &str, scopes: &str) -> String {
+    let made = Command::new(env!("CARGO_BIN_EXE_mailledger"))
+        .args(["keys", "create", "--name", name, "--scope", scopes, "--rate", "1000000", "--burst", "1000000"])
+        .env("MAILLEDGER_DATABASE_URL", database_url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("mailledger keys create runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    String::from_utf8(made.stdout).unwrap().lines().last().unwrap().to_owned()
 }
 
 pub fn free_port() -> u16 {
@@ -22,14 +36,7 @@ impl Service {
     /// Starts `mailledger serve` with `env` on top of the given database and namespace.
     pub async fn start(database_url: &str, extra: &[(&str, String)]) -> Service {
         let (http, grpc, metrics) = (free_port(), free_port(), free_port());
-        let made = Command::new(env!("CARGO_BIN_EXE_mailledger"))
-            .args(["keys", "create", "--name", "bench", "--scope", "all", "--rate", "1000000", "--burst", "1000000"])
-            .env("MAILLEDGER_DATABASE_URL", database_url)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("mailledger keys create runs");
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-        let key = String::from_utf8(made.stdout).unwrap().lines().last().unwrap().to_owned();
+        let key = make_key(database_url, "bench", "all");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailledger"));
         cmd.arg("serve")
             .env("MAILLEDGER_DATABASE_URL", database_url)
@@ -54,6 +61,7 @@ impl Service {
             grpc: format!("http://127.0.0.1:{grpc}"),
             metrics: format!("http://127.0.0.1:{metrics}/metrics"),
             key,
+            database_url: database_url.to_owned(),
         };
         let started = Instant::now();
         let client = reqwest::Client::new();
@@ -71,9 +79,19 @@ impl Service {
 
     /// A REST client that sends the key.
     pub fn client(&self) -> reqwest::Client {
+        self.client_with(&self.key)
+    }
+
+    /// A REST client that sends `key`.
+    pub fn client_with(&self, key: &str) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.key).parse().unwrap());
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
         reqwest::Client::builder().default_headers(headers).build().unwrap()
+    }
+
+    /// Makes another key (tenant `default`) with `scopes`, and no practical rate limit.
+    pub fn make_key(&self, name: &str, scopes: &str) -> String {
+        make_key(&self.database_url, name, scopes)
     }
 
     /// `authorization: Bearer <key>` for gRPC calls.

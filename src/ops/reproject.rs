@@ -4,8 +4,10 @@
 //!
 //! 1. `<table>_shadow` is created like the live table, with only its primary key.
 //! 2. The feed is applied from the start in large batches (multi-row upserts), the
-//!    shadow's checkpoint kept as `<name>__shadow`.
-//! 3. The live table's other indexes are built on the shadow.
+//!    shadow's checkpoint kept as `<name>__shadow`; the next batch is read while one
+//!    is written.
+//! 3. The live table's other indexes are built on the shadow, which is vacuumed and
+//!    analysed.
 //! 4. One transaction: lock the live projection's checkpoint row (its runner waits
 //!    between two batches), apply what is left of the feed to the shadow, take over
 //!    active delivery leases, rename live → old and shadow → live, drop old, give the
@@ -95,7 +97,10 @@ pub async fn reproject(
     if target == Target::Cache {
         let cache = cache.context("the cache needs Redis settings")?;
         let projection = CacheProjection::new(cache);
-        let events = apply_all(&mut conn, &projection, Checkpoint::default(), batch, upcasters, progress, None).await?;
+        let mut reader = pool.acquire().await?;
+        let events =
+            apply_all(&mut reader, &mut conn, &projection, Checkpoint::default(), batch, upcasters, progress, None)
+                .await?;
         return Ok(Report { events, seconds: started.elapsed().as_secs_f64() });
     }
     let s = shape(target);
@@ -117,7 +122,9 @@ pub async fn reproject(
     sqlx::query(&format!("ALTER TABLE {shadow} ADD PRIMARY KEY ({})", s.key)).execute(&mut *conn).await?;
 
     // 2. Everything from position zero, in big batches.
+    let mut reader = pool.acquire().await?;
     let mut events = apply_all(
+        &mut reader,
         &mut conn,
         projection.as_ref(),
         Checkpoint::default(),
@@ -147,8 +154,11 @@ pub async fn reproject(
         sqlx::query(&def).execute(&mut *conn).await.with_context(|| format!("building {def}"))?;
     }
 
-    // The planner needs statistics for the new table from its first query on.
-    sqlx::query(&format!("ANALYZE {shadow}")).execute(&mut *conn).await?;
+    // The planner needs statistics for the new table from its first query on, and
+    // searches need its visibility map to count from the indexes alone (a second or so
+    // at a million rows; without it, counts read the table and run slower until
+    // autovacuum comes by).
+    sqlx::query(&format!("VACUUM (ANALYZE) {shadow}")).execute(&mut *conn).await?;
 
     // 4. Catch up and swap, in one transaction.
     progress.message("swapping");
@@ -156,7 +166,9 @@ pub async fn reproject(
     checkpoints::ensure(&mut tx, s.name).await?;
     checkpoints::load(&mut tx, s.name).await?; // waits for the live runner's batch, then holds it off
     let at = checkpoints::load(&mut tx, &shadow_checkpoint).await?;
-    events += apply_all(&mut tx, projection.as_ref(), at, batch, upcasters, progress, Some(&shadow_checkpoint)).await?;
+    events +=
+        apply_all(&mut reader, &mut tx, projection.as_ref(), at, batch, upcasters, progress, Some(&shadow_checkpoint))
+            .await?;
     if target == Target::Schedule {
         // Leases held by senders right now stay held.
         sqlx::query(&format!(
@@ -192,7 +204,13 @@ pub async fn reproject(
 
 /// Applies the feed after `from` until nothing is left below the horizon; with a
 /// checkpoint name, keeps that checkpoint (in the same transaction as each batch).
+///
+/// The next batch is read on `reader` while this one is applied on `conn`: reading
+/// and decoding the events (mostly this process's work) overlaps writing the rows
+/// (mostly PostgreSQL's), instead of each waiting for the other.
+#[allow(clippy::too_many_arguments)]
 async fn apply_all(
+    reader: &mut PgConnection,
     conn: &mut PgConnection,
     projection: &dyn Projection,
     from: Checkpoint,
@@ -201,21 +219,24 @@ async fn apply_all(
     progress: &dyn Progress,
     checkpoint: Option<&str>,
 ) -> anyhow::Result<u64> {
-    let mut at = from;
     let mut applied = 0u64;
-    loop {
+    let mut next = feed::read_after(reader, from, batch, BATCH_BYTES, upcasters).await?;
+    while let Some(last) = next.reached {
+        let events = std::mem::take(&mut next).events;
         let mut tx = conn.begin().await?;
-        let read = feed::read_after(&mut tx, at, batch, BATCH_BYTES, upcasters).await?;
-        let Some(last) = read.reached else { break };
-        let events = read.events;
-        if !events.is_empty() {
-            projection.apply(&mut tx, &events).await?;
-        }
-        if let Some(name) = checkpoint {
-            checkpoints::save(&mut tx, name, last).await?;
-        }
+        let apply = async {
+            if !events.is_empty() {
+                projection.apply(&mut tx, &events).await?;
+            }
+            if let Some(name) = checkpoint {
+                checkpoints::save(&mut tx, name, last).await?;
+            }
+            anyhow::Ok(())
+        };
+        let (written, read) = tokio::join!(apply, feed::read_after(reader, last, batch, BATCH_BYTES, upcasters));
+        written?;
+        next = read?;
         tx.commit().await?;
-        at = last;
         applied += events.len() as u64;
         progress.advance(events.len() as u64);
     }
