@@ -364,7 +364,7 @@ fn pct(v: f64) -> String {
 /// What a run should take, from this repository's 2-core machine at scale 1 and 3 rounds
 /// (minutes per group of figures, scaled by the counts and rounds).
 fn expected_minutes(wants: &dyn Fn(&str) -> bool, scale: f64, rounds: usize) -> f64 {
-    let per_round = [("intake", 1.0), ("reads", 0.6), ("e2e", 0.8), ("million", 2.5), ("search", 0.6), ("proof", 1.5)];
+    let per_round = [("intake", 1.0), ("reads", 0.6), ("e2e", 0.8), ("million", 3.0), ("search", 0.6), ("proof", 1.5)];
     let fixed = if wants("million") || wants("search") { 3.0 * scale } else { 0.0 }; // generating the store, first time
     fixed + per_round.iter().filter(|(g, _)| wants(g)).map(|(_, m)| m * scale.max(0.1) * rounds as f64).sum::<f64>()
 }
@@ -857,13 +857,55 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize, rebuild_a
     }
     svc.stop();
     pool.close().await;
+    if rebuild_and_replay {
+        intake_on_a_full_store(figures, &db, scale, rounds).await;
+    }
+}
+
+/// `intake_nats` into a copy of the million-email store (2,000,000 events) beside the
+/// same intake into an empty one, in the same run: does the store's size slow intake?
+async fn intake_on_a_full_store(figures: &mut Vec<Figure>, million: &str, scale: f64, rounds: usize) {
+    let n = ((5000.0 * scale).round() as usize).max(10);
+    let full = "mailledger_bench_full_intake";
+    let admin = PgPool::connect(&format!("{}/postgres", server_url())).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {full} WITH (FORCE)")).execute(&admin).await.unwrap();
+    let template = million.rsplit('/').next().unwrap();
+    sqlx::query(&format!("CREATE DATABASE {full} TEMPLATE {template}")).execute(&admin).await.unwrap();
+    let (mut fig, mut lim) = (vec![], vec![]);
+    for (store, into) in [("empty", &mut lim), ("full", &mut fig)] {
+        reset_streams().await;
+        let url = if store == "full" {
+            format!("{}/{full}", server_url())
+        } else {
+            recreate_database("mailledger_bench_empty_intake").await
+        };
+        let svc = Service::start(&url, &[("MAILLEDGER__DELIVERY__ENABLED", "false".into())]).await;
+        let pool = PgPool::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        for r in 0..rounds {
+            wait_quiet(&pool).await;
+            into.push(intake_nats(&pool, &js, n, 500 + r).await);
+            eprintln!("  intake_nats into the {store} store round {r}: {:.0}/s", into[r]);
+        }
+        svc.stop();
+        pool.close().await;
+    }
+    for db in [full, "mailledger_bench_empty_intake"] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await.unwrap();
+    }
+    admin.close().await;
+    let events = (2_000_000.0 * scale).round() as i64;
+    let notes = format!(
+        "{n} emails a round into a copy of the search data set ({events} events), beside the same intake into an \
+         empty store in the same run"
+    );
+    figures.push(figure("intake_nats_2m", "emails/s", fig, "the same intake into an empty store", lim, true, notes));
 }
 
 /// The bare cost of the SQL the service runs for a search, statement by statement as
 /// `Repository::search` runs it (the probe; then the capped count, dense or not; or the
-/// count and the page): the sum of their planning and execution times.
-/// What the service's statements for search `q` (in `tenant`, for a key confined to one)
-/// take inside PostgreSQL: planning and execution, as EXPLAIN ANALYZE says.
+/// count and the page): the sum of their planning and execution times. `tenant`: the
+/// search of a key confined to that tenant.
 async fn explain_ms(pool: &PgPool, q: &str, tenant: Option<&str>) -> f64 {
     use mailledger::query::repository::{WALKING_THE_ORDER_INDEX, probe_is_dense, push_count, push_page, push_probe};
     use mailledger::query::search::{COUNT_CAP, SNIPPET_CHARS, SearchParams, translate};
