@@ -119,6 +119,7 @@ impl NearCache {
     fn saw(&self, events: &[(Uuid, i64)]) {
         let mut state = self.lock();
         let limit = self.capacity.max(1) * 8;
+        let before = state.views.len();
         for &(id, sequence) in events {
             state.views.remove(&id);
             match state.seen.get_mut(&id) {
@@ -137,8 +138,10 @@ impl NearCache {
             }
             state.epoch += 1;
         }
-        let State { order, views, .. } = &mut *state;
-        order.retain(|id| views.contains_key(id));
+        if state.views.len() < before {
+            let State { order, views, .. } = &mut *state;
+            order.retain(|id| views.contains_key(id));
+        }
     }
 
     /// The invalidator follows the store again (`true`) or lost it (`false`: everything
