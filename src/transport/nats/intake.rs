@@ -134,7 +134,8 @@ impl NatsIntake {
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = backoff(failures);
+                    // Capped low: once NATS is back, intake resumes within seconds.
+                    let wait = backoff(failures).min(PULL_RETRY_MAX);
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot pull commands from NATS");
                     tokio::select! {
                         _ = shutdown.cancelled() => break 'pull,
@@ -354,6 +355,9 @@ impl NatsIntake {
 fn invalid(letter: impl Fn(String, Option<String>) -> DeadLetter, v: &ValidationErrors) -> DeadLetter {
     letter(format!("invalid command: {v}"), v.0.first().map(|e| e.field.clone()))
 }
+
+/// The longest pause between two attempts to pull while NATS does not answer.
+const PULL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// 1 s, 2 s, 4 s, … capped at 60 s.
 fn backoff(attempt: u32) -> Duration {
