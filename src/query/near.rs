@@ -10,10 +10,13 @@
 //! never older than the store's history as of the invalidator's last poll: one feed
 //! batch at most, however far the projections are behind.
 //!
-//! The memory of sequences seen is bounded too: when it is full, its older half is
-//! forgotten and every read that began before that moment is not kept (it could be
-//! older than a forgotten sequence). While the invalidator cannot read the store, nothing
-//! is kept and nothing is served from memory. A request that asks for read-your-writes
+//! The memory of sequences seen is bounded too. A sequence is forgotten only once both
+//! read models (the `emails` table and the Redis cache: their projections' checkpoints)
+//! have applied its event, so no later read can return anything older; a read that began
+//! before the forgetting is not kept. When the read models fall so far behind that the
+//! memory is full of sequences they have not applied, nothing more is kept until they
+//! catch up with every event it could not remember. While the invalidator cannot read
+//! the store, nothing is kept and nothing is served from memory. A request that asks for read-your-writes
 //! (`X-Min-Position`) goes past this cache to Redis and PostgreSQL.
 
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +28,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::feed::Checkpoint;
+use crate::store::checkpoints;
+use crate::store::feed::{self, Checkpoint};
 
 /// How often the invalidator looks for new events when no announcement wakes it.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -58,14 +62,26 @@ pub struct Ticket(u64);
 struct State {
     views: HashMap<Uuid, Kept>,
     order: VecDeque<Uuid>,
-    /// The newest sequence seen in the store per email, and the order they came in.
-    seen: HashMap<Uuid, i64>,
+    /// The newest sequence seen in the store per email (and where that event stands in
+    /// the feed), and the order they came in.
+    seen: HashMap<Uuid, (i64, Checkpoint)>,
     seen_order: VecDeque<Uuid>,
+    /// How far both read models have applied the feed (`None`: unknown).
+    frontier: Option<Checkpoint>,
+    /// The newest event that came while the memory of sequences was full: until the read
+    /// models have applied it, nothing is kept.
+    unremembered: Option<Checkpoint>,
     /// Bumped whenever sequences are forgotten or the invalidator loses the store: reads
     /// that began before cannot be kept.
     epoch: u64,
     /// The invalidator follows the store (else nothing is kept or served).
     live: bool,
+}
+
+impl State {
+    fn read_models_have(&self, at: Checkpoint) -> bool {
+        self.frontier.is_some_and(|f| at <= f)
+    }
 }
 
 impl NearCache {
@@ -102,7 +118,8 @@ impl NearCache {
             return false;
         }
         let mut state = self.lock();
-        if !state.live || ticket.0 != state.epoch || state.seen.get(&id).is_some_and(|&s| view.version < s) {
+        let behind = state.unremembered.is_some_and(|u| !state.read_models_have(u));
+        if !state.live || behind || ticket.0 != state.epoch || state.seen.get(&id).is_some_and(|s| view.version < s.0) {
             return false;
         }
         if state.views.insert(id, view).is_none() {
@@ -115,27 +132,42 @@ impl NearCache {
         true
     }
 
-    /// New events: each email's view is dropped, and its newest sequence remembered.
-    fn saw(&self, events: &[(Uuid, i64)]) {
+    /// New events (`(email, sequence, where in the feed)`), with how far both read models
+    /// have applied the feed: each email's view is dropped and its newest sequence
+    /// remembered; sequences both read models have applied are forgotten once the memory
+    /// holds more than it should.
+    fn saw(&self, events: &[(Uuid, i64, Checkpoint)], frontier: Option<Checkpoint>) {
         let mut state = self.lock();
-        let limit = self.capacity.max(1) * 8;
+        let (soft, hard) = (self.capacity.max(1) * 8, self.capacity.max(1) * 16);
+        state.frontier = frontier;
+        if state.unremembered.is_some_and(|u| state.read_models_have(u)) {
+            state.unremembered = None;
+        }
         let before = state.views.len();
-        for &(id, sequence) in events {
+        for &(id, sequence, at) in events {
             state.views.remove(&id);
+            let room = state.seen.len() < hard;
             match state.seen.get_mut(&id) {
-                Some(s) => *s = (*s).max(sequence),
-                None => {
-                    state.seen.insert(id, sequence);
+                Some(s) => *s = (s.0.max(sequence), s.1.max(at)),
+                None if room => {
+                    state.seen.insert(id, (sequence, at));
                     state.seen_order.push_back(id);
                 }
+                None => state.unremembered = Some(state.unremembered.map_or(at, |u| u.max(at))),
             }
         }
-        if state.seen.len() > limit {
-            // Forget the older half; reads in flight may predate what is forgotten.
-            for _ in 0..limit / 2 {
-                let Some(old) = state.seen_order.pop_front() else { break };
-                state.seen.remove(&old);
+        let mut forgot = false;
+        while state.seen.len() > soft {
+            let Some(&oldest) = state.seen_order.front() else { break };
+            let applied = state.seen.get(&oldest).is_none_or(|s| state.read_models_have(s.1));
+            if !applied {
+                break;
             }
+            state.seen_order.pop_front();
+            state.seen.remove(&oldest);
+            forgot = true;
+        }
+        if forgot {
             state.epoch += 1;
         }
         if state.views.len() < before {
@@ -153,6 +185,7 @@ impl NearCache {
             state.order.clear();
             state.seen.clear();
             state.seen_order.clear();
+            state.unremembered = None;
         }
         if live != state.live {
             state.epoch += 1;
@@ -202,32 +235,16 @@ impl Invalidator {
     async fn follow(&self, cursor: &mut Option<Checkpoint>) -> Result<(), sqlx::Error> {
         let mut at = match *cursor {
             Some(at) => at,
-            None => {
-                let horizon: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-                    .fetch_one(&self.pool)
-                    .await?;
-                // Every transaction below the horizon has ended; events of the others follow.
-                Checkpoint { txid: horizon.parse::<u64>().unwrap_or(1).saturating_sub(1), position: i64::MAX }
-            }
+            None => feed::horizon(&self.pool).await?,
         };
         loop {
-            let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
-                "SELECT txid::text, position, aggregate_type, aggregate_id, sequence FROM events \
-                 WHERE (txid, position) > ($1::text::xid8, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY txid, position LIMIT $3",
-            )
-            .bind(at.txid.to_string())
-            .bind(at.position)
-            .bind(PAGE)
-            .fetch_all(&self.pool)
-            .await?;
-            let Some(last) = rows.last() else { break };
-            at = Checkpoint { txid: last.0.parse().unwrap_or(at.txid), position: last.1 };
-            let events: Vec<(Uuid, i64)> =
-                rows.iter().filter(|r| r.2 == "Email").filter_map(|r| Some((r.3.parse().ok()?, r.4))).collect();
-            self.near.saw(&events);
+            let frontier = checkpoints::lowest(&self.pool, &["emails", "cache"]).await?;
+            let page = feed::email_sequences_after(&self.pool, at, PAGE).await?;
+            self.near.saw(&page.events, frontier);
+            let Some(reached) = page.reached else { break };
+            at = reached;
             *cursor = Some(at);
-            if rows.len() < PAGE as usize {
+            if page.rows < PAGE as usize {
                 break;
             }
         }
@@ -250,30 +267,55 @@ mod tests {
         near
     }
 
+    fn at(position: i64) -> Checkpoint {
+        Checkpoint { txid: 5, position }
+    }
+
+    /// `n` events of new emails at positions `from`, `from + 1`, …
+    fn others(n: i64, from: i64) -> Vec<(Uuid, i64, Checkpoint)> {
+        (0..n).map(|i| (Uuid::now_v7(), 1, at(from + i))).collect()
+    }
+
     #[test]
     fn a_view_older_than_the_newest_event_seen_is_not_kept() {
         let near = live(10);
         let id = Uuid::now_v7();
         let ticket = near.ticket();
-        near.saw(&[(id, 3)]);
+        near.saw(&[(id, 3, at(1))], None);
         assert!(!near.keep(id, view(2), ticket), "the read model lags the store");
         assert!(near.get(id).is_none());
         assert!(near.keep(id, view(3), ticket));
         assert_eq!(near.get(id).unwrap().version, 3);
         // A new event drops it.
-        near.saw(&[(id, 4)]);
+        near.saw(&[(id, 4, at(2))], None);
         assert!(near.get(id).is_none());
     }
 
     #[test]
-    fn reads_that_began_before_memory_was_forgotten_are_not_kept() {
+    fn sequences_are_forgotten_only_once_the_read_models_have_them_and_reads_in_flight_are_not_kept() {
+        // Capacity 1: up to 8 sequences are remembered before any is forgotten.
         let near = live(1);
         let id = Uuid::now_v7();
         let ticket = near.ticket();
-        // Capacity 1 remembers 8 sequences: the ninth forgets the older half.
-        let others: Vec<(Uuid, i64)> = (0..9).map(|_| (Uuid::now_v7(), 1)).collect();
-        near.saw(&others);
-        assert!(!near.keep(id, view(1), ticket));
+        near.saw(&others(9, 1), None);
+        assert!(near.keep(id, view(1), ticket), "nothing forgotten: the read models' progress is unknown");
+        near.saw(&others(1, 10), Some(at(3)));
+        let fresh = near.ticket();
+        assert!(!near.keep(id, view(1), ticket), "began before sequences were forgotten");
+        assert_eq!(near.lock().seen.len(), 8, "forgotten down to 8, and only what the read models have");
+        assert!(near.keep(id, view(1), fresh));
+    }
+
+    #[test]
+    fn with_the_memory_full_of_what_the_read_models_lack_nothing_is_kept_until_they_catch_up() {
+        let near = live(1);
+        let id = Uuid::now_v7();
+        // 16 remembered, the 17th not: the read models have none of them.
+        near.saw(&others(17, 1), None);
+        assert!(!near.keep(id, view(1), near.ticket()));
+        near.saw(&[], Some(at(16)));
+        assert!(!near.keep(id, view(1), near.ticket()), "the unremembered event (17) is not applied yet");
+        near.saw(&[], Some(at(17)));
         assert!(near.keep(id, view(1), near.ticket()));
     }
 

@@ -47,3 +47,20 @@ pub async fn remove(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Err
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1").bind(name).execute(conn).await?;
     Ok(())
 }
+
+/// The lowest checkpoint of the projections `names` (how far all of them have applied
+/// the feed); `None` while any of them has none.
+pub async fn lowest(pool: &sqlx::PgPool, names: &[&str]) -> Result<Option<Checkpoint>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT txid::text, position FROM projection_checkpoints WHERE name = ANY($1)")
+            .bind(names)
+            .fetch_all(pool)
+            .await?;
+    if rows.len() < names.len() {
+        return Ok(None);
+    }
+    Ok(rows
+        .iter()
+        .filter_map(|(txid, position)| Some(Checkpoint { txid: txid.parse().ok()?, position: *position }))
+        .min())
+}

@@ -203,6 +203,53 @@ pub(crate) async fn fetch_batch(
         .await
 }
 
+/// Where a reader that needs no history starts: just below the oldest transaction still
+/// open (every event of a transaction below it is stored or never will be; the events of
+/// the others all come after).
+pub async fn horizon(pool: &sqlx::PgPool) -> Result<Checkpoint, sqlx::Error> {
+    let horizon: String =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetch_one(pool).await?;
+    Ok(Checkpoint { txid: horizon.parse::<u64>().unwrap_or(1).saturating_sub(1), position: i64::MAX })
+}
+
+/// Which emails have events after `after` (up to `limit` rows of the feed, below the
+/// horizon): their ids, sequences and places, without the events themselves.
+pub struct Sequences {
+    /// `(email, sequence, where in the feed)` of each email event read.
+    pub events: Vec<(Uuid, i64, Checkpoint)>,
+    /// The last row read (of any aggregate).
+    pub reached: Option<Checkpoint>,
+    /// Rows read.
+    pub rows: usize,
+}
+
+/// See [`Sequences`]: a small read of the feed index for readers that only need to know
+/// what changed (the views kept in memory: [`crate::query::near`]).
+pub async fn email_sequences_after(
+    pool: &sqlx::PgPool,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Sequences, sqlx::Error> {
+    let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+        "SELECT txid::text, position, aggregate_type, aggregate_id, sequence FROM events \
+         WHERE (txid, position) > ($1::text::xid8, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY txid, position LIMIT $3",
+    )
+    .bind(after.txid.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let place = |txid: &str, position: i64| Some(Checkpoint { txid: txid.parse().ok()?, position });
+    let events = rows
+        .iter()
+        .filter(|r| r.2 == "Email")
+        .filter_map(|r| Some((r.3.parse().ok()?, r.4, place(&r.0, r.1)?)))
+        .collect();
+    let reached = rows.last().and_then(|r| place(&r.0, r.1));
+    Ok(Sequences { events, reached, rows: rows.len() })
+}
+
 /// Every event of one email, in sequence order (optionally only up to an instant).
 pub async fn read_email(
     conn: &mut PgConnection,
