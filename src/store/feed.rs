@@ -156,18 +156,19 @@ pub async fn read_after(
             reached = Some(event.checkpoint);
             events.push(event);
         } else {
-            let txid: String = row.try_get("txid")?;
-            let position = row.try_get("position")?;
-            let txid = txid.parse().map_err(|e| FeedError::Undecodable {
-                position,
-                event_type: String::new(),
-                version: String::new(),
-                reason: format!("txid {txid:?}: {e}"),
-            })?;
-            reached = Some(Checkpoint { txid, position });
+            reached = Some(checkpoint_of(row)?);
         }
     }
     Ok(Batch { events: events.into(), reached, bytes })
+}
+
+/// Where a row selected with `txid::text AS txid` and `position` stands in the feed.
+pub(crate) fn checkpoint_of(row: &sqlx::postgres::PgRow) -> Result<Checkpoint, sqlx::Error> {
+    let txid: &str = row.try_get("txid")?;
+    Ok(Checkpoint {
+        txid: txid.parse().map_err(|e| sqlx::Error::Decode(format!("txid {txid:?}: {e}").into()))?,
+        position: row.try_get("position")?,
+    })
 }
 
 /// The rows of a feed batch after `after` (see [`read_after`] for the statement's

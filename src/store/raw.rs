@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::feed::{Checkpoint, fetch_batch};
+use super::feed::{Checkpoint, checkpoint_of, fetch_batch};
 
 /// One stored event, every column as the table holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,12 +52,8 @@ macro_rules! columns {
 const COLUMNS: &str = columns!();
 
 fn decode(row: &sqlx::postgres::PgRow) -> Result<RawEvent, sqlx::Error> {
-    let txid: &str = row.try_get("txid")?;
     Ok(RawEvent {
-        checkpoint: Checkpoint {
-            txid: txid.parse().map_err(|e| sqlx::Error::Decode(format!("txid {txid:?}: {e}").into()))?,
-            position: row.try_get("position")?,
-        },
+        checkpoint: checkpoint_of(row)?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
