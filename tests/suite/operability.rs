@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::smtp::SmtpSink;
-use crate::support::{Killed, TestApp, eventually, original_payload};
+use crate::support::{Killed, TestApp, eventually, free_port, original_payload};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const WAIT: Duration = Duration::from_secs(30);
@@ -263,7 +263,7 @@ async fn nginx_terminates_tls_for_rest_and_grpc() {
         .status()
         .unwrap();
     assert!(status.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let http_port = app.http.rsplit(':').next().unwrap().to_owned();
     let grpc_port = app.grpc.rsplit(':').next().unwrap().to_owned();
     let conf = std::fs::read_to_string(format!("{ROOT}/nginx/nginx.local.conf"))

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::smtp::SmtpSink;
-use crate::support::{Cleanup, Isolation, Killed, db, eventually, original_payload};
+use crate::support::{Cleanup, Isolation, Killed, db, eventually, free_port, original_payload};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server,
 };
@@ -85,7 +85,7 @@ async fn a_producers_trace_crosses_nats(protocol: &str, endpoint: &str, spans: S
     let sink = SmtpSink::start().await;
     let iso = Isolation::new();
     let _cleanup = Cleanup(iso.clone());
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = free_port();
     let logs = tempfile::NamedTempFile::new().unwrap();
     let _service = Killed(
         Command::new(env!("CARGO_BIN_EXE_mailledger"))
@@ -175,7 +175,7 @@ async fn an_unknown_otlp_protocol_is_named_and_the_service_runs_without_export()
     use std::io::{BufRead, BufReader};
     let iso = Isolation::new();
     let _cleanup = Cleanup(iso.clone());
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = free_port();
     let mut service = Killed(
         Command::new(env!("CARGO_BIN_EXE_mailledger"))
             .arg("serve")
@@ -205,8 +205,7 @@ async fn failing_exports_are_counted_and_logged_at_most_once_a_minute() {
     let (endpoint, spans) = grpc_receiver().await;
     let iso = Isolation::new();
     let _cleanup = Cleanup(iso.clone());
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (http_port, metrics_port) = (free(), free());
+    let (http_port, metrics_port) = (free_port(), free_port());
     let logs = tempfile::NamedTempFile::new().unwrap();
     let _service = Killed(
         Command::new(env!("CARGO_BIN_EXE_mailledger"))
