@@ -495,10 +495,12 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                     .await?;
             bar.finish();
             eprintln!(
-                "mailledger: re-projected {} events in {:.1} s ({:.0} events/s)",
+                "mailledger: re-projected {} events in {:.1} s ({:.0} events/s; rows {:.1} s, indexes {:.1} s)",
                 report.events,
                 report.seconds,
-                report.events as f64 / report.seconds.max(1e-9)
+                report.events as f64 / report.seconds.max(1e-9),
+                report.load_seconds,
+                report.index_seconds,
             );
         }
         Command::Dlq { action: DlqAction::List } => {
