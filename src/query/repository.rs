@@ -168,19 +168,25 @@ impl Repository {
 
 /// The probe: the page among the newest [`PROBE`] emails, with how many of them
 /// matched (`matched`) and how many there were (`seen`).
+///
+/// `matched` is a window over the matching rows only, and `seen` a count of its own
+/// along the newest-first index (index-only): a window over all [`PROBE`] rows copied
+/// every one of them, body and search document included, and took half the probe's time.
 pub fn push_probe(q: &mut QueryBuilder<'_, Postgres>, p: &SearchParams) {
-    q.push(format!(
-        "SELECT {}, matched, seen FROM (SELECT *, count(*) OVER () AS matched FROM \
-         (SELECT *, count(*) OVER () AS seen FROM (SELECT * FROM emails",
-        summary_columns(p.body_chars)
-    ));
-    if let Some(tenant) = &p.tenant {
-        q.push(" WHERE tenant = ").push_bind(tenant.clone());
-    }
-    q.push(" ORDER BY created_at DESC, id DESC LIMIT ");
-    q.push_bind(PROBE).push(") AS newest) AS probed");
+    let newest = |q: &mut QueryBuilder<'_, Postgres>, what: &str| {
+        q.push(format!("(SELECT {what} FROM emails"));
+        if let Some(tenant) = &p.tenant {
+            q.push(" WHERE tenant = ").push_bind(tenant.clone());
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(PROBE).push(")");
+    };
+    q.push(format!("SELECT {}, count(*) OVER () AS matched, (SELECT count(*) FROM ", summary_columns(p.body_chars)));
+    newest(q, "1");
+    q.push(" AS seen_rows) AS seen FROM ");
+    newest(q, "*");
+    q.push(" AS probed");
     filters(q, p);
-    q.push(") AS m ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(p.size) + 1);
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(p.size) + 1);
     q.push(" OFFSET ").push_bind(p.offset());
 }
 

@@ -134,3 +134,76 @@ async fn every_field_kind_gives_what_plain_sql_gives() {
         }
     }
 }
+
+/// A key confined to a tenant, with and without fields: the page and the count are what
+/// plain SQL says within the tenant, the count exact up to the cap (a tenant with exactly
+/// [`COUNT_CAP`] matches of a word that has more in all tenants) and capped past it.
+#[tokio::test]
+async fn a_tenant_key_gets_the_page_and_count_plain_sql_gives_within_its_tenant() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    // Every sixth email (2,000 of 12,000) to tenant `other`: `alpha` (in every email) then
+    // has exactly COUNT_CAP matches in `default` and more than COUNT_CAP in all.
+    sqlx::query(
+        "UPDATE emails SET tenant = 'other' WHERE id IN \
+         (SELECT id FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM emails) AS r \
+          WHERE n % 6 = 0)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE emails").execute(&app.pool).await.unwrap();
+    let repository = Repository::new(app.pool.clone());
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("alpha", "default", "subject LIKE 'alpha%'"),
+        ("alpha", "other", "subject LIKE 'alpha%'"),
+        ("alpha status:queued", "default", "status = 'queued'"),
+        ("alpha to:example.org", "default", "true"),
+        ("alpha status:queued to:example.org", "default", "status = 'queued'"),
+        ("beta", "default", "body LIKE '%beta%'"),
+        (
+            "beta status:sent from:user3@example.com",
+            "default",
+            "body LIKE '%beta%' AND status = 'sent' AND from_address = 'user3@example.com'",
+        ),
+        ("delta", "other", "body LIKE '%delta%'"),
+        ("omega", "default", "body LIKE '%omega%'"),
+        ("status:sent", "other", "status = 'sent'"),
+    ];
+    let mut saw_exact_cap = false;
+    for (q, tenant, condition) in cases {
+        let all = db::ids_where(&app.pool, &format!("tenant = '{tenant}' AND {condition}")).await;
+        let (tsquery, filters) = mailledger::query::search::translate(&mailledger::query::grammar::parse(q).unwrap());
+        for (page, size) in [(1, 10), (2, 10), (1, 100), (25, 100), (90, 100)] {
+            let p = SearchParams {
+                tsquery: tsquery.clone(),
+                filters: filters.clone(),
+                tenant: Some(tenant.to_owned()),
+                page,
+                size,
+                ..Default::default()
+            };
+            let got = repository.search(&p).await.unwrap();
+            let what = format!("q={q:?} tenant={tenant} page={page} size={size}");
+            let start = ((page - 1) * size) as usize;
+            let want: Vec<Uuid> = all.iter().skip(start).take(size as usize).copied().collect();
+            let ids: Vec<Uuid> = got.items.iter().map(|e| e.id).collect();
+            assert_eq!(ids, want, "{what}: the page");
+            assert_eq!(got.has_more, all.len() > start + size as usize, "{what}: has_more");
+            let total = all.len() as i64;
+            if total <= COUNT_CAP {
+                assert!(got.total_exact, "{what}: {total} matches are counted exactly");
+                assert_eq!(got.total_count, total, "{what}: total_count");
+                saw_exact_cap |= total == COUNT_CAP;
+            } else {
+                assert!(!got.total_exact, "{what}: {total} matches are past the cap");
+                assert_eq!(got.total_count, COUNT_CAP, "{what}: total_count");
+            }
+        }
+    }
+    assert!(saw_exact_cap, "a search with exactly COUNT_CAP matches was tried");
+    // The admin (no tenant) sees every tenant: `alpha` is past the cap there.
+    let p = SearchParams { tsquery: to_tsquery("alpha"), ..Default::default() };
+    let got = repository.search(&p).await.unwrap();
+    assert!(!got.total_exact && got.total_count == COUNT_CAP, "alpha over all tenants: 10,000+");
+}
