@@ -310,6 +310,11 @@ pub fn key_request(name: &str, outcome: &str) {
     KEY_REQUESTS.with_label_values(&[name, outcome]).inc();
 }
 
+/// The counter of key `name`'s requests with `outcome`, to keep and count on.
+pub fn key_counter(name: &str, outcome: &str) -> IntCounter {
+    KEY_REQUESTS.with_label_values(&[name, outcome])
+}
+
 /// The `outcome` label of an access error.
 pub fn access_outcome(e: &crate::access::AccessError) -> &'static str {
     use crate::access::AccessError;

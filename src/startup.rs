@@ -40,7 +40,7 @@ use crate::saga::schedule::ScheduleProjection;
 use crate::store::notify::Notifier;
 use crate::store::tail::{Tail, TailLimits};
 use crate::transport::consistency::ConsistencyLayer;
-use crate::transport::http::{HttpState, max_request_bytes};
+use crate::transport::http::{HttpState, Shared, max_request_bytes};
 use crate::transport::nats::intake::NatsIntake;
 use crate::transport::tls::{Protocol, ServerTls};
 use crate::{metrics, store, transport};
@@ -348,7 +348,7 @@ fn serve(
     edge: Edge,
 ) -> anyhow::Result<()> {
     let stop = &work.shutdown;
-    let state = HttpState {
+    let state = HttpState::new(Shared {
         ledger: edge.ledger.clone(),
         reads: edge.reads.clone(),
         readiness: edge.readiness,
@@ -358,8 +358,8 @@ fn serve(
         pool: edge.pool.clone(),
         proofs: edge.proofs.clone(),
         webhooks: settings.webhooks.clone(),
-    };
-    let router = transport::http::router(state).layer(edge.consistency.clone());
+    });
+    let router = transport::http::service(state, edge.consistency.clone());
     let (routes, health) = transport::grpc::routes(
         edge.ledger,
         edge.reads,

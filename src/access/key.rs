@@ -34,7 +34,9 @@ pub fn well_formed(text: &str) -> bool {
         return false;
     }
     let (body, check) = rest.split_at(BODY);
-    base62(&crc32fast::hash(body.as_bytes()).to_be_bytes(), CHECK) == check
+    let mut expected = [0u8; CHECK];
+    base62_into(&crc32fast::hash(body.as_bytes()).to_be_bytes(), &mut expected);
+    expected == check.as_bytes()
 }
 
 /// What is stored of a key: SHA-256 of the whole of it.
@@ -49,9 +51,23 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// `bytes` as a big-endian number in base 62, left-padded to `width` digits.
 fn base62(bytes: &[u8], width: usize) -> String {
-    let mut digits = Vec::with_capacity(width);
-    let mut n: Vec<u32> = bytes.iter().map(|&b| u32::from(b)).collect();
-    while n.iter().any(|&d| d != 0) {
+    let mut digits = vec![0u8; width];
+    base62_into(bytes, &mut digits);
+    String::from_utf8(digits).expect("ASCII digits")
+}
+
+/// `bytes` (at most 32) as a big-endian number in base 62 into `out`, left-padded with
+/// `0` (its lowest `out.len()` digits: every caller makes room for all of them). Takes
+/// no allocation: every presented key's checksum is computed with it.
+fn base62_into(bytes: &[u8], out: &mut [u8]) {
+    let mut n = [0u32; 32];
+    let n = &mut n[..bytes.len()];
+    for (d, &b) in n.iter_mut().zip(bytes) {
+        *d = u32::from(b);
+    }
+    out.fill(b'0');
+    let mut at = out.len();
+    while at > 0 && n.iter().any(|&d| d != 0) {
         // One long division of the base-256 number by 62.
         let mut rem = 0u32;
         for d in n.iter_mut() {
@@ -59,13 +75,9 @@ fn base62(bytes: &[u8], width: usize) -> String {
             *d = cur / 62;
             rem = cur % 62;
         }
-        digits.push(ALPHABET[rem as usize]);
+        at -= 1;
+        out[at] = ALPHABET[rem as usize];
     }
-    while digits.len() < width {
-        digits.push(b'0');
-    }
-    digits.reverse();
-    String::from_utf8(digits).expect("ASCII digits")
 }
 
 #[cfg(test)]

@@ -7,8 +7,12 @@
 //! constant time. A key never appears in a log line or an error message.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
+
+use governor::DefaultDirectRateLimiter;
+use prometheus::IntCounter;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -29,13 +33,26 @@ pub struct Keyring {
 struct Inner {
     pool: PgPool,
     mode: AuthMode,
-    keys: RwLock<Arc<HashMap<[u8; 32], Arc<KeyRecord>>>>,
+    keys: RwLock<Arc<HashMap<[u8; 32], Arc<Entry>>>>,
     generation: Mutex<Option<(i64, Option<DateTime<Utc>>)>>,
     used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
     limits: Limiter,
     /// When the last look at the keys on behalf of an unknown key began; held while
     /// looking, so that such looks run one at a time and are shared.
     looked_again: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// A key as requests find it: its record, and what each request with it touches, made
+/// once per key when the keys are (re)loaded rather than on every request.
+struct Entry {
+    record: Arc<KeyRecord>,
+    /// Its request rate (the limiter's bucket of this key id, kept across reloads).
+    bucket: Arc<DefaultDirectRateLimiter>,
+    /// `mailledger_key_requests_total{key, outcome="allowed"}`, resolved at first use.
+    allowed: OnceLock<IntCounter>,
+    /// The second (Unix time) it was last noted as used: `used` is written at most once
+    /// a second per key, not on every request.
+    noted: AtomicI64,
 }
 
 /// What an unknown (well-formed) key is told.
@@ -84,7 +101,18 @@ impl Keyring {
             return Ok(());
         }
         let all = keys::load_all(&self.inner.pool).await?;
-        let map: HashMap<[u8; 32], Arc<KeyRecord>> = all.into_iter().map(|k| (k.hash, Arc::new(k))).collect();
+        let map: HashMap<[u8; 32], Arc<Entry>> = all
+            .into_iter()
+            .map(|k| {
+                let entry = Entry {
+                    bucket: self.inner.limits.bucket(&k),
+                    record: Arc::new(k),
+                    allowed: OnceLock::new(),
+                    noted: AtomicI64::new(i64::MIN),
+                };
+                (entry.record.hash, Arc::new(entry))
+            })
+            .collect();
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
         *self.inner.generation.lock().unwrap_or_else(|e| e.into_inner()) = Some(generation);
         Ok(())
@@ -142,6 +170,8 @@ impl Keyring {
     /// run one at a time, and every request waiting shares the next one (a flood of
     /// unknown keys costs one small query at a time, not one each).
     pub async fn authenticate_fresh(&self, values: &[&[u8]]) -> Result<Authenticated, AccessError> {
+        // (Only the first look at the keys is timed: what arrived before a look began
+        // shares it.)
         let arrived = std::time::Instant::now();
         let result = match self.authenticate_uncounted(values.iter().copied()) {
             Err(AccessError::Unauthenticated(m)) if m == UNKNOWN_KEY => {
@@ -165,8 +195,22 @@ impl Keyring {
         }
     }
 
+    /// `authenticate`, when it can answer from the keys in memory: `None` when the key is
+    /// well-formed but unknown here (then [`Self::authenticate_fresh`] looks again).
+    pub fn authenticate_known<'a>(
+        &self,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Option<Result<Authenticated, AccessError>> {
+        match self.authenticate_uncounted(values) {
+            Err(AccessError::Unauthenticated(m)) if m == UNKNOWN_KEY => None,
+            other => Some(self.counted(other)),
+        }
+    }
+
     fn counted(&self, result: Result<Authenticated, AccessError>) -> Result<Authenticated, AccessError> {
         match &result {
+            // Counted where the key was found (its counter is resolved once).
+            Ok(a) if a.key.is_some() => {}
             Ok(a) => crate::metrics::key_request(&a.principal.name, "allowed"),
             Err(AccessError::RateLimited(_)) => {}
             Err(e) => crate::metrics::key_request("", crate::metrics::access_outcome(e)),
@@ -194,13 +238,12 @@ impl Keyring {
             return Err(AccessError::Unauthenticated(format!("no API key: send `Authorization: Bearer <key>`{hint}")));
         };
         let key = bearer(raw)?;
-        let authenticated = self.authenticate_key(key)?;
-        if let Some(record) = &authenticated.key {
-            self.inner.limits.admit(record).inspect_err(|e| {
-                crate::metrics::key_request(&record.name, crate::metrics::access_outcome(e));
-            })?;
-        }
-        Ok(authenticated)
+        let entry = self.find(key)?;
+        self.inner.limits.admit_to(&entry.bucket).inspect_err(|e| {
+            crate::metrics::key_request(&entry.record.name, crate::metrics::access_outcome(e));
+        })?;
+        entry.allowed.get_or_init(|| crate::metrics::key_counter(&entry.record.name, "allowed")).inc();
+        Ok(Authenticated { principal: entry.record.principal(), key: Some(entry.record.clone()) })
     }
 
     /// Authenticates a NATS command: its `Authorization: Bearer <key>` header when it
@@ -232,23 +275,34 @@ impl Keyring {
 
     /// Authenticates a key given without a header.
     pub fn authenticate_key(&self, key: &str) -> Result<Authenticated, AccessError> {
+        let record = self.find(key)?.record.clone();
+        Ok(Authenticated { principal: record.principal(), key: Some(record) })
+    }
+
+    /// The key `key` is, when it is well-formed, known, not revoked and not expired;
+    /// notes that it was used.
+    fn find(&self, key: &str) -> Result<Arc<Entry>, AccessError> {
         if !key::well_formed(key) {
             return Err(malformed("not a mailledger key (mlk_…)"));
         }
         let hash = key::hash(key);
-        let record = {
+        let entry = {
             let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
-            keys.get(&hash).filter(|r| key::same(&r.hash, &hash)).cloned()
+            keys.get(&hash).filter(|e| key::same(&e.record.hash, &hash)).cloned()
         };
-        let record = record.ok_or_else(|| AccessError::Unauthenticated(UNKNOWN_KEY.into()))?;
-        if record.revoked_at.is_some() {
+        let entry = entry.ok_or_else(|| AccessError::Unauthenticated(UNKNOWN_KEY.into()))?;
+        if entry.record.revoked_at.is_some() {
             return Err(AccessError::Unauthenticated("this API key was revoked".into()));
         }
-        if record.expires_at.is_some_and(|t| t <= Utc::now()) {
+        let now = Utc::now();
+        if entry.record.expires_at.is_some_and(|t| t <= now) {
             return Err(AccessError::Unauthenticated("this API key has expired".into()));
         }
-        self.inner.used.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id, Utc::now());
-        Ok(Authenticated { principal: record.principal(), key: Some(record) })
+        let second = now.timestamp();
+        if entry.noted.swap(second, Ordering::Relaxed) != second {
+            self.inner.used.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.record.id, now);
+        }
+        Ok(entry)
     }
 
     /// Fails when the key's daily send quota is spent.

@@ -57,21 +57,29 @@ impl Limiter {
 
     /// Takes one request from `key`'s bucket, or says how long to wait.
     pub fn admit(&self, key: &KeyRecord) -> Result<(), AccessError> {
-        let bucket = {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-            buckets
-                .entry(key.id)
-                .or_insert_with(|| {
-                    let rate = key.rate_per_s.unwrap_or(self.defaults.rate_per_second);
-                    let burst = key.burst.unwrap_or(self.defaults.burst).max(1);
-                    let per_request = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-                    let quota = Quota::with_period(per_request)
-                        .expect("a positive period")
-                        .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
-                    Arc::new(RateLimiter::direct(quota))
-                })
-                .clone()
-        };
+        self.admit_to(&self.bucket(key))
+    }
+
+    /// `key`'s bucket (one per key id, made at first use), to take requests from with
+    /// [`Self::admit_to`] without looking it up each time.
+    pub fn bucket(&self, key: &KeyRecord) -> Arc<DefaultDirectRateLimiter> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets
+            .entry(key.id)
+            .or_insert_with(|| {
+                let rate = key.rate_per_s.unwrap_or(self.defaults.rate_per_second);
+                let burst = key.burst.unwrap_or(self.defaults.burst).max(1);
+                let per_request = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+                let quota = Quota::with_period(per_request)
+                    .expect("a positive period")
+                    .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+                Arc::new(RateLimiter::direct(quota))
+            })
+            .clone()
+    }
+
+    /// Takes one request from `bucket`, or says how long to wait.
+    pub fn admit_to(&self, bucket: &DefaultDirectRateLimiter) -> Result<(), AccessError> {
         bucket.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             AccessError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)

@@ -358,6 +358,43 @@ async fn rates_and_daily_quotas_answer_429_and_resource_exhausted() {
     assert!(!scrape.contains(&capped_key));
 }
 
+/// What each request with a key touches is made once per key when the keys are read
+/// (its rate bucket, its counter): a reload keeps the bucket (a rate is not refilled by
+/// someone making a key), an expiry holds without a reload, every allowed request is
+/// counted by key name, and use is still recorded in `last_used_at` (noted at most once
+/// a second per key, written every ten).
+#[tokio::test]
+async fn a_key_keeps_its_rate_across_reloads_expires_on_time_and_is_counted() {
+    let app = TestApp::spawn().await;
+    let slow = client_with_key(
+        &app.new_key(json!({"name": "slow-reload", "scopes": "read", "rate_per_second": 0.1, "burst": 2})).await,
+    );
+    for _ in 0..2 {
+        assert_eq!(slow.get(app.url("/api/v1/emails")).send().await.unwrap().status(), 200);
+    }
+    // Making a key reads this instance's keys again at once.
+    app.new_key(json!({"name": "another", "scopes": "read"})).await;
+    let r = slow.get(app.url("/api/v1/emails")).send().await.unwrap();
+    assert_eq!(r.status(), 429, "a reload does not refill the key's bucket");
+    let scrape = reqwest::get(&app.metrics).await.unwrap().text().await.unwrap();
+    assert!(scrape.contains(r#"mailledger_key_requests_total{key="slow-reload",outcome="allowed"} 2"#), "{scrape}");
+    assert!(scrape.contains(r#"mailledger_key_requests_total{key="slow-reload",outcome="rate_limited"} 1"#));
+
+    let brief = client_with_key(&app.new_key(json!({"name": "brief", "scopes": "read", "expires": "2s"})).await);
+    let made = Instant::now();
+    assert_eq!(brief.get(app.url("/api/v1/emails")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(made.elapsed())).await;
+    let r = brief.get(app.url("/api/v1/emails")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "expired without any reload");
+    assert!(r.text().await.unwrap().contains("expired"));
+
+    eventually(Duration::from_secs(15), || async {
+        let keys: Vec<Value> = app.client.get(app.url("/api/v1/keys")).send().await.unwrap().json().await.unwrap();
+        keys.iter().any(|k| k["name"] == "slow-reload" && k["last_used_at"].is_string())
+    })
+    .await;
+}
+
 /// A key made elsewhere (another instance, or `mailledger keys create`, as in the README's
 /// first lines: `KEY=$(make -s key | tail -n 1); curl … $KEY`) works on its first REST
 /// request, not only after the next periodic reload; an unknown key is still a 401.

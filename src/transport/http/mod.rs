@@ -2,6 +2,7 @@
 
 pub mod emails;
 pub mod error;
+pub mod guard;
 pub mod keys;
 pub mod ledger;
 pub mod read;
@@ -10,9 +11,10 @@ pub mod server;
 pub mod suppressions;
 pub mod webhooks;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
@@ -25,9 +27,29 @@ use crate::access::keyring::Keyring;
 use crate::ledger::Ledger;
 use crate::observe::health::{Readiness, ReadinessReport};
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`Shared`], so that the clones axum makes
+/// of the state for each request (the router, each middleware and each extractor take
+/// their own) cost one reference count, not a clone of every handle in it.
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(Arc<Shared>);
+
+impl HttpState {
+    /// The state of a router serving `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`HttpState`] shares.
+pub struct Shared {
     /// The write side.
     pub ledger: Ledger,
     /// The read side.
@@ -153,23 +175,6 @@ impl utoipa::Modify for ContractResponses {
     }
 }
 
-/// Authenticates a request to the API (every `/api/v1` route): the principal it acts as
-/// goes into its extensions, or it is answered 401 / 429 here.
-async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
-    let result = {
-        let values: Vec<&[u8]> =
-            request.headers().get_all(axum::http::header::AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
-        state.keyring.authenticate_fresh(&values).await
-    };
-    match result {
-        Ok(authenticated) => {
-            request.extensions_mut().insert(authenticated);
-            next.run(request).await
-        }
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
 /// Starts `mailledger_http_requests_total` and `…_duration_seconds` at zero for every
 /// documented route and method (with its first success status), so a fresh instance's
 /// dashboard shows 0 rather than "No data" before the first request of each kind.
@@ -230,28 +235,51 @@ pub fn open_routes() -> Router<HttpState> {
     Router::new().route("/health", get(health)).route("/ready", get(ready))
 }
 
-/// All REST routes.
+/// All REST routes: the API's behind [`guard::Authenticate`] (each request observed,
+/// then authenticated), the open ones observed. The layers every request passes, matched
+/// or not, go around the router as a whole: [`service`].
+///
+/// Each layer put on a router (rather than around it) wraps every route in a boxed
+/// service of its own, cloned and boxed again for each request: the API's two route
+/// layers are one stack here, and the outer ones are not on the router at all.
 pub fn router(state: HttpState) -> Router {
-    let protected = api_routes(state.max_request_bytes)
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    let api = Router::new()
-        .merge(protected)
-        .merge(open_routes())
-        .route_layer(axum::middleware::from_fn(crate::observe::http::observe));
-    let timeout = state.request_timeout;
+    let protected = api_routes(state.max_request_bytes).route_layer(
+        tower::ServiceBuilder::new()
+            .layer(crate::observe::http::ObserveLayer)
+            .layer(guard::AuthenticateLayer::new(state.keyring.clone())),
+    );
+    let open = open_routes().route_layer(crate::observe::http::ObserveLayer);
     Router::new()
-        .merge(api)
+        .merge(protected)
+        .merge(open)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(state)
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
-            match tokio::time::timeout(timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::Timeout.into_response(),
-            }
-        }))
+}
+
+/// [`router`] behind what every request passes, outermost first: `X-Min-Position`
+/// (`consistency`), the request id (kept, taken from `X-Correlation-Id` or made; echoed),
+/// and the request timeout (408).
+pub fn service(
+    state: HttpState,
+    consistency: crate::transport::consistency::ConsistencyLayer,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let timeout = state.request_timeout;
+    tower::ServiceBuilder::new()
+        .layer(consistency)
         .layer(super::request_id::layers())
+        .layer(guard::DeadlineLayer::new(timeout))
+        .map_request(|request: axum::http::Request<hyper::body::Incoming>| request.map(axum::body::Body::new))
+        .service(router(state))
 }
 
 /// 404 for a path no route has, in the JSON error shape.

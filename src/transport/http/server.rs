@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,10 +27,18 @@ use tower::ServiceExt;
 
 use crate::config::HttpSettings;
 
-/// Serves `router` on `listener` (plain TCP or TLS) until `stop`.
-pub async fn serve<L>(mut listener: L, router: Router, settings: HttpSettings, stop: CancellationToken)
+/// Serves `router` (the router behind its outer layers: [`super::service`]) on
+/// `listener` (plain TCP or TLS) until `stop`.
+pub async fn serve<L, S>(mut listener: L, router: S, settings: HttpSettings, stop: CancellationToken)
 where
     L: Listener<Addr = SocketAddr>,
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = axum::response::Response>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
