@@ -134,3 +134,44 @@ fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, seco
         cell.borrow_mut().insert(key, (name.into(), requests, duration));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get_path(router: &Router, path: &str) -> StatusCode {
+        let request = http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    /// Each answer is counted on its own (method, route template, status), every time:
+    /// the handles kept per thread are those of the route matched, never another's.
+    #[tokio::test]
+    async fn answers_are_counted_by_route_template_method_and_status() {
+        let router = Router::new()
+            .route("/observed-a/{id}", get(|| async { "a" }))
+            .route("/observed-b/{id}", get(|| async { StatusCode::NOT_FOUND }).post(|| async { "b" }))
+            .route_layer(ObserveLayer);
+        let count = |route: &str, method: &str, status: &str| {
+            metrics::HTTP_REQUESTS.with_label_values(&[method, route, status]).get()
+        };
+        for i in 0..3 {
+            assert_eq!(get_path(&router, &format!("/observed-a/{i}")).await, StatusCode::OK);
+        }
+        for i in 0..2 {
+            assert_eq!(get_path(&router, &format!("/observed-b/{i}")).await, StatusCode::NOT_FOUND);
+        }
+        let request = http::Request::post("/observed-b/1").body(axum::body::Body::empty()).unwrap();
+        assert_eq!(router.clone().oneshot(request).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(count("/observed-a/{id}", "GET", "200"), 3);
+        assert_eq!(count("/observed-b/{id}", "GET", "404"), 2);
+        assert_eq!(count("/observed-b/{id}", "POST", "200"), 1);
+        assert_eq!(count("/observed-b/{id}", "GET", "200"), 0);
+        let histogram = metrics::HTTP_DURATION.with_label_values(&["GET", "/observed-a/{id}"]);
+        assert_eq!(histogram.get_sample_count(), 3);
+    }
+}
