@@ -105,7 +105,7 @@ where
 /// A (route, method, status): the route by the address of its template, which the
 /// router shares with every request it matches (the entry keeps a copy of the text, so
 /// that an address used again for another text is never taken for it).
-type Key = (usize, Method, u16);
+type Key = (usize, &'static str, u16);
 
 /// The route's text, its counter and its histogram.
 type Handles = (Box<str>, IntCounter, Histogram);
@@ -118,7 +118,8 @@ thread_local! {
 /// handles this thread keeps for them (looked up by their labels the first time).
 fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, seconds: f64) {
     let name = route.map_or("unmatched", MatchedPath::as_str);
-    let key = (name.as_ptr() as usize, method.clone(), status.as_u16());
+    let method = method_label(method);
+    let key = (name.as_ptr() as usize, method, status.as_u16());
     HANDLES.with(|cell| {
         if let Some((kept, requests, duration)) = cell.borrow().get(&key)
             && **kept == *name
@@ -127,12 +128,29 @@ fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, seco
             duration.observe(seconds);
             return;
         }
-        let requests = metrics::HTTP_REQUESTS.with_label_values(&[method.as_str(), name, status.as_str()]);
-        let duration = metrics::HTTP_DURATION.with_label_values(&[method.as_str(), name]);
+        let requests = metrics::HTTP_REQUESTS.with_label_values(&[method, name, status.as_str()]);
+        let duration = metrics::HTTP_DURATION.with_label_values(&[method, name]);
         requests.inc();
         duration.observe(seconds);
         cell.borrow_mut().insert(key, (name.into(), requests, duration));
     });
+}
+
+/// The method as a label: one of HTTP's own, else `OTHER` (a client inventing methods
+/// would otherwise add a series, and a kept handle, per name it invents).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +189,17 @@ mod tests {
         assert_eq!(count("/observed-b/{id}", "GET", "404"), 2);
         assert_eq!(count("/observed-b/{id}", "POST", "200"), 1);
         assert_eq!(count("/observed-b/{id}", "GET", "200"), 0);
+        // An invented method is counted under one label, whatever its name.
+        for name in ["FROB", "TWIDDLE"] {
+            let request = http::Request::builder()
+                .method(Method::from_bytes(name.as_bytes()).unwrap())
+                .uri("/observed-a/1")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            assert_eq!(router.clone().oneshot(request).await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
+        assert_eq!(count("/observed-a/{id}", "OTHER", "405"), 2);
+        assert_eq!(count("/observed-a/{id}", "FROB", "405"), 0);
         let histogram = metrics::HTTP_DURATION.with_label_values(&["GET", "/observed-a/{id}"]);
         assert_eq!(histogram.get_sample_count(), 3);
     }
