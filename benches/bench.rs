@@ -868,11 +868,70 @@ async fn million(figures: &mut Vec<Figure>, scale: f64, rounds: usize, rebuild_a
             notes,
         ));
     }
+    get_by_id_at_scale(figures, &svc, &pool, emails).await;
     svc.stop();
     pool.close().await;
     if rebuild_and_replay {
         intake_on_a_full_store(figures, &db, scale, rounds).await;
     }
+}
+
+/// GET by id over the whole data set: 100,000 emails picked at random, each asked for
+/// about once (so mostly from PostgreSQL's primary key, then Redis), beside the same GET
+/// of one email over and over (from the instance's memory), in the same service.
+async fn get_by_id_at_scale(figures: &mut Vec<Figure>, svc: &Service, pool: &PgPool, emails: i64) {
+    let percent = (100_000.0 / emails as f64 * 150.0).clamp(1.0, 100.0);
+    let ids: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT id::text FROM emails TABLESAMPLE SYSTEM ({percent}) LIMIT 100000"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let ids = Arc::new(ids);
+    let client = svc.client();
+    let counts = || async {
+        (
+            svc.counter("mailledger_cache_requests_total", "\"memory\"").await,
+            svc.counter("mailledger_cache_requests_total", "\"hit\"").await,
+            svc.counter("mailledger_cache_requests_total", "\"miss\"").await,
+        )
+    };
+    let (c, url) = (client.clone(), format!("{}/api/v1/emails/{}", svc.http, ids[0]));
+    let (same, same_p99) = load(32, 5.0, move |_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+        }
+    })
+    .await;
+    let before = counts().await;
+    let (c, base, spread) = (client.clone(), svc.http.clone(), ids.clone());
+    let (rate, p99) = load(32, 5.0, move |i| {
+        let (c, url) = (c.clone(), format!("{base}/api/v1/emails/{}", spread[i % spread.len()]));
+        async move {
+            assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+        }
+    })
+    .await;
+    let after = counts().await;
+    let (memory, hits, misses) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let served = (memory + hits + misses).max(1.0);
+    eprintln!("  get_by_id_store: {rate:.0}/s (one email again and again: {same:.0}/s)");
+    figures.push(figure(
+        "get_by_id_store",
+        "req/s",
+        vec![rate],
+        "the same GET of one email again and again (from memory)",
+        vec![same],
+        true,
+        format!(
+            "32 clients, {} different emails of {emails}; p99 {p99:.2} ms (one email: {same_p99:.2} ms); served from \
+             memory {:.0} %, Redis {:.0} %, PostgreSQL {:.0} %",
+            ids.len(),
+            100.0 * memory / served,
+            100.0 * hits / served,
+            100.0 * misses / served,
+        ),
+    ));
 }
 
 /// `intake_nats` into a copy of the million-email store (2,000,000 events) beside the
