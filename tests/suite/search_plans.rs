@@ -6,7 +6,8 @@
 
 use crate::support::{TestApp, db};
 use mailledger::query::repository::{PROBE, Repository};
-use mailledger::query::search::{COUNT_CAP, SearchParams, to_tsquery};
+use mailledger::query::search::{COUNT_CAP, Page, SearchParams, to_tsquery};
+use mailledger::query::view::EmailSummary;
 use uuid::Uuid;
 
 const EMAILS: i64 = 12_000;
@@ -51,19 +52,7 @@ async fn every_plan_gives_the_page_and_count_the_plain_sql_gives() {
             let all = oracle(&app, &p).await;
             let got = repository.search(&p).await.unwrap();
             let what = format!("q={q:?} status={status:?} from={from:?} page={page} size={size}");
-            let start = ((page - 1) * size) as usize;
-            let want: Vec<Uuid> = all.iter().skip(start).take(size as usize).copied().collect();
-            let ids: Vec<Uuid> = got.items.iter().map(|e| e.id).collect();
-            assert_eq!(ids, want, "{what}: the page");
-            assert_eq!(got.has_more, all.len() > start + size as usize, "{what}: has_more");
-            let total = all.len() as i64;
-            if total <= COUNT_CAP {
-                assert!(got.total_exact, "{what}: {total} matches are counted exactly");
-                assert_eq!(got.total_count, total, "{what}: total_count");
-            } else {
-                assert!(!got.total_exact, "{what}: {total} matches are past the cap");
-                assert_eq!(got.total_count, COUNT_CAP, "{what}: total_count");
-            }
+            assert_page(&got, &all, page, size, &what);
         }
     }
 }
@@ -185,20 +174,8 @@ async fn a_tenant_key_gets_the_page_and_count_plain_sql_gives_within_its_tenant(
             };
             let got = repository.search(&p).await.unwrap();
             let what = format!("q={q:?} tenant={tenant} page={page} size={size}");
-            let start = ((page - 1) * size) as usize;
-            let want: Vec<Uuid> = all.iter().skip(start).take(size as usize).copied().collect();
-            let ids: Vec<Uuid> = got.items.iter().map(|e| e.id).collect();
-            assert_eq!(ids, want, "{what}: the page");
-            assert_eq!(got.has_more, all.len() > start + size as usize, "{what}: has_more");
-            let total = all.len() as i64;
-            if total <= COUNT_CAP {
-                assert!(got.total_exact, "{what}: {total} matches are counted exactly");
-                assert_eq!(got.total_count, total, "{what}: total_count");
-                saw_exact_cap |= total == COUNT_CAP;
-            } else {
-                assert!(!got.total_exact, "{what}: {total} matches are past the cap");
-                assert_eq!(got.total_count, COUNT_CAP, "{what}: total_count");
-            }
+            assert_page(&got, &all, page, size, &what);
+            saw_exact_cap |= all.len() as i64 == COUNT_CAP;
         }
     }
     assert!(saw_exact_cap, "a search with exactly COUNT_CAP matches was tried");
@@ -206,4 +183,22 @@ async fn a_tenant_key_gets_the_page_and_count_plain_sql_gives_within_its_tenant(
     let p = SearchParams { tsquery: to_tsquery("alpha"), ..Default::default() };
     let got = repository.search(&p).await.unwrap();
     assert!(!got.total_exact && got.total_count == COUNT_CAP, "alpha over all tenants: 10,000+");
+}
+
+/// `got` is page `page` (of `size`) of `all`, the matches plain SQL finds, newest first:
+/// the same emails, `has_more`, and the count, exact up to the cap and `10,000+` past it.
+fn assert_page(got: &Page<EmailSummary>, all: &[Uuid], page: u32, size: u32, what: &str) {
+    let start = ((page - 1) * size) as usize;
+    let want: Vec<Uuid> = all.iter().skip(start).take(size as usize).copied().collect();
+    let ids: Vec<Uuid> = got.items.iter().map(|e| e.id).collect();
+    assert_eq!(ids, want, "{what}: the page");
+    assert_eq!(got.has_more, all.len() > start + size as usize, "{what}: has_more");
+    let total = all.len() as i64;
+    if total <= COUNT_CAP {
+        assert!(got.total_exact, "{what}: {total} matches are counted exactly");
+        assert_eq!(got.total_count, total, "{what}: total_count");
+    } else {
+        assert!(!got.total_exact, "{what}: {total} matches are past the cap");
+        assert_eq!(got.total_count, COUNT_CAP, "{what}: total_count");
+    }
 }
