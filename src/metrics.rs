@@ -154,6 +154,16 @@ pub static PROJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_projection_events_total", "Events applied, by projection", &["projection"])
 });
 
+/// `mailledger_history_reads_total{from}`: emails whose earlier events the cache
+/// projection needed, found in the shared tail in memory or read from PostgreSQL.
+pub static HISTORY_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mailledger_history_reads_total",
+        "Earlier events of an email the cache projection needed, by where it found them (memory, database)",
+        &["from"],
+    )
+});
+
 /// `mailledger_feed_reads_total{from}`: batches the email projections read, from the
 /// shared tail in memory or from PostgreSQL (see `store::tail`).
 pub static FEED_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -402,6 +412,7 @@ fn all() -> Vec<Box<dyn prometheus::core::Collector>> {
         Box::new(NATS_ACK_PENDING.clone()),
         Box::new(PROJECTED.clone()),
         Box::new(FEED_READS.clone()),
+        Box::new(HISTORY_READS.clone()),
         Box::new(PROOF_TREE_SIZE.clone()),
         Box::new(PROOF_CHECKPOINT_SIZE.clone()),
         Box::new(PROJECTION_LAG_EVENTS.clone()),

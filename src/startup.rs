@@ -265,7 +265,7 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
 fn spawn_projections(work: &Work, pool: &PgPool, notifier: &Notifier, cache: &Cache, tail: &Tail) {
     let projections: [Arc<dyn Projection>; 4] = [
         Arc::new(EmailsProjection::new()),
-        Arc::new(CacheProjection::new(cache.clone())),
+        Arc::new(CacheProjection::new(cache.clone()).with_tail(tail.clone())),
         Arc::new(ScheduleProjection::new()),
         Arc::new(crate::webhooks::projection::WebhookProjection),
     ];

@@ -1,7 +1,8 @@
 //! The Redis view cache (side-effecting, at-least-once, idempotent by version): for
 //! every email a batch touches, fold all its events (from the batch when it holds the
-//! email's whole history, else from the store) and write the view with its version.
-//! Replaying a batch rewrites the same versions, which Redis ignores.
+//! email's whole history, else from the feed's recent tail in memory, else from the
+//! store) and write the view with its version. Replaying a batch rewrites the same
+//! versions, which Redis ignores.
 
 use std::collections::HashMap;
 
@@ -13,16 +14,26 @@ use super::{Projection, ProjectionKind};
 use crate::query::cache::Cache;
 use crate::query::view::EmailView;
 use crate::store::feed::{self, FeedEvent};
+use crate::store::tail::Tail;
 
 /// The cache projection.
 pub struct CacheProjection {
     cache: Cache,
+    tail: Option<Tail>,
 }
 
 impl CacheProjection {
     /// Writes into `cache`.
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self { cache, tail: None }
+    }
+
+    /// Finds the earlier events of an email in `tail` (the feed it follows, in memory)
+    /// before reading them from the store. During sending, most of a batch is outcomes
+    /// of emails requested moments before: their `Requested` and `Persisted` are there.
+    pub fn with_tail(mut self, tail: Tail) -> Self {
+        self.tail = Some(tail);
+        self
     }
 }
 
@@ -51,7 +62,17 @@ impl Projection for CacheProjection {
                 None => elsewhere.push(*id),
             }
         }
+        if let Some(tail) = self.tail.as_ref().filter(|_| !elsewhere.is_empty()) {
+            // Through the last sequence of the batch: what follows it is the next batch's.
+            let through: HashMap<Uuid, i64> =
+                elsewhere.iter().map(|id| (*id, in_batch[id].iter().map(|e| e.sequence).max().unwrap_or(0))).collect();
+            let recent = tail.histories(&through, |events| EmailView::from_history(events.iter().copied())).await;
+            crate::metrics::HISTORY_READS.with_label_values(&["memory"]).inc_by(recent.len() as u64);
+            elsewhere.retain(|id| !recent.contains_key(id));
+            views.extend(recent.into_values());
+        }
         if !elsewhere.is_empty() {
+            crate::metrics::HISTORY_READS.with_label_values(&["database"]).inc_by(elsewhere.len() as u64);
             let histories = feed::read_emails(conn, &elsewhere).await?;
             views.extend(histories.iter().filter_map(EmailView::from_history));
         }

@@ -17,11 +17,12 @@
 //! the ring's start and its end is in the ring, in order. A reader at any checkpoint in
 //! that stretch gets exactly what the store would give it, or a shorter prefix of it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 use super::feed::{self, Batch, Checkpoint, Events, FeedError, FeedEvent};
 use super::upcast::{UPCASTERS, Upcaster};
@@ -110,6 +111,42 @@ impl Tail {
     /// How many batches it has served from memory.
     pub fn served_from_memory(&self) -> u64 {
         self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// For each email of `wanted`, its history through the sequence given there
+    /// (`1..=through`) handed to `fold`, when the ring holds all of it; the others are
+    /// left out (read them from the store). Exact for the same reason the ring is: it
+    /// is one contiguous stretch of the feed, so an email whose first event is in it has
+    /// every later event in it too, up to the ring's end. A projection asking for what
+    /// precedes its own batch (the cache, folding an outcome onto the email's earlier
+    /// events) finds it here without reading the store, as long as the email is recent.
+    pub async fn histories<T>(
+        &self,
+        wanted: &HashMap<Uuid, i64>,
+        mut fold: impl FnMut(&[&FeedEvent]) -> Option<T>,
+    ) -> HashMap<Uuid, T> {
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let ring = self.ring.lock().await;
+        let mut found: HashMap<Uuid, Vec<&FeedEvent>> = HashMap::with_capacity(wanted.len());
+        for segment in &ring.segments {
+            for e in segment.events.iter() {
+                if let Some(&through) = wanted.get(&e.email_id)
+                    && e.sequence <= through
+                {
+                    found.entry(e.email_id).or_default().push(e);
+                }
+            }
+        }
+        found
+            .into_iter()
+            .filter(|(id, events)| {
+                let through = wanted[id];
+                events.len() as i64 == through && events.iter().enumerate().all(|(i, e)| e.sequence == i as i64 + 1)
+            })
+            .filter_map(|(id, events)| Some((id, fold(&events)?)))
+            .collect()
     }
 
     /// What [`feed::read_after`] would return (or a prefix of it), from memory when it
@@ -218,6 +255,49 @@ mod tests {
         assert!(ring.slice(at(8), 500).is_none());
         assert!(ring.slice(at(9), 500).is_none());
         assert_eq!((ring.start(), ring.end()), (Some(at(0)), Some(at(8))));
+    }
+
+    /// Event `sequence` of email `id` at `position`.
+    fn of(id: Uuid, sequence: i64, position: i64) -> FeedEvent {
+        FeedEvent { email_id: id, sequence, ..event(position) }
+    }
+
+    #[tokio::test]
+    async fn an_email_s_history_comes_from_the_ring_only_when_the_ring_holds_all_of_it() {
+        let (whole, split, early, late) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let tail = Tail::new(TailLimits { events: 6, bytes: 1 << 40 });
+        let mut ring = tail.ring.lock().await;
+        // `early` started in a batch the ring has since forgotten (limit: 6 events).
+        ring.push(
+            Segment { after: at(0), reached: at(2), events: vec![of(early, 1, 1), of(early, 2, 2)].into(), bytes: 1 },
+            tail.limits,
+        );
+        ring.push(
+            Segment {
+                after: at(2),
+                reached: at(6),
+                events: vec![of(whole, 1, 3), of(split, 1, 4), of(whole, 2, 5), of(early, 3, 6)].into(),
+                bytes: 1,
+            },
+            tail.limits,
+        );
+        ring.push(
+            Segment { after: at(6), reached: at(8), events: vec![of(split, 2, 7), of(whole, 3, 8)].into(), bytes: 1 },
+            tail.limits,
+        );
+        assert_eq!(ring.start(), Some(at(2)), "the first batch is forgotten");
+        drop(ring);
+        let sequences = |events: &[&FeedEvent]| Some(events.iter().map(|e| e.sequence).collect::<Vec<_>>());
+        let wanted = HashMap::from([(whole, 2), (split, 2), (early, 3), (late, 1)]);
+        let found = tail.histories(&wanted, sequences).await;
+        // Through the sequence asked for, not what follows it; across batches; an email
+        // whose beginning is gone, or that is not there at all, is left to the store.
+        assert_eq!(found.get(&whole), Some(&vec![1, 2]));
+        assert_eq!(found.get(&split), Some(&vec![1, 2]));
+        assert!(!found.contains_key(&early) && !found.contains_key(&late), "{found:?}");
+        // Past what the ring holds: not complete, so not given.
+        let ahead = tail.histories(&HashMap::from([(whole, 4)]), sequences).await;
+        assert!(ahead.is_empty(), "{ahead:?}");
     }
 
     #[test]

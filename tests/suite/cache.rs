@@ -41,6 +41,11 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     wait_version(&redis, &key, 3).await;
     let ttl: i64 = redis.pttl(&key).await.unwrap();
     assert!(ttl > 0 && ttl <= 3_600_000, "TTL set: {ttl}");
+    // What the projection wrote: the Sent, in a batch of its own, folded onto the
+    // Requested and Persisted it found in the feed's tail in memory (checked below
+    // against the same view made from PostgreSQL).
+    let (_, projected) = app.get_json(&format!("/api/v1/emails/{id}")).await;
+    assert_eq!(projected["status"], "sent");
 
     // Reads come from Redis: a (forged) newer view there is what a reader gets.
     let settings = app.iso.settings(&[]);
@@ -71,6 +76,7 @@ async fn views_are_cached_by_version_read_first_and_refilled() {
     let _: () = redis.del(&key).await.unwrap();
     let (_, from_postgres) = app.get_json(&format!("/api/v1/emails/{id}")).await;
     assert_eq!(from_cache, from_postgres);
+    assert_eq!(projected, from_postgres);
     for path in [format!("/api/v1/emails/{id}"), format!("/api/v1/email/{id}")] {
         let response = app.client.get(app.url(&path)).send().await.unwrap();
         assert_eq!(response.headers()["content-type"], "application/json", "{path}");
