@@ -59,7 +59,7 @@ pub mod proof;
 pub mod query;
 pub mod redrive;
 pub mod render;
-pub(crate) mod saga;
+pub mod saga;
 pub mod startup;
 pub mod store;
 pub mod suppression;

@@ -139,11 +139,20 @@ pub async fn extend(pool: &PgPool, email_id: Uuid, owner: &str, lease: std::time
     Ok(())
 }
 
-/// When the next delivery falls due (for the sender's nap).
+/// When the next delivery falls due (for the sender's nap): the earliest due time among
+/// the deliveries no live lease holds, a walk along `deliveries_due` past the ones in
+/// flight. Deliveries held by a lease are left out (each ends at the next poll at the
+/// latest: `delivery.poll_interval` is far shorter than a lease). The minimum over every
+/// row with its lease counted in was a scan of the whole schedule at every idle wake of
+/// every sender: with a backlog deferred to later (a paused domain, retries after an
+/// outage) that grew with the backlog.
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(greatest(due_at, coalesce(lease_until, due_at))) FROM deliveries")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT due_at FROM deliveries \
+         WHERE lease_until IS NULL OR lease_until <= greatest(due_at, now()) ORDER BY due_at LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Deliveries due now and not claimed.

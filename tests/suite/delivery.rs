@@ -261,3 +261,62 @@ async fn the_file_transport_writes_one_eml_per_email() {
     assert!(text.contains("Subject: to a file"));
     assert!(text.contains("body of to a file"));
 }
+
+/// The sender's nap ends at the next delivery no live lease holds: deliveries in flight
+/// (leased, their lease running) are walked past, an expired lease counts as due, and
+/// an empty schedule has no next. (A schedule of many deliveries deferred to later is
+/// read along its index, not scanned whole: the EXPLAIN below says so.)
+#[tokio::test]
+async fn the_next_due_delivery_is_the_earliest_no_live_lease_holds() {
+    let iso = crate::support::Isolation::new();
+    let _cleanup = crate::support::Cleanup(iso.clone());
+    let pool = crate::support::fresh_database(&iso).await;
+    assert_eq!(mailledger::saga::schedule::next_due(&pool).await.unwrap(), None);
+    let row = |due: &'static str, lease: Option<&'static str>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "INSERT INTO deliveries (email_id, due_at, lease_owner, lease_until, last_sequence, domain) \
+                 VALUES (gen_random_uuid(), now() + interval '{due}', {}, {}, 2, 'example.org')",
+                if lease.is_some() { "'sender-x'" } else { "NULL" },
+                lease.map_or("NULL".to_owned(), |l| format!("now() + interval '{l}'")),
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // In flight: due a while ago, leased for another minute.
+    row("-10 minutes", Some("1 minute")).await;
+    row("-5 minutes", Some("1 minute")).await;
+    // Deferred: a retry in an hour, another in ten minutes whose old lease ran out.
+    row("1 hour", None).await;
+    row("10 minutes", Some("-1 minute")).await;
+    let next = mailledger::saga::schedule::next_due(&pool).await.unwrap().expect("a next");
+    let minutes = (next - chrono::Utc::now()).num_seconds() as f64 / 60.0;
+    assert!((9.0..=10.0).contains(&minutes), "the deferred one in ten minutes, not those in flight: {minutes}");
+    // A lease that ran out on a delivery already due: due now (the sender claims it).
+    row("-1 hour", Some("-1 second")).await;
+    let next = mailledger::saga::schedule::next_due(&pool).await.unwrap().expect("a next");
+    assert!(next < chrono::Utc::now() - chrono::Duration::minutes(59), "{next}");
+
+    // Read along deliveries_due, not a scan of the schedule (planner statistics say
+    // the table is large, as a backlog makes it).
+    sqlx::query(
+        "INSERT INTO deliveries (email_id, due_at, last_sequence, domain) \
+                 SELECT gen_random_uuid(), now() + make_interval(secs => g), 2, 'example.org' \
+                 FROM generate_series(1, 20000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE deliveries").execute(&pool).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT due_at FROM deliveries \
+         WHERE lease_until IS NULL OR lease_until <= greatest(due_at, now()) ORDER BY due_at LIMIT 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|l| l.contains("deliveries_due")), "{plan:#?}");
+}
