@@ -179,6 +179,12 @@ impl Sender {
         };
         if stale {
             let paused = shaping::throttled(&self.0.pool).await?;
+            if !paused.is_empty() {
+                let moved = shaping::set_aside_paused(&self.0.pool).await?;
+                if moved > 0 {
+                    tracing::debug!(moved, "deliveries of paused domains set aside until their pause ends");
+                }
+            }
             let mut known = self.0.throttled.lock().unwrap_or_else(|e| e.into_inner());
             known.0.extend(paused);
             known.1 = Some(std::time::Instant::now());

@@ -261,6 +261,24 @@ async fn claim_unlimited(
     Ok((claimed, vec![]))
 }
 
+/// Moves the due deliveries of every paused domain (not leased) to the end of its
+/// pause; returns how many. The claim walks the schedule in due order past the rows of
+/// paused domains, so a paused domain's backlog left at the front would cost every
+/// claim a walk through all of it (19-27 ms a claim with 100,000 of them, against 0.4
+/// without; growing with the backlog) and slow every other domain down with it. Run
+/// about once a second while a domain is paused: what a paused domain receives
+/// meanwhile is set aside by the next.
+pub async fn set_aside_paused(pool: &PgPool) -> sqlx::Result<u64> {
+    let moved = sqlx::query(
+        "UPDATE deliveries d SET due_at = p.held_until FROM domain_pacing p \
+         WHERE p.held_until > now() AND d.domain = p.domain AND d.due_at < p.held_until \
+           AND (d.lease_until IS NULL OR d.lease_until < now())",
+    )
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
 /// Domains paused now or lately (their next success lifts the pause).
 pub async fn throttled(pool: &PgPool) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar("SELECT domain FROM domain_pacing WHERE backoff_s > 0").fetch_all(pool).await
@@ -312,12 +330,20 @@ pub async fn throttle(pool: &PgPool, domain: &str, first: Duration, max: Duratio
     .map(|b| b.unwrap_or(0.0))
 }
 
-/// A domain that took a message is no longer throttled.
+/// A domain that took a message is no longer throttled: its pause is lifted, and what
+/// [`set_aside_paused`] moved to the pause's end (due exactly then) is due now again.
 pub async fn recovered(pool: &PgPool, domain: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE domain_pacing SET backoff_s = 0, held_until = NULL WHERE domain = $1 AND backoff_s > 0")
-        .bind(domain)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "WITH lifted AS ( \
+           UPDATE domain_pacing p SET backoff_s = 0, held_until = NULL \
+           FROM (SELECT held_until AS was FROM domain_pacing WHERE domain = $1) o \
+           WHERE p.domain = $1 AND p.backoff_s > 0 RETURNING o.was) \
+         UPDATE deliveries d SET due_at = now() FROM lifted \
+         WHERE d.domain = $1 AND lifted.was > now() AND d.due_at = lifted.was",
+    )
+    .bind(domain)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -320,3 +320,62 @@ async fn the_next_due_delivery_is_the_earliest_no_live_lease_holds() {
     .unwrap();
     assert!(plan.iter().any(|l| l.contains("deliveries_due")), "{plan:#?}");
 }
+
+/// A paused domain's backlog is set aside until the pause ends (so the claim's walk in
+/// due order does not pass through it every time, slowing every other domain), what is
+/// in flight is left alone, and a pause lifted early brings the backlog back at once.
+#[tokio::test]
+async fn a_paused_domain_s_backlog_is_set_aside_and_comes_back_when_the_pause_lifts() {
+    use mailledger::saga::shaping;
+    let iso = crate::support::Isolation::new();
+    let _cleanup = crate::support::Cleanup(iso.clone());
+    let pool = crate::support::fresh_database(&iso).await;
+    let settings = iso.settings(&[]).delivery;
+    sqlx::query(
+        "INSERT INTO domain_pacing (domain, held_until, backoff_s) VALUES ('slow.example', now() + interval '10 minutes', 600)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 2,000 due for the paused domain ahead of 10 for another, and one of the paused
+    // domain's in flight.
+    sqlx::query(
+        "INSERT INTO deliveries (email_id, due_at, last_sequence, domain) \
+         SELECT gen_random_uuid(), now() - interval '1 hour' + make_interval(secs => g), 2, 'slow.example' \
+         FROM generate_series(1, 2000) AS g \
+         UNION ALL SELECT gen_random_uuid(), now() - interval '1 minute', 2, 'fast.example' FROM generate_series(1, 10)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (email_id, due_at, lease_owner, lease_until, last_sequence, domain) \
+         VALUES (gen_random_uuid(), now() - interval '2 hours', 'sender-x', now() + interval '1 minute', 2, 'slow.example')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let due = |domain: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE domain = $1 AND due_at <= now()")
+                .bind(domain)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(shaping::set_aside_paused(&pool).await.unwrap(), 2000);
+    assert_eq!(due("slow.example").await, 1, "only the one in flight, untouched");
+    assert_eq!(shaping::set_aside_paused(&pool).await.unwrap(), 0, "set aside once");
+    let (claimed, _) =
+        shaping::claim(&pool, "sender-y", 5, std::time::Duration::from_secs(60), &settings).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    assert!(claimed.iter().all(|c| c.domain == "fast.example"), "{claimed:?}");
+
+    // The domain takes mail again before the pause was to end: its backlog is due now.
+    shaping::recovered(&pool, "slow.example").await.unwrap();
+    assert_eq!(due("slow.example").await, 2001);
+    assert_eq!(shaping::set_aside_paused(&pool).await.unwrap(), 0, "no pause left");
+}
