@@ -269,6 +269,14 @@ async fn claim_unlimited(
 /// about once a second while a domain is paused: what a paused domain receives
 /// meanwhile is set aside by the next.
 pub async fn set_aside_paused(pool: &PgPool) -> sqlx::Result<u64> {
+    // Only while a pause lasts: any UPDATE of `due_at`, even of no row, wakes every
+    // sender (the schedule's statement trigger).
+    let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM domain_pacing WHERE held_until > now())")
+        .fetch_one(pool)
+        .await?;
+    if !held {
+        return Ok(0);
+    }
     let moved = sqlx::query(
         "UPDATE deliveries d SET due_at = p.held_until FROM domain_pacing p \
          WHERE p.held_until > now() AND d.domain = p.domain AND d.due_at < p.held_until \
