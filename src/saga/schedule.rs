@@ -147,13 +147,12 @@ pub async fn extend(pool: &PgPool, email_id: Uuid, owner: &str, lease: std::time
 /// every sender: with a backlog deferred to later (a paused domain, retries after an
 /// outage) that grew with the backlog.
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT due_at FROM deliveries \
-         WHERE lease_until IS NULL OR lease_until <= greatest(due_at, now()) ORDER BY due_at LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
+    sqlx::query_scalar(NEXT_DUE).fetch_optional(pool).await
 }
+
+/// The statement of [`next_due`] (its plan is held to the index by a test).
+pub const NEXT_DUE: &str = "SELECT due_at FROM deliveries \
+     WHERE lease_until IS NULL OR lease_until <= greatest(due_at, now()) ORDER BY due_at LIMIT 1";
 
 /// Deliveries due now and not claimed.
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
