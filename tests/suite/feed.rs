@@ -381,3 +381,90 @@ async fn drain_all(runner: &Runner, recorder: &Recorder, want: usize) -> HashMap
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The read model's rows travel to PostgreSQL column by column (typed arrays, the
+/// address lists as array literals): whatever the text holds — quotes, backslashes,
+/// commas, braces, the word NULL, an empty string, non-ASCII — it comes back as it went,
+/// and an outcome's narrow update changes the state columns only, never a newer row.
+#[tokio::test]
+async fn read_model_rows_keep_any_text_exactly_through_the_columnar_write() {
+    use mailledger::query::row;
+    use mailledger::query::view::{EmailView, RecipientState};
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_790_000_000 + s, 123_456_000).unwrap();
+    let hostile =
+        ["\"quoted\"@example.com", "back\\slash@example.com", "a,b{c}@example.com", "NULL", "", "ünï@例え.jp"];
+    let view = |i: usize| EmailView {
+        id: Uuid::new_v4(),
+        from: format!("from-{i}\"\\@example.com"),
+        from_name: i.is_multiple_of(2).then(|| "Ann \"the\" O'Neil, {boss}\\".to_owned()),
+        to: hostile.iter().map(|s| s.to_string()).collect(),
+        cc: if i.is_multiple_of(2) { vec![] } else { vec!["{}".into(), " spaced ".into()] },
+        bcc: vec!["\\\"".into()],
+        subject: format!("subject {i}\twith tab\nand newline"),
+        body: "body \\N with a backslash-N, not a NULL".into(),
+        html: (i % 2 == 1).then(|| "<p>\"html\"</p>".to_owned()),
+        status: "queued".into(),
+        attempts: 0,
+        last_error: None,
+        message_id: Some(format!("<{i}@example.com>")),
+        source: "rest".into(),
+        created_at: at(0),
+        updated_at: at(0),
+        sent_at: None,
+        next_attempt_at: None,
+        version: 2,
+        tenant: "tenant \"x\"".into(),
+        deliveries: vec![RecipientState {
+            address: "\"quoted\"@example.com".into(),
+            status: "pending".into(),
+            code: None,
+            detail: Some("a \"detail\" \\ with \u{1F600}".into()),
+            attempt: 0,
+        }],
+    };
+    let views: Vec<EmailView> = (0..3).map(view).collect();
+    let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    row::upsert(&mut conn, row::TABLE, &views).await.unwrap();
+    let loaded = row::load(&mut conn, row::TABLE, &ids).await.unwrap();
+    for v in &views {
+        assert_eq!(loaded.get(&v.id), Some(v), "the row of {} came back changed", v.id);
+    }
+
+    // An outcome: the state columns change, the rest stays.
+    let mut sent = views[0].clone();
+    sent.status = "sent".into();
+    sent.attempts = 1;
+    sent.last_error = Some("was \"slow\"".into());
+    sent.updated_at = at(5);
+    sent.sent_at = Some(at(5));
+    sent.version = 3;
+    sent.deliveries[0].status = "sent".into();
+    sent.deliveries[0].code = Some(250);
+    // A stale state (an older sequence) for the second row changes nothing.
+    let mut stale = views[1].clone();
+    stale.status = "failed".into();
+    stale.version = 1;
+    row::update_state(&mut conn, row::TABLE, &[sent.clone(), stale]).await.unwrap();
+    let loaded = row::load(&mut conn, row::TABLE, &ids).await.unwrap();
+    assert_eq!(loaded.get(&sent.id), Some(&sent));
+    assert_eq!(loaded.get(&views[1].id), Some(&views[1]));
+
+    // Writing the older whole row again does not replace the newer one.
+    row::upsert(&mut conn, row::TABLE, &views[..1]).await.unwrap();
+    assert_eq!(row::load(&mut conn, row::TABLE, &ids[..1]).await.unwrap().get(&sent.id), Some(&sent));
+
+    // The search document and the domains are computed from what was written.
+    let (domains, hit): (Vec<String>, bool) = sqlx::query_as(
+        "SELECT recipient_domains, search @@ plainto_tsquery('simple', 'newline') FROM emails WHERE id = $1",
+    )
+    .bind(ids[2])
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(domains.contains(&"example.com".to_owned()), "{domains:?}");
+    assert!(hit);
+}
