@@ -8,6 +8,8 @@
 //! The end-to-end figure runs against Postfix's `smtp-sink` (`scripts/postfix-tools.sh`
 //! unpacks it the first time, without installing Postfix).
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/postfix.rs"]
 mod postfix;
 #[path = "support/service.rs"]
@@ -403,26 +405,33 @@ async fn main() {
             // Two limits, each measured in the same rounds: PostgreSQL writing the same rows
             // with the same batching, and JetStream carrying the same messages with no work.
             // The figure is held against the lower one.
-            let (mut fig, mut lim, mut pg, mut jsl) = (vec![], vec![], vec![], vec![]);
+            let (mut fig, mut lim, mut pg, mut jsl, mut costs) = (vec![], vec![], vec![], vec![], vec![]);
             for r in 0..rounds {
                 wait_quiet(&pool).await;
                 pg.push(unnest_limit(&pool, pool_size, n(5000.0), r).await);
                 jsl.push(jetstream_limit(&js, n(5000.0), r).await);
                 lim.push(pg[r].min(jsl[r]));
                 wait_quiet(&pool).await;
+                let before = cpu::sample(svc.pid());
                 fig.push(intake_nats(&pool, &js, n(5000.0), r).await);
+                costs.push(cpu::Cost::between(&before, &cpu::sample(svc.pid()), n(5000.0)));
                 eprintln!(
-                    "  intake_nats round {r}: {:.0}/s (limits: PostgreSQL {:.0}/s, JetStream {:.0}/s)",
-                    fig[r], pg[r], jsl[r]
+                    "  intake_nats round {r}: {:.0}/s (limits: PostgreSQL {:.0}/s, JetStream {:.0}/s); CPU per email {}",
+                    fig[r],
+                    pg[r],
+                    jsl[r],
+                    cpu::Cost::describe(&costs[r..=r])
                 );
             }
             let notes = format!(
                 "{} emails a round, max_ack_pending 256, pool 16; limits: PostgreSQL INSERT … UNNEST of up to 256 emails \
                  per commit over {pool_size} connections {:.0}/s, JetStream publish → pull → ack with no work {:.0}/s \
-                 (the lower is the limit)",
+                 (the lower is the limit); CPU per email while the round ran (the machine's, by process, median of the \
+                 rounds; the projections are still at work when it ends): {}",
                 n(5000.0),
                 stats::median(&pg),
                 stats::median(&jsl),
+                cpu::Cost::describe(&costs),
             );
             figures.push(figure(
                 "intake_nats",
@@ -637,14 +646,24 @@ async fn end_to_end(figures: &mut Vec<Figure>, count: usize, rounds: usize, scal
         mailledger::render::Renderer::render(&email, "<size@example.com>", chrono::Utc::now()).unwrap().bytes.len()
     };
     let (mut fig, mut lim, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![]);
+    let (mut costs, mut limit_costs) = (vec![], vec![]);
     for r in 0..rounds {
+        let before = cpu::sample(svc.pid());
         lim.push(postfix.source(sink.port, connections, count, size));
+        limit_costs.push(cpu::Cost::between(&before, &cpu::sample(svc.pid()), count));
         let keys: Vec<String> = (0..count).map(|i| format!("e2e-{r}-{i}")).collect();
+        let before = cpu::sample(svc.pid());
         let (rate, mut lat) = publish_and_wait(&pool, &js, &keys, None).await;
+        costs.push(cpu::Cost::between(&before, &cpu::sample(svc.pid()), count));
         fig.push(rate);
         p50s.push(percentile(&mut lat, 50.0));
         p99s.push(percentile(&mut lat, 99.0));
-        eprintln!("  end_to_end round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
+        eprintln!(
+            "  end_to_end round {r}: {:.0}/s (limit {:.0}/s); CPU per email {}",
+            fig[r],
+            lim[r],
+            cpu::Cost::describe(&costs[r..=r])
+        );
     }
     // A steady load at half the rate achieved: the latency a producer sees.
     let steady_rate = stats::median(&fig) / 2.0;
@@ -654,12 +673,15 @@ async fn end_to_end(figures: &mut Vec<Figure>, count: usize, rounds: usize, scal
     let notes = format!(
         "{count} emails a round, NATS publish → Sent recorded, into Postfix smtp-sink over {connections} pooled \
          connections; burst latency p50 {:.0} ms, p99 {:.0} ms; at a steady {:.0}/s (half the rate) for {steady_n} \
-         emails: p50 {:.0} ms, p99 {:.0} ms; limit: smtp-source -s {connections} -l {size} into the same sink",
+         emails: p50 {:.0} ms, p99 {:.0} ms; limit: smtp-source -s {connections} -l {size} into the same sink; \
+         CPU per email (the machine's, by process, median of the rounds): {}; the limit's CPU per message: {}",
         stats::median(&p50s),
         stats::median(&p99s),
         steady_rate,
         percentile(&mut steady, 50.0),
         percentile(&mut steady, 99.0),
+        cpu::Cost::describe(&costs),
+        cpu::Cost::describe(&limit_costs),
     );
     figures.push(figure(
         "end_to_end",
