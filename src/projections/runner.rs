@@ -95,9 +95,10 @@ impl Runner {
         Ok(self.step().await?.0)
     }
 
-    /// One batch: (events applied, whether the checkpoint moved). A batch of other
-    /// aggregates' events only applies nothing and still moves it.
-    async fn step(&self) -> anyhow::Result<(usize, bool)> {
+    /// One batch: (events applied, whether the checkpoint moved, whether the read took
+    /// everything there was). A batch of other aggregates' events only applies nothing
+    /// and still moves it.
+    async fn step(&self) -> anyhow::Result<(usize, bool, bool)> {
         let name = self.projection.name();
         let mut tx = self.pool.begin().await?;
         // A projection can always be rebuilt from the store: its commits need not wait for
@@ -106,8 +107,8 @@ impl Runner {
         let at = checkpoints::load(&mut tx, name).await?;
         match self.projection.feed() {
             Feed::Emails => {}
-            Feed::Everything => return self.apply_raw(tx, at, None).await.map(|n| (n, n > 0)),
-            Feed::Aggregate(kind) => return self.apply_raw(tx, at, Some(kind)).await.map(|n| (n, n > 0)),
+            Feed::Everything => return self.apply_raw(tx, at, None).await.map(|n| (n, n > 0, false)),
+            Feed::Aggregate(kind) => return self.apply_raw(tx, at, Some(kind)).await.map(|n| (n, n > 0, false)),
         }
         let (limit, bytes) = (self.options.batch_size, self.options.batch_bytes);
         let batch = match &self.tail {
@@ -116,7 +117,7 @@ impl Runner {
         };
         let Some(last) = batch.reached else {
             tx.commit().await?;
-            return Ok((0, false));
+            return Ok((0, false, true));
         };
         let events = &batch.events;
         match self.projection.kind() {
@@ -148,7 +149,7 @@ impl Runner {
                 crate::telemetry::continue_trace(&span, &crate::telemetry::MetadataCarrier(&e.metadata));
             }
         }
-        Ok((events.len(), true))
+        Ok((events.len(), true, batch.drained))
     }
 
     /// [`Self::try_execute_once`] for a projection of every aggregate's events, as
@@ -192,13 +193,14 @@ impl Runner {
     pub async fn catch_up(&self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
-            // A short batch may have been cut by its byte budget: only an empty one
-            // says the feed is drained.
-            let (n, moved) = self.step().await?;
-            if !moved {
+            // A batch that took everything below the horizon (fewer rows than asked for,
+            // not cut by its byte budget) ends it without another read to find nothing:
+            // what commits meanwhile is announced, and read on that wake.
+            let (n, moved, drained) = self.step().await?;
+            total += n;
+            if !moved || drained {
                 return Ok(total);
             }
-            total += n;
         }
     }
 

@@ -83,6 +83,10 @@ pub struct Batch {
     pub reached: Option<Checkpoint>,
     /// The rows' stored size, about (what a cache of batches counts).
     pub(crate) bytes: i64,
+    /// Whether the read took everything below the horizon: fewer rows than asked for,
+    /// and not cut by its byte budget. A reader that got such a batch need not read
+    /// again to learn it is done (what commits later is announced and read then).
+    pub drained: bool,
 }
 
 /// Email events of a [`Batch`]: a window on a shared, immutable list (batches read once
@@ -149,6 +153,10 @@ pub async fn read_after(
     let mut reached = None;
     let mut bytes = 0i64;
     let mut events = Vec::with_capacity(rows.len());
+    // Cut by the budget only if the rows kept reach it (the next row is kept while
+    // what came before it is under the budget).
+    let drained = (rows.len() as i64) < limit
+        && rows.last().map_or(Ok(0), |r| r.try_get::<i64, _>("feed_upto"))? < max_bytes.max(1);
     for row in &rows {
         bytes += row.try_get::<i64, _>("bytes")?;
         if row.try_get::<&str, _>("aggregate_type").is_ok_and(|t| t == "Email") {
@@ -159,7 +167,7 @@ pub async fn read_after(
             reached = Some(checkpoint_of(row)?);
         }
     }
-    Ok(Batch { events: events.into(), reached, bytes })
+    Ok(Batch { events: events.into(), reached, bytes, drained })
 }
 
 /// Where a row selected with `txid::text AS txid` and `position` stands in the feed.
@@ -188,10 +196,10 @@ pub(crate) async fn fetch_batch(
            FROM events WHERE (txid, position) > ($1::text::xid8, $2) \
              AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
            ORDER BY txid, position LIMIT $3), \
-         kept AS (SELECT txid, position FROM \
-           (SELECT txid, position, sum(bytes) OVER (ORDER BY txid, position) - bytes AS before FROM next) n \
+         kept AS (SELECT txid, position, before + bytes AS upto FROM \
+           (SELECT txid, position, bytes, sum(bytes) OVER (ORDER BY txid, position) - bytes AS before FROM next) n \
            WHERE before < $4) \
-         SELECT {columns} \
+         SELECT {columns}, kept.upto::int8 AS feed_upto \
          FROM kept JOIN events e ON e.txid = kept.txid AND e.position = kept.position \
          ORDER BY e.txid, e.position"
     );

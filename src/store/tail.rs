@@ -57,6 +57,8 @@ struct Segment {
     reached: Checkpoint,
     events: Arc<[FeedEvent]>,
     bytes: i64,
+    /// The read it came from took everything below the horizon then.
+    drained: bool,
 }
 
 #[derive(Default)]
@@ -75,7 +77,9 @@ impl Ring {
         let to = segment.events.len().min(from + limit.max(1));
         let cut = to < segment.events.len();
         let reached = if cut { segment.events[to - 1].checkpoint } else { segment.reached };
-        Some(Batch { events: Events::new(segment.events.clone(), from..to), reached: Some(reached), bytes: 0 })
+        // Drained as that read was, if this slice runs to the end of the ring.
+        let drained = !cut && segment.drained && self.end() == Some(segment.reached);
+        Some(Batch { events: Events::new(segment.events.clone(), from..to), reached: Some(reached), bytes: 0, drained })
     }
 
     fn end(&self) -> Option<Checkpoint> {
@@ -189,7 +193,7 @@ impl Tail {
         let batch = feed::read_after(conn, after, limit, max_bytes, upcasters).await?;
         if let Some(reached) = batch.reached {
             let events = batch.events.shared().clone();
-            ring.push(Segment { after, reached, events, bytes: batch.bytes }, self.limits);
+            ring.push(Segment { after, reached, events, bytes: batch.bytes, drained: batch.drained }, self.limits);
         }
         Ok(batch)
     }
@@ -226,7 +230,7 @@ mod tests {
 
     fn segment(after: i64, positions: &[i64], reached: i64) -> Segment {
         let events: Vec<FeedEvent> = positions.iter().map(|&p| event(p)).collect();
-        Segment { after: at(after), reached: at(reached), events: events.into(), bytes: 100 }
+        Segment { after: at(after), reached: at(reached), events: events.into(), bytes: 100, drained: false }
     }
 
     fn positions(batch: &Batch) -> Vec<i64> {
@@ -257,6 +261,22 @@ mod tests {
         assert_eq!((ring.start(), ring.end()), (Some(at(0)), Some(at(8))));
     }
 
+    #[test]
+    fn a_slice_says_it_took_everything_only_when_it_runs_to_the_end_of_a_drained_read() {
+        let limits = TailLimits::default();
+        let mut ring = Ring::default();
+        // Both reads were full (not drained) ...
+        ring.push(segment(0, &[1, 2, 3], 3), limits);
+        ring.push(segment(3, &[4, 5], 5), limits);
+        assert!(!ring.slice(at(3), 500).unwrap().drained, "the last read was not drained");
+        // ... then one took everything there was.
+        ring.push(Segment { drained: true, ..segment(5, &[6, 7], 7) }, limits);
+        assert!(ring.slice(at(5), 500).unwrap().drained);
+        assert!(ring.slice(at(6), 500).unwrap().drained);
+        assert!(!ring.slice(at(5), 1).unwrap().drained, "cut by its limit: the rest is still to read");
+        assert!(!ring.slice(at(0), 500).unwrap().drained, "segments follow in the ring");
+    }
+
     /// Event `sequence` of email `id` at `position`.
     fn of(id: Uuid, sequence: i64, position: i64) -> FeedEvent {
         FeedEvent { email_id: id, sequence, ..event(position) }
@@ -269,7 +289,13 @@ mod tests {
         let mut ring = tail.ring.lock().await;
         // `early` started in a batch the ring has since forgotten (limit: 6 events).
         ring.push(
-            Segment { after: at(0), reached: at(2), events: vec![of(early, 1, 1), of(early, 2, 2)].into(), bytes: 1 },
+            Segment {
+                after: at(0),
+                reached: at(2),
+                events: vec![of(early, 1, 1), of(early, 2, 2)].into(),
+                bytes: 1,
+                drained: false,
+            },
             tail.limits,
         );
         ring.push(
@@ -278,11 +304,18 @@ mod tests {
                 reached: at(6),
                 events: vec![of(whole, 1, 3), of(split, 1, 4), of(whole, 2, 5), of(early, 3, 6)].into(),
                 bytes: 1,
+                drained: false,
             },
             tail.limits,
         );
         ring.push(
-            Segment { after: at(6), reached: at(8), events: vec![of(split, 2, 7), of(whole, 3, 8)].into(), bytes: 1 },
+            Segment {
+                after: at(6),
+                reached: at(8),
+                events: vec![of(split, 2, 7), of(whole, 3, 8)].into(),
+                bytes: 1,
+                drained: false,
+            },
             tail.limits,
         );
         assert_eq!(ring.start(), Some(at(2)), "the first batch is forgotten");

@@ -468,3 +468,38 @@ async fn read_model_rows_keep_any_text_exactly_through_the_columnar_write() {
     assert!(domains.contains(&"example.com".to_owned()), "{domains:?}");
     assert!(hit);
 }
+
+/// A batch says it took everything below the horizon only when it did — fewer rows than
+/// asked for, and not cut by its byte budget — so a projection stops reading after it
+/// without one more read to find nothing, and never stops short.
+#[tokio::test]
+async fn a_batch_is_drained_only_when_nothing_below_the_horizon_was_left() {
+    use mailledger::store::feed::{self, Checkpoint};
+    use mailledger::store::upcast::UPCASTERS;
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    for i in 0..3 {
+        commit_email(&pool, &format!("drained {i}")).await; // two events each
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    let budget = 16 * 1024 * 1024;
+    let all = feed::read_after(&mut conn, Checkpoint::default(), 100, budget, UPCASTERS).await.unwrap();
+    assert_eq!((all.events.len(), all.drained), (6, true));
+    let full = feed::read_after(&mut conn, Checkpoint::default(), 6, budget, UPCASTERS).await.unwrap();
+    assert_eq!((full.events.len(), full.drained), (6, false), "as many rows as asked for: maybe more");
+    let cut = feed::read_after(&mut conn, Checkpoint::default(), 100, 1, UPCASTERS).await.unwrap();
+    assert_eq!((cut.events.len(), cut.drained), (1, false), "cut by the byte budget");
+    let after = feed::read_after(&mut conn, full.reached.unwrap(), 6, budget, UPCASTERS).await.unwrap();
+    assert_eq!((after.events.len(), after.reached, after.drained), (0, None, true));
+
+    // A projection whose batches are smaller than the feed still gets everything in one
+    // catch-up, and one whose first batch is drained stops there.
+    let recorder = Arc::new(Recorder::default());
+    let runner = Runner::new(pool.clone(), recorder.clone(), options(4));
+    assert_eq!(runner.catch_up().await.unwrap(), 6);
+    commit_email(&pool, "one more").await;
+    assert_eq!(runner.catch_up().await.unwrap(), 2);
+    assert_eq!(recorder.seen.lock().unwrap().len(), 8);
+    assert!(recorder.seen.lock().unwrap().values().all(|n| *n == 1));
+}
