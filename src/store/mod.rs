@@ -33,7 +33,7 @@ pub(crate) mod append;
 pub(crate) mod checkpoints;
 mod db;
 pub mod feed;
-pub(crate) mod notify;
+pub mod notify;
 pub mod raw;
 pub(crate) mod records;
 pub(crate) mod replay;

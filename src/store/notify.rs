@@ -7,7 +7,9 @@
 //! Writers announce their own commits with an [`Announcer`]: local waiters wake at once,
 //! and other instances get one `NOTIFY mailledger_events`, sent outside any transaction
 //! and at most every 20 ms. (A NOTIFY inside the writing transaction would hold a
-//! cluster-wide lock through its commit and serialise every writer.)
+//! cluster-wide lock through its commit and serialise every writer.) Its payload names
+//! the process, which skips its own when they come back: its waiters were woken at the
+//! commit, and a second tick woke every projection again to find nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,13 +56,17 @@ impl Notifier {
         let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
         let announcer = Announcer { local: events_tx.clone(), remote: Arc::new(Notify::new()) };
         let (remote, writer_pool, stop) = (announcer.remote.clone(), pool.clone(), shutdown.clone());
+        let me = uuid::Uuid::new_v4().simple().to_string();
+        let mine = me.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = remote.notified() => {}
                 }
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS).execute(&writer_pool).await {
+                if let Err(e) =
+                    sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS).bind(&mine).execute(&writer_pool).await
+                {
                     tracing::debug!(error = %e, "cannot announce commits; other instances will poll");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -93,6 +99,8 @@ impl Notifier {
                         n = listener.try_recv() => n,
                     };
                     match next {
+                        // Our own announcement, back: our waiters were woken at the commit.
+                        Ok(Some(n)) if n.channel() == EVENTS && n.payload() == me => {}
                         Ok(Some(n)) if n.channel() == EVENTS => tick(&events_tx),
                         Ok(Some(_)) => tick(&deliveries_tx),
                         // The connection dropped; PgListener reconnects on the next call.

@@ -503,3 +503,28 @@ async fn a_batch_is_drained_only_when_nothing_below_the_horizon_was_left() {
     assert_eq!(recorder.seen.lock().unwrap().len(), 8);
     assert!(recorder.seen.lock().unwrap().values().all(|n| *n == 1));
 }
+
+/// A commit wakes the process's own waiters once (at the commit), not a second time when
+/// its NOTIFY to the other instances comes back from PostgreSQL; another instance's
+/// NOTIFY wakes them.
+#[tokio::test]
+async fn a_process_is_woken_once_by_its_own_commit_and_by_every_other_instance_s() {
+    use mailledger::store::notify::{self, Notifier};
+    let iso = Isolation::new();
+    let _cleanup = Cleanup(iso.clone());
+    let pool = fresh_database(&iso).await;
+    let stop = CancellationToken::new();
+    let notifier = Notifier::start(&pool, stop.clone());
+    let events = notifier.events();
+    // Listening: the listener ticks once when it connects (anything may have been missed).
+    eventually(Duration::from_secs(10), || async { *events.borrow() >= 1 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = *events.borrow();
+    notifier.announcer().committed();
+    assert_eq!(*events.borrow(), before + 1, "woken at the commit");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(*events.borrow(), before + 1, "its own NOTIFY, back from PostgreSQL, is not a second wake");
+    sqlx::query("SELECT pg_notify($1, 'another-instance')").bind(notify::EVENTS).execute(&pool).await.unwrap();
+    eventually(Duration::from_secs(5), || async { *events.borrow() == before + 2 }).await;
+    stop.cancel();
+}
