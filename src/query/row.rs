@@ -245,8 +245,8 @@ pub async fn update_state(conn: &mut PgConnection, table: &str, views: &[EmailVi
 /// Each column travels as one typed array (`INSERT … SELECT FROM UNNEST`), so PostgreSQL
 /// decodes each value once, as what it is; the address lists are array literals and the
 /// deliveries JSON text, cast per row. (A `jsonb_to_recordset` of the whole batch cost
-/// PostgreSQL about half as much again per row: the batch parsed as one JSON document,
-/// then every field converted from JSON to its column's type.)
+/// PostgreSQL a fifth more per row, 70 against 58 µs with every index: the batch parsed
+/// as one JSON document, then every field converted from JSON to its column's type.)
 pub async fn upsert(conn: &mut PgConnection, table: &str, views: &[EmailView]) -> sqlx::Result<()> {
     if views.is_empty() {
         return Ok(());
