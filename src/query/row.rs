@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -17,13 +16,14 @@ use super::view::{EmailSummary, EmailView, RecipientState};
 /// The live read model's table.
 pub const TABLE: &str = "emails";
 
-/// Columns of `emails`, in the order of [`EmailRow`].
+/// Columns of `emails`, as [`upsert`] writes them and [`EmailRow`] reads them (all but
+/// `recipients`, which a view derives from its address lists).
 pub const COLUMNS: &str = "id, from_address, from_name, to_addresses, cc_addresses, bcc_addresses, recipients, subject, \
      body, html, status, attempts, last_error, message_id, source, created_at, updated_at, sent_at, next_attempt_at, \
      last_sequence, tenant, deliveries";
 
 /// One `emails` row, as read.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct EmailRow {
     pub(crate) id: Uuid,
     from_address: String,
@@ -31,7 +31,6 @@ pub struct EmailRow {
     to_addresses: Vec<String>,
     cc_addresses: Vec<String>,
     bcc_addresses: Vec<String>,
-    recipients: Vec<String>,
     subject: String,
     body: String,
     html: Option<String>,
@@ -47,35 +46,6 @@ pub struct EmailRow {
     last_sequence: i64,
     tenant: String,
     deliveries: sqlx::types::Json<Vec<RecipientState>>,
-}
-
-impl From<&EmailView> for EmailRow {
-    fn from(v: &EmailView) -> Self {
-        Self {
-            id: v.id,
-            from_address: v.from.clone(),
-            from_name: v.from_name.clone(),
-            to_addresses: v.to.clone(),
-            cc_addresses: v.cc.clone(),
-            bcc_addresses: v.bcc.clone(),
-            recipients: v.recipients(),
-            subject: v.subject.clone(),
-            body: v.body.clone(),
-            html: v.html.clone(),
-            status: v.status.clone(),
-            attempts: v.attempts as i32,
-            last_error: v.last_error.clone(),
-            message_id: v.message_id.clone(),
-            source: v.source.clone(),
-            created_at: v.created_at,
-            updated_at: v.updated_at,
-            sent_at: v.sent_at,
-            next_attempt_at: v.next_attempt_at,
-            last_sequence: v.version,
-            tenant: v.tenant.clone(),
-            deliveries: sqlx::types::Json(v.deliveries.clone()),
-        }
-    }
 }
 
 impl From<EmailRow> for EmailView {
