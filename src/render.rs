@@ -196,14 +196,7 @@ fn is_printable_ascii(s: &str) -> bool {
 /// `"Ann \"Nan\" Lee"`
 fn quoted(display: &str) -> String {
     let mut q = String::with_capacity(display.len() + 2);
-    q.push('"');
-    for c in display.chars() {
-        if c == '"' || c == '\\' {
-            q.push('\\');
-        }
-        q.push(c);
-    }
-    q.push('"');
+    crate::text::push_quoted(&mut q, display);
     q
 }
 

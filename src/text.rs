@@ -9,6 +9,19 @@ pub fn header_safe(text: &str) -> String {
     out
 }
 
+/// Appends `text` double-quoted, with `"` and `\` escaped by a backslash: an RFC 5322
+/// quoted-string and an element of a PostgreSQL array literal alike.
+pub fn push_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
 /// Longest piece of a client's input an error message repeats.
 pub const ECHO_CHARS: usize = 64;
 

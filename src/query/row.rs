@@ -338,14 +338,7 @@ fn array_literal(items: &[String]) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push('"');
-        for ch in item.chars() {
-            if ch == '"' || ch == '\\' {
-                out.push('\\');
-            }
-            out.push(ch);
-        }
-        out.push('"');
+        crate::text::push_quoted(&mut out, item);
     }
     out.push('}');
     out
