@@ -101,10 +101,7 @@ impl Cost {
 
     /// The median of each group over several costs, as one line.
     pub fn describe(costs: &[Cost]) -> String {
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-        };
+        let median = |v: Vec<f64>| crate::stats::median(&v);
         let Some(first) = costs.first() else { return String::new() };
         let parts: Vec<String> = first
             .by
