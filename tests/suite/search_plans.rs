@@ -185,6 +185,63 @@ async fn a_tenant_key_gets_the_page_and_count_plain_sql_gives_within_its_tenant(
     assert!(!got.total_exact && got.total_count == COUNT_CAP, "alpha over all tenants: 10,000+");
 }
 
+/// A search counts beside its probe the way its last probe chose. When the data has
+/// changed since (a word sparse among the newest emails is now in most of them, then
+/// rare again), that way is the wrong plan, and the page and the count must still be
+/// what plain SQL says; the next search of it has learned the new density.
+#[tokio::test]
+async fn a_density_learned_before_the_data_changed_still_gives_the_page_and_count_of_plain_sql() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let repository = Repository::new(app.pool.clone());
+    let zeta = |page| SearchParams { tsquery: to_tsquery("zeta"), page, size: 10, ..Default::default() };
+    let mark = |every: i64| {
+        let pool = app.pool.clone();
+        async move {
+            // Emails in creation order, the word in one of every `every` of them.
+            sqlx::query(
+                "UPDATE emails e SET body = regexp_replace(e.body, ' ?zeta', '') \
+                 || CASE WHEN n.i % $1 = 0 THEN ' zeta' ELSE '' END \
+                 FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS i FROM emails) n WHERE n.id = e.id",
+            )
+            .bind(every)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let check = |repository: &Repository, page: u32, what: &'static str| {
+        let (repository, p) = (repository.clone(), zeta(page));
+        let app = &app;
+        async move {
+            let all = oracle(app, &p).await;
+            let got = repository.search(&p).await.unwrap();
+            assert_page(&got, &all, page, 10, &format!("{what}, page {page}"));
+        }
+    };
+
+    // One email in 100: 20 of the newest 2,000, sparse; 120 in all, counted exactly.
+    mark(100).await;
+    assert_eq!(repository.learned_density(&zeta(1)), None, "nothing learned before the first search");
+    check(&repository, 1, "1 in 100, first search").await;
+    assert_eq!(repository.learned_density(&zeta(1)), Some(false), "the probe found the matches sparse");
+    // Page 7 needs more than the probe holds: the count taken beside the probe is reused.
+    check(&repository, 7, "1 in 100, past the probe").await;
+
+    // Now in every email: the count is still taken the sparse way once, past the cap.
+    mark(1).await;
+    assert_eq!(repository.learned_density(&zeta(2)), Some(false), "learned before the change, any page");
+    check(&repository, 2, "in every email, counted the stale way").await;
+    assert_eq!(repository.learned_density(&zeta(1)), Some(true), "the probe found them dense");
+    check(&repository, 1, "in every email, counted the learned way").await;
+
+    // Rare again: counted the dense way (along the order index) once, exactly.
+    mark(1000).await;
+    check(&repository, 1, "1 in 1,000, counted the stale way").await;
+    assert_eq!(repository.learned_density(&zeta(1)), Some(false));
+    check(&repository, 1, "1 in 1,000, counted the learned way").await;
+}
+
 /// `got` is page `page` (of `size`) of `all`, the matches plain SQL finds, newest first:
 /// the same emails, `has_more`, and the count, exact up to the cap and `10,000+` past it.
 fn assert_page(got: &Page<EmailSummary>, all: &[Uuid], page: u32, size: u32, what: &str) {
