@@ -207,10 +207,13 @@ fn answer(job: &Job, stored: &HashMap<String, usize>) -> Result<Appended, Append
 }
 
 /// One statement for the whole batch; returns how many events were stored per email.
-/// When some of the batch follow an existing history, the statement runs in a
-/// transaction that removes again the rows of any email only part of whose events went
-/// in (another writer took one of its sequences first): such an email then counts as
-/// [`Appended::Exists`], whole or not at all.
+/// When some of the batch append more than one event after an existing history, the
+/// statement runs in a transaction that removes again the rows of any email only part
+/// of whose events went in (another writer took one of its sequences first): such an
+/// email then counts as [`Appended::Exists`], whole or not at all. A single event (an
+/// attempt's `Sent`, most outcomes) goes in whole or not at all by itself, so a batch
+/// of new emails and single outcomes is one autocommitted statement: no `BEGIN` and
+/// `COMMIT` round trips.
 async fn insert(pool: &PgPool, batch: &[Job]) -> Result<HashMap<String, usize>, sqlx::Error> {
     let rows: usize = batch.iter().map(|j| j.new.events.len()).sum();
     let (mut ids, mut sequences, mut types, mut versions, mut payloads, mut metadata) = (
@@ -246,7 +249,7 @@ async fn insert(pool: &PgPool, batch: &[Job]) -> Result<HashMap<String, usize>, 
         }
         stored
     };
-    if batch.iter().all(|j| j.new.first_sequence == 1) {
+    if batch.iter().all(|j| j.new.first_sequence == 1 || j.new.events.len() == 1) {
         return Ok(count(query.fetch_all(pool).await?));
     }
     let mut tx = pool.begin().await?;

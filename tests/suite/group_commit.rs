@@ -112,3 +112,57 @@ async fn a_failing_store_fails_the_whole_batch_and_retries_store_it_once() {
     }
     assert_eq!(app.event_count(None).await, 80);
 }
+
+/// An attempt's outcome is one event, appended by one autocommitted statement. Two
+/// senders recording an attempt on the same history (a lease that ran out mid-send):
+/// one outcome is stored, the other finds its sequence taken and is decided again on
+/// the fresh history, where attempt 1 is already recorded: never both, never a gap.
+#[tokio::test]
+async fn two_outcomes_decided_on_one_history_store_one_and_never_both() {
+    use cqrs_es::Aggregate;
+    use mailledger::command::{Email, EmailCommand, EmailEvent, RecordAttemptCommand};
+
+    let app = TestApp::spawn().await;
+    let ledger = Ledger::new(app.pool.clone(), Limits::default());
+    for round in 0..10 {
+        let id = ledger.create(request(&format!("raced {round}"), None)).await.unwrap().id;
+        let history = mailledger::store::feed::history(&app.pool, id).await.unwrap();
+        let mut state = Email::default();
+        for e in &history {
+            let event: EmailEvent =
+                serde_json::from_value(serde_json::json!({ e.event_type.clone(): e.payload })).unwrap();
+            state.apply(event);
+        }
+        let last = history.last().unwrap().sequence;
+        let sent = |text: &str| {
+            EmailCommand::RecordAttempt(RecordAttemptCommand {
+                attempt: 1,
+                accepted: vec!["rcpt@example.org".into()],
+                reply_code: 250,
+                reply_text: text.into(),
+                failures: vec![],
+                suppressed: vec![],
+                suppression_reason: String::new(),
+                at: chrono::Utc::now(),
+                retry_at: chrono::Utc::now(),
+                max_attempts: 5,
+            })
+        };
+        let (a, b) = tokio::join!(
+            ledger.record_attempt(id, &state, last, sent("first"), HashMap::new()),
+            ledger.record_attempt(id, &state, last, sent("second"), HashMap::new()),
+        );
+        let stored = [&a, &b].iter().filter(|r| r.as_ref().is_ok_and(|events| !events.is_empty())).count();
+        assert_eq!(stored, 1, "round {round}: exactly one outcome is stored ({a:?}, {b:?})");
+        for r in [&a, &b] {
+            assert!(
+                matches!(r, Ok(_) | Err(LedgerError::Refused(_))),
+                "round {round}: the other is decided again and refused as a stale attempt, not failed: {r:?}"
+            );
+        }
+        let after = mailledger::store::feed::history(&app.pool, id).await.unwrap();
+        let sequences: Vec<i64> = after.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=last + 1).collect::<Vec<_>>(), "round {round}: one event after the history");
+        assert_eq!(after.last().unwrap().event_type, "Sent");
+    }
+}
