@@ -28,6 +28,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 pub const MAX_BATCH: usize = 256;
 /// INSERTs in flight at once (each on its own pooled connection).
 const WRITERS: usize = 4;
+/// How long a batch holding an attempt's outcome waits for more before it is written.
+const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
      SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
@@ -115,10 +117,24 @@ impl Appender {
 async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
-        let taken = queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
-        if taken == 0 {
+        let mut queue = queue.lock().await;
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
+        if jobs.iter().any(|j| j.new.first_sequence > 1) {
+            // Outcomes come one SMTP reply at a time: a moment's wait lets those of the
+            // other connections share this commit (at 2,000 emails a second, one commit
+            // for each `Sent` was half the statements of an email's whole journey).
+            let until = tokio::time::Instant::now() + OUTCOME_LINGER;
+            while jobs.len() < MAX_BATCH {
+                let more = MAX_BATCH - jobs.len();
+                match tokio::time::timeout_at(until, queue.recv_many(&mut jobs, more)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        drop(queue);
         write(&pool, &mut jobs).await;
     }
 }
