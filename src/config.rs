@@ -208,7 +208,7 @@ pub struct WebhookSettings {
     pub pause_after: u32,
     /// Deliveries in flight per instance, over every endpoint.
     pub concurrency: u32,
-    /// Deliveries in flight per instance to any one endpoint.
+    /// Deliveries in flight to any one endpoint, across every instance.
     pub per_endpoint: u32,
     /// How often to look for due deliveries.
     #[serde(with = "humantime_serde")]

@@ -17,8 +17,9 @@ use crate::store::tail::Tail;
 use crate::store::upcast::{UPCASTERS, Upcaster};
 use crate::store::{checkpoints, notify};
 
-/// Namespace of mailledger's advisory locks (first key of the two-key form).
-const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
+/// Namespace of mailledger's advisory locks (first key of the two-key form; the second
+/// names what is locked).
+pub const LOCK_NAMESPACE: i32 = 0x6d6c_6472; // "mldr"
 /// How often a leader asks its lock's session whether it is still alive.
 const LOCK_CHECK: Duration = Duration::from_secs(1);
 

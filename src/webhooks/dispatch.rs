@@ -3,9 +3,11 @@
 //! It claims due rows with `FOR UPDATE SKIP LOCKED` under a lease (a crashed instance's
 //! claims fall to another when the lease ends: at least once), never a row while an
 //! earlier event of the same email waits for the same endpoint (in order per email),
-//! and never more than `webhooks.per_endpoint` rows of one endpoint in flight on this
-//! instance, out of `webhooks.concurrency` in all: a slow endpoint fills its own slots,
-//! not everyone's. Each attempt is one bounded `POST` (timeout, answer size, no
+//! and never more than `webhooks.per_endpoint` rows of one endpoint in flight across
+//! every instance (a row is in flight while its lease runs: claimed, not yet recorded;
+//! claims take turns under a transaction-scoped advisory lock, so two instances never
+//! both count the same free slot), out of each instance's `webhooks.concurrency`: a slow
+//! endpoint fills its own slots, not everyone's. Each attempt is one bounded `POST` (timeout, answer size, no
 //! redirects, the SSRF guard in the resolver) and is logged in `webhook_attempts`.
 //!
 //! Answers: 2xx delivered; 410 disables the endpoint (what waited stays queued for
@@ -14,8 +16,7 @@
 //! passed since it was queued, then given up (`failed`; still replayable). An endpoint
 //! failing `webhooks.pause_after` attempts in a row is paused.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -39,7 +40,6 @@ pub struct Dispatcher {
     client: reqwest::Client,
     slots: Arc<Semaphore>,
     secrets: super::sealed::SecretBox,
-    in_flight: Arc<Mutex<HashMap<Uuid, u32>>>,
     done: Arc<Notify>,
 }
 
@@ -80,15 +80,7 @@ impl Dispatcher {
             .build()?;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
         let secrets = super::sealed::SecretBox::load(settings.encryption_key.as_deref())?;
-        Ok(Self {
-            pool,
-            settings: Arc::new(settings),
-            client,
-            slots,
-            secrets,
-            in_flight: Arc::default(),
-            done: Arc::default(),
-        })
+        Ok(Self { pool, settings: Arc::new(settings), client, slots, secrets, done: Arc::default() })
     }
 
     /// Claims and sends until `stop`, then waits for what is in flight.
@@ -116,20 +108,10 @@ impl Dispatcher {
                         full = claimed.len() == free.min(200);
                         for c in claimed {
                             let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
-                            *self.in_flight.lock().expect("not poisoned").entry(c.endpoint_id).or_default() += 1;
                             let me = self.clone();
                             tracker.spawn(async move {
-                                let endpoint = c.endpoint_id;
                                 me.deliver(c).await;
                                 drop(permit);
-                                let mut map = me.in_flight.lock().expect("not poisoned");
-                                if let Some(n) = map.get_mut(&endpoint) {
-                                    *n -= 1;
-                                    if *n == 0 {
-                                        map.remove(&endpoint);
-                                    }
-                                }
-                                drop(map);
                                 me.done.notify_one();
                             });
                         }
@@ -152,13 +134,15 @@ impl Dispatcher {
 
     /// Claims up to `limit` due deliveries (see the module's rules).
     async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
-        let (busy, counts): (Vec<Uuid>, Vec<i32>) = {
-            let map = self.in_flight.lock().expect("not poisoned");
-            map.iter().map(|(k, v)| (*k, *v as i32)).unzip()
-        };
         let lease = self.settings.timeout + self.settings.connect_timeout + Duration::from_secs(30);
-        sqlx::query_as(
-            "WITH busy AS (SELECT * FROM UNNEST($2::uuid[], $3::int[]) AS b(endpoint_id, n)), \
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext('webhooks.claim'))")
+            .bind(crate::projections::runner::LOCK_NAMESPACE)
+            .execute(&mut *tx)
+            .await?;
+        let claimed = sqlx::query_as(
+            "WITH busy AS (SELECT endpoint_id, count(*)::int AS n FROM webhook_deliveries \
+               WHERE status = 'pending' AND lease_until >= now() GROUP BY endpoint_id), \
              candidates AS ( \
                SELECT d.id, d.endpoint_id, d.next_attempt_at, \
                  row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank \
@@ -169,23 +153,23 @@ impl Dispatcher {
                    AND p.email_id = d.email_id AND p.status = 'pending' AND p.sequence < d.sequence)), \
              picked AS ( \
                SELECT c.id FROM candidates c LEFT JOIN busy b ON b.endpoint_id = c.endpoint_id \
-               WHERE c.rank <= $4 - coalesce(b.n, 0) ORDER BY c.next_attempt_at, c.id LIMIT $1), \
+               WHERE c.rank <= $2 - coalesce(b.n, 0) ORDER BY c.next_attempt_at, c.id LIMIT $1), \
              locked AS ( \
                SELECT d.id FROM webhook_deliveries d JOIN picked USING (id) \
                WHERE d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now()) \
                FOR UPDATE OF d SKIP LOCKED) \
-             UPDATE webhook_deliveries d SET lease_until = now() + $5 \
+             UPDATE webhook_deliveries d SET lease_until = now() + $3 \
              FROM locked, webhook_endpoints e WHERE d.id = locked.id AND e.id = d.endpoint_id \
              RETURNING d.id, d.endpoint_id, d.event_id, d.body, d.attempts, d.queued_at, e.url, e.secret, \
                e.previous_secret, e.previous_until",
         )
         .bind(limit)
-        .bind(&busy)
-        .bind(&counts)
         .bind(self.settings.per_endpoint as i32)
         .bind(chrono::Duration::from_std(lease).unwrap_or_default())
-        .fetch_all(&self.pool)
-        .await
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     /// Sends one delivery and records what came of it.

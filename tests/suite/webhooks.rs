@@ -255,6 +255,42 @@ async fn a_slow_endpoint_does_not_delay_another() {
     .await;
 }
 
+/// `webhooks.per_endpoint` holds across instances: two dispatchers on one store, two
+/// slots per endpoint, a receiver that holds every request. Each instance alone would
+/// allow two; together they never hold more than two, and every delivery still arrives
+/// once when the receiver lets go.
+#[tokio::test]
+async fn per_endpoint_holds_across_two_instances() {
+    let sink = SmtpSink::start().await;
+    let slow = Receiver::start_with(true).await;
+    let limits = [("MAILLEDGER__WEBHOOKS__PER_ENDPOINT", "2"), ("MAILLEDGER__WEBHOOKS__TIMEOUT", "120s")];
+    let app = app_with(&sink, &limits).await;
+    let mut env = QUICK.to_vec();
+    env.extend_from_slice(&limits);
+    let _second = app.sibling(&env).await;
+    let (endpoint, _) = register(&app, &app.client, &slow.url(), &["sent"]).await;
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(app.create(&email(&format!("m{i}"), &["a@example.org"])).await);
+    }
+    eventually(WAIT, || async { slow.hits().len() >= 2 }).await;
+    // Both dispatchers look every 50 ms and all eight are due: 40 looks each to overreach.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(slow.hits().len(), 2, "two held in all, not two per instance");
+    slow.release();
+    eventually(WAIT, || async { slow.answered() == 8 }).await;
+    let mut got: Vec<String> = delivered(&slow).iter().map(Hit::id).collect();
+    got.sort();
+    got.dedup();
+    let mut want: Vec<String> = ids.iter().map(|id| format!("{id}:3")).collect();
+    want.sort();
+    assert_eq!(got, want, "each once");
+    eventually(WAIT, || async {
+        deliveries(&app, &app.client, &endpoint, "?status=delivered").await["items"].as_array().unwrap().len() == 8
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_range_or_one_delivery_is_replayed_with_the_same_id_and_body() {
     let sink = SmtpSink::start().await;
