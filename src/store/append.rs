@@ -7,7 +7,8 @@
 //! to [`MAX_BATCH`] emails) and appends it with one `INSERT … SELECT FROM UNNEST` — one
 //! statement, one durable commit, one prepared plan whatever the batch size — then
 //! answers every request. Under load the batches grow on their own (whatever arrives
-//! while a commit is in flight goes in the next one); alone, a request waits for nobody.
+//! while a commit is in flight goes in the next one); alone, a new email waits for
+//! nobody, and an outcome at most [`OUTCOME_LINGER`] for others to share its commit.
 //!
 //! A statement the store refuses for one email's sake is split until that email stands
 //! alone ([`insert_isolating`]): the others are committed, and only it is refused.
@@ -123,8 +124,8 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
         }
         if jobs.iter().any(|j| j.new.first_sequence > 1) {
             // Outcomes come one SMTP reply at a time: a moment's wait lets those of the
-            // other connections share this commit (at 2,000 emails a second, one commit
-            // for each `Sent` was half the statements of an email's whole journey).
+            // other connections share this commit (end to end at 2,000 emails a second:
+            // 0.55 → 0.38 event INSERTs, each a WAL flush, per email).
             let until = tokio::time::Instant::now() + OUTCOME_LINGER;
             while jobs.len() < MAX_BATCH {
                 let more = MAX_BATCH - jobs.len();

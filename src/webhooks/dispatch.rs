@@ -7,8 +7,9 @@
 //! every instance (a row is in flight while its lease runs: claimed, not yet recorded;
 //! claims take turns under a transaction-scoped advisory lock, so two instances never
 //! both count the same free slot), out of each instance's `webhooks.concurrency`: a slow
-//! endpoint fills its own slots, not everyone's. Each attempt is one bounded `POST` (timeout, answer size, no
-//! redirects, the SSRF guard in the resolver) and is logged in `webhook_attempts`.
+//! endpoint fills its own slots, not everyone's. Each attempt is one bounded `POST`
+//! (timeout, answer size, no redirects, the SSRF guard in the resolver) and is logged in
+//! `webhook_attempts`.
 //!
 //! Answers: 2xx delivered; 410 disables the endpoint (what waited stays queued for
 //! when it is enabled again); anything else, a timeout or no connection is retried
