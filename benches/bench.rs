@@ -1369,7 +1369,7 @@ async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
         lim.push(read as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
         let verdict =
-            mailledger::ops::ledger::verify_store(&pool, key.verifier(), &[], &mailledger::ops::progress::Silent)
+            mailledger::ops::ledger::verify_store(&pool, vec![key.verifier()], &[], &mailledger::ops::progress::Silent)
                 .await
                 .unwrap();
         assert!(verdict.is_ok(), "{verdict:?}");

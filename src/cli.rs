@@ -275,10 +275,12 @@ pub enum LedgerAction {
         /// and against every checkpoint of the ones before it.
         #[arg(long = "export", value_name = "FILE")]
         exports: Vec<PathBuf>,
-        /// The verifier key (or a file holding it); default: the public half of
-        /// MAILLEDGER_SIGNING_KEY (required with --export).
+        /// A verifier key, or a file of them (one a line); again for more keys (a log
+        /// whose signing key was rotated: each checkpoint must be signed by one of
+        /// them). Default: the public half of MAILLEDGER_SIGNING_KEY (required with
+        /// --export).
         #[arg(long = "public-key", value_name = "KEY")]
-        public_key: Option<String>,
+        public_keys: Vec<String>,
         /// Signed checkpoint notes kept elsewhere (from NATS, an earlier run): the log
         /// must agree with each.
         #[arg(long = "checkpoint", value_name = "FILE")]
@@ -747,16 +749,16 @@ fn offline(action: LedgerAction, settings: &Settings) -> anyhow::Result<Result<E
             println!("{public}");
             Ok(Ok(ExitCode::SUCCESS))
         }
-        LedgerAction::Verify { exports, public_key, checkpoints } if !exports.is_empty() => {
-            let Some(public_key) = public_key else {
+        LedgerAction::Verify { exports, public_keys, checkpoints } if !exports.is_empty() => {
+            if public_keys.is_empty() {
                 eprintln!("mailledger: --export needs --public-key (the verifier key, or its file)");
                 return Ok(Ok(ExitCode::from(2)));
-            };
+            }
             let checked = (|| {
-                let key = ledger::load_verifier(&public_key)?;
+                let keys = ledger::load_verifiers(&public_keys)?;
                 let kept = kept_notes(&checkpoints)?;
                 let bar = Bar::new("verify");
-                let result = ledger::verify_exports(&exports, &key, &kept, &bar);
+                let result = ledger::verify_exports(&exports, &keys, &kept, &bar);
                 bar.finish();
                 result
             })();
@@ -774,16 +776,17 @@ async fn ledger_online(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     match action {
-        LedgerAction::Verify { public_key, checkpoints, .. } => {
-            let key = match public_key {
-                Some(k) => ledger::load_verifier(&k),
-                None => match crate::proof::sealer::Signing::load(&settings.proof, &settings.database.name()) {
-                    Ok(Some(s)) => Ok(s.key.verifier()),
+        LedgerAction::Verify { public_keys, checkpoints, .. } => {
+            let keys = if public_keys.is_empty() {
+                match crate::proof::sealer::Signing::load(&settings.proof, &settings.database.name()) {
+                    Ok(Some(s)) => Ok(vec![s.key.verifier()]),
                     Ok(None) => Err(anyhow::anyhow!("give --public-key (no MAILLEDGER_SIGNING_KEY is set)")),
                     Err(e) => Err(e),
-                },
+                }
+            } else {
+                ledger::load_verifiers(&public_keys)
             };
-            let key = match key {
+            let keys = match keys {
                 Ok(k) => k,
                 Err(e) => return Ok(cannot_check(&e)),
             };
@@ -792,7 +795,7 @@ async fn ledger_online(
                 Err(e) => return Ok(cannot_check(&e)),
             };
             let bar = Bar::new("verify");
-            let result = ledger::verify_store(pool, key, &kept, &bar).await;
+            let result = ledger::verify_store(pool, keys, &kept, &bar).await;
             bar.finish();
             Ok(verdict(result))
         }

@@ -57,6 +57,30 @@ pub fn load_verifier(text_or_path: &str) -> anyhow::Result<VerifierKey> {
     VerifierKey::parse(&text).with_context(|| format!("{}: not a verifier key", crate::text::echo(text_or_path)))
 }
 
+/// Every verifier key given, each a key or a file of keys, one a line (blank lines and
+/// `#` comments skipped): the keys of a log whose signing key was rotated.
+pub fn load_verifiers(given: &[String]) -> anyhow::Result<Vec<VerifierKey>> {
+    let mut keys = Vec::new();
+    for text_or_path in given {
+        if !Path::new(text_or_path).is_file() {
+            keys.push(load_verifier(text_or_path)?);
+            continue;
+        }
+        let text = std::fs::read_to_string(text_or_path).with_context(|| format!("{text_or_path}: cannot be read"))?;
+        let before = keys.len();
+        for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            keys.push(
+                VerifierKey::parse(line).with_context(|| format!("{text_or_path} line {n}: not a verifier key"))?,
+            );
+        }
+        anyhow::ensure!(keys.len() > before, "{text_or_path}: holds no verifier key");
+    }
+    Ok(keys)
+}
+
 /// Stored leaves, in index order, read a chunk at a time.
 struct Leaves<'a> {
     pool: &'a PgPool,
@@ -113,7 +137,7 @@ impl<'a> Checkpoints<'a> {
 /// leaves, every stored checkpoint and every note in `kept` (label, note).
 pub async fn verify_store(
     pool: &PgPool,
-    key: VerifierKey,
+    keys: Vec<VerifierKey>,
     kept: &[(String, String)],
     progress: &dyn Progress,
 ) -> anyhow::Result<Verdict> {
@@ -123,7 +147,7 @@ pub async fn verify_store(
         let mut conn = pool.acquire().await?;
         tree::latest(&mut conn).await?.map_or(0, |c| c.size)
     };
-    let mut audit = Audit::new(key);
+    let mut audit = Audit::trusting(keys);
     for (label, note) in kept {
         if let Err(e) = audit.expect(note, label) {
             return Ok(Err(e.0));
@@ -251,12 +275,12 @@ pub async fn export(
     Ok((n, written))
 }
 
-/// Checks exports with the public key alone, in the order given (oldest first): each
+/// Checks exports with the public keys alone, in the order given (oldest first): each
 /// recomputed from its events and held to its own checkpoints, to the notes in `kept`,
 /// and to every checkpoint of the exports before it (history only grew).
 pub fn verify_exports(
     files: &[impl AsRef<Path>],
-    key: &VerifierKey,
+    keys: &[VerifierKey],
     kept: &[(String, String)],
     progress: &dyn Progress,
 ) -> anyhow::Result<Verdict> {
@@ -265,7 +289,7 @@ pub fn verify_exports(
     for path in files {
         let path = path.as_ref();
         let file = std::fs::File::open(path).with_context(|| format!("{}: cannot be read", path.display()))?;
-        match verify_export(path, std::io::BufReader::new(file), key, &known, progress)? {
+        match verify_export(path, std::io::BufReader::new(file), keys, &known, progress)? {
             Ok((summary, notes)) => {
                 known.extend(notes);
                 last = Some(summary);
@@ -281,12 +305,12 @@ type ExportVerdict = Result<(Summary, Vec<(String, String)>), String>;
 fn verify_export(
     path: &Path,
     reader: impl BufRead,
-    key: &VerifierKey,
+    keys: &[VerifierKey],
     known: &[(String, String)],
     progress: &dyn Progress,
 ) -> anyhow::Result<ExportVerdict> {
     let name = path.display();
-    let mut audit = Audit::new(key.clone());
+    let mut audit = Audit::trusting(keys.to_vec());
     for (label, note) in known {
         if let Err(e) = audit.expect(note, label) {
             return Ok(Err(e.0));
@@ -415,7 +439,7 @@ mod tests {
         grown.extend((7..=9).map(|p| event(p, "later")));
         let a = export_of(dir.path(), "a.ndjson", &old, &key, 3);
         let b = export_of(dir.path(), "b.ndjson", &grown, &key, 3);
-        let verdict = verify_exports(&[&a, &b], &key.verifier(), &[], &Silent).unwrap();
+        let verdict = verify_exports(&[&a, &b], &[key.verifier()], &[], &Silent).unwrap();
         assert_eq!(verdict.unwrap().leaves, 9);
 
         // History rewritten and re-signed by the key's holder: each export verifies alone,
@@ -423,13 +447,13 @@ mod tests {
         let mut rewritten = grown.clone();
         rewritten[1] = event(2, "HELLO");
         let c = export_of(dir.path(), "c.ndjson", &rewritten, &key, 3);
-        assert!(verify_exports(&[&c], &key.verifier(), &[], &Silent).unwrap().is_ok());
-        let err = verify_exports(&[&a, &c], &key.verifier(), &[], &Silent).unwrap().unwrap_err();
+        assert!(verify_exports(&[&c], &[key.verifier()], &[], &Silent).unwrap().is_ok());
+        let err = verify_exports(&[&a, &c], &[key.verifier()], &[], &Silent).unwrap().unwrap_err();
         assert!(err.contains("a.ndjson line") && err.contains("size 3"), "{err}");
 
         // History cut back: the older export's checkpoint is past the newer one's end.
         let shorter = export_of(dir.path(), "d.ndjson", &old[..3], &key, 3);
-        let err = verify_exports(&[&a, &shorter], &key.verifier(), &[], &Silent).unwrap().unwrap_err();
+        let err = verify_exports(&[&a, &shorter], &[key.verifier()], &[], &Silent).unwrap().unwrap_err();
         assert!(err.contains("truncated"), "{err}");
     }
 }

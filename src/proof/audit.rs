@@ -1,7 +1,7 @@
 //! The auditor's check: recompute the log leaf by leaf, in order, from the events
 //! themselves (read from the store or from an export), and hold the recomputed tree to
-//! every signed checkpoint — each one's signature by the auditor's key, its origin, and
-//! its root at its size. Memory stays flat: the tree's right edge is O(log n) hashes.
+//! every signed checkpoint — each one's signature by one of the auditor's keys (more
+//! than one across a rotation of the signing key), its origin, and its root at its size. Memory stays flat: the tree's right edge is O(log n) hashes.
 //!
 //! Checkpoints are either met in the stream ([`Audit::checkpoint_here`], an export's
 //! lines) or announced ahead ([`Audit::expect`], the store's table, a note the auditor
@@ -23,7 +23,7 @@ pub struct AuditError(pub String);
 
 /// The streaming check.
 pub struct Audit {
-    key: VerifierKey,
+    keys: Vec<VerifierKey>,
     origin: Option<String>,
     frontier: Frontier,
     /// Checkpoints to meet, by size: root and where the checkpoint came from.
@@ -47,7 +47,13 @@ pub struct Summary {
 impl Audit {
     /// A check trusting signatures by `key` only.
     pub fn new(key: VerifierKey) -> Self {
-        Self { key, origin: None, frontier: Frontier::default(), expected: BTreeMap::new(), checked: 0, good: 0 }
+        Self::trusting(vec![key])
+    }
+
+    /// A check trusting signatures by any of `keys`: the verifier keys of a log whose
+    /// signing key was rotated (each checkpoint is signed by the key of its day).
+    pub fn trusting(keys: Vec<VerifierKey>) -> Self {
+        Self { keys, origin: None, frontier: Frontier::default(), expected: BTreeMap::new(), checked: 0, good: 0 }
     }
 
     /// Leaves so far.
@@ -60,10 +66,10 @@ impl Audit {
         self.frontier.root()
     }
 
-    /// Opens a signed checkpoint: signed by the key, a well-formed checkpoint, of the
-    /// same origin as every other one.
+    /// Opens a signed checkpoint: signed by one of the keys, a well-formed checkpoint, of
+    /// the same origin as every other one.
     pub fn open(&mut self, note: &str, from: &str) -> Result<Checkpoint, AuditError> {
-        let c = Checkpoint::open(note, &self.key).map_err(|e| AuditError(format!("{from}: {e}")))?;
+        let c = Checkpoint::open_with_any(note, &self.keys).map_err(|e| AuditError(format!("{from}: {e}")))?;
         match &self.origin {
             Some(o) if *o != c.origin => {
                 return Err(AuditError(format!("{from}: origin {:?} is not this log's ({o:?})", c.origin)));
@@ -191,5 +197,38 @@ mod tests {
         let other = SignerKey::generate("o").unwrap();
         let mut a = Audit::new(key.verifier());
         assert!(a.expect(&signed(&other, &leaves), "store").unwrap_err().0.contains("bad signature"));
+    }
+
+    #[test]
+    fn a_rotated_signing_key_verifies_with_both_verifier_keys_and_not_with_one() {
+        let (old, new) = (SignerKey::generate("o").unwrap(), SignerKey::generate("o").unwrap());
+        let leaves: Vec<Hash> = (0..10u8).map(|i| leaf_hash(&[i])).collect();
+        // Signed by the old key up to leaf 4, by the new one since.
+        let notes = [signed(&old, &leaves[..4]), signed(&new, &leaves[..7]), signed(&new, &leaves)];
+        let run = |keys: Vec<VerifierKey>| {
+            let mut a = Audit::trusting(keys);
+            for (i, n) in notes.iter().enumerate() {
+                a.expect(n, &format!("checkpoint {i}"))?;
+            }
+            for l in &leaves {
+                a.push(*l)?;
+            }
+            a.finish()
+        };
+        assert_eq!(run(vec![old.verifier(), new.verifier()]).unwrap().checkpoints, 3);
+        assert_eq!(run(vec![new.verifier(), old.verifier()]).unwrap().checkpoints, 3, "in any order");
+        let only_new = run(vec![new.verifier()]).unwrap_err().0;
+        assert!(only_new.contains("checkpoint 0: bad signature: not signed by o+"), "{only_new}");
+        let third = SignerKey::generate("o").unwrap();
+        let neither = run(vec![new.verifier(), third.verifier()]).unwrap_err().0;
+        assert!(neither.contains("checkpoint 0: bad signature: not signed by any of o+"), "{neither}");
+
+        // A bad signature by a trusted key fails the note, though another trusted key
+        // signs it too: the new key's signature line added to the old key's note, over
+        // other text.
+        let forged_line = signed(&new, &leaves[..5]).rsplit_once("\n\n").unwrap().1.to_owned();
+        let both = format!("{}{forged_line}", signed(&old, &leaves[..4]));
+        let e = Audit::trusting(vec![old.verifier(), new.verifier()]).expect(&both, "kept").unwrap_err().0;
+        assert!(e.contains("kept: bad signature: the signature by o does not verify"), "{e}");
     }
 }

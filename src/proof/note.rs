@@ -179,6 +179,22 @@ impl VerifierKey {
     /// The text of `note` once a signature by this key over it checks; signatures by
     /// other keys are ignored.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
+        match self.check(note)? {
+            Some(text) => Ok(text),
+            // A note with no signature line at all is refused by `check`.
+            None => err(format!("bad signature: not signed by {} (only by other keys)", self.label())),
+        }
+    }
+
+    /// The key as `name+id`, as a signature line's reader names it.
+    pub fn label(&self) -> String {
+        format!("{}+{:08x}", self.name, self.id)
+    }
+
+    /// `Some(text)` when this key's signature over `note` checks, `None` when the note
+    /// carries no signature by this key; an error for a malformed note or a signature by
+    /// this key that does not verify.
+    pub fn check<'a>(&self, note: &'a str) -> Result<Option<&'a str>, NoteError> {
         let Some(split) = note.rfind("\n\n") else {
             return err("not a signed note: no empty line before the signatures");
         };
@@ -186,7 +202,6 @@ impl VerifierKey {
         if sigs.is_empty() || !sigs.ends_with('\n') {
             return err("not a signed note: no signature lines (each ends in a newline)");
         }
-        let mut other = false;
         for line in sigs.lines() {
             let Some(rest) = line.strip_prefix(DASH) else {
                 return err(format!("malformed signature line {}", crate::text::echo(line)));
@@ -200,20 +215,39 @@ impl VerifierKey {
             }
             let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
             if name != self.name || id != self.id {
-                other = true;
                 continue;
             }
             let sig = Signature::from_slice(&blob[4..])
                 .map_err(|_| NoteError(format!("the signature by {name} is not an Ed25519 signature")))?;
             return match self.key.verify(text.as_bytes(), &sig) {
-                Ok(()) => Ok(text),
+                Ok(()) => Ok(Some(text)),
                 Err(_) => err(format!("bad signature: the signature by {name} does not verify")),
             };
         }
-        if other {
-            err(format!("bad signature: not signed by {}+{:08x} (only by other keys)", self.name, self.id))
-        } else {
-            err("not signed")
+        Ok(None)
+    }
+}
+
+/// The text of `note` once a signature by one of `keys` checks (a log whose signing key
+/// was rotated: its checkpoints are signed by one key, then by the next). A signature
+/// by one of `keys` that does not verify fails the note, whatever else signs it;
+/// signatures by other keys are ignored.
+pub fn open_with_any<'a>(note: &'a str, keys: &[VerifierKey]) -> Result<&'a str, NoteError> {
+    let mut opened = None;
+    for key in keys {
+        if let Some(text) = key.check(note)? {
+            opened = Some(text);
+        }
+    }
+    if let Some(text) = opened {
+        return Ok(text);
+    }
+    match keys {
+        [] => err("no verifier key to check the signature with"),
+        [one] => one.open(note),
+        _ => {
+            let trusted = keys.iter().map(VerifierKey::label).collect::<Vec<_>>().join(", ");
+            err(format!("bad signature: not signed by any of {trusted} (only by other keys)"))
         }
     }
 }
@@ -278,6 +312,11 @@ impl Checkpoint {
     /// must be a checkpoint.
     pub fn open(note: &str, key: &VerifierKey) -> Result<Self, NoteError> {
         Self::parse_text(key.open(note)?)
+    }
+
+    /// Opens a signed checkpoint note signed by any of `keys` (see [`open_with_any`]).
+    pub fn open_with_any(note: &str, keys: &[VerifierKey]) -> Result<Self, NoteError> {
+        Self::parse_text(open_with_any(note, keys)?)
     }
 }
 

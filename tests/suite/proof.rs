@@ -445,3 +445,67 @@ async fn a_log_of_many_tiles_proves_every_kind_of_path_and_verifies() {
     let (code, _, err) = mailledger(&app.iso.env(), &["ledger", "verify", "--public-key", &public]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// The signing key rotated: the first checkpoints are signed by the old key, the later
+/// ones by the new. The log verifies with both verifier keys (given twice, or as one
+/// file of both) and so does its export offline; with the new key alone, `verify` names
+/// the first checkpoint it cannot open.
+#[tokio::test]
+async fn a_rotated_signing_key_verifies_with_the_old_and_the_new_verifier_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_key, old_pub) = keygen(dir.path(), "mailledger/rotation-1");
+    let (new_key, new_pub) = keygen(dir.path(), "mailledger/rotation-2");
+    let mut app = spawn_signing(Isolation::new(), &old_key).await;
+    for i in 0..3 {
+        app.create(&original_payload(&format!("before {i}"))).await;
+    }
+    let before = covered(&app).await;
+    assert!(rfc9162::open_checkpoint(before["note"].as_str().unwrap(), &old_pub).is_some());
+    app.stop().await;
+    let env = signing(&new_key);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let rotated = app.sibling(&extra).await;
+    for i in 0..3 {
+        rotated.create(&original_payload(&format!("after {i}"))).await;
+    }
+    let after = covered(&rotated).await;
+    assert!(after["size"].as_u64() > before["size"].as_u64());
+    assert!(rfc9162::open_checkpoint(after["note"].as_str().unwrap(), &new_pub).is_some(), "signed by the new key");
+
+    let env = rotated.iso.env();
+    let verify = |keys: &[&str]| {
+        let mut args = vec!["ledger", "verify"];
+        for k in keys {
+            args.extend(["--public-key", k]);
+        }
+        mailledger(&env, &args)
+    };
+    let (code, _, err) = verify(&[&old_pub, &new_pub]);
+    assert_eq!(code, 0, "both keys: {err}");
+    let both = dir.path().join("verifiers.txt");
+    std::fs::write(&both, format!("# the log's keys, oldest first\n{old_pub}\n\n{new_pub}\n")).unwrap();
+    let (code, _, err) = verify(&[both.to_str().unwrap()]);
+    assert_eq!(code, 0, "a file of both: {err}");
+    let (code, _, err) = verify(&[&new_pub]);
+    assert_eq!(code, 1, "the new key alone: {err}");
+    assert!(err.contains("bad signature: not signed by mailledger/rotation-2+"), "{err}");
+    let (code, _, err) = verify(&[&old_pub]);
+    assert_eq!(code, 1, "the old key alone: {err}");
+
+    let (code, out, err) = mailledger(&env, &["replay", "--proofs"]);
+    assert_eq!(code, 0, "{err}");
+    let export = dir.path().join("rotated.ndjson");
+    std::fs::write(&export, out).unwrap();
+    let export = export.to_str().unwrap();
+    let (code, _, err) =
+        mailledger(&[], &["ledger", "verify", "--export", export, "--public-key", both.to_str().unwrap()]);
+    assert_eq!(code, 0, "the export, offline, with both: {err}");
+    let (code, _, err) = mailledger(&[], &["ledger", "verify", "--export", export, "--public-key", &new_pub]);
+    assert_eq!(code, 1, "the export with the new key alone: {err}");
+    let garbage = dir.path().join("garbage.txt");
+    std::fs::write(&garbage, format!("{old_pub}\nnot a key\n")).unwrap();
+    let (code, _, err) =
+        mailledger(&[], &["ledger", "verify", "--export", export, "--public-key", garbage.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 2: not a verifier key"), "{err}");
+}
