@@ -1341,7 +1341,7 @@ async fn proof(figures: &mut Vec<Figure>, scale: f64, rounds: usize) {
     // A store generated before the proof log: its tables come with the migration.
     mailledger::store::migrate(&pool).await.unwrap();
     let signing = mailledger::proof::sealer::Signing {
-        key: Arc::new(key.clone()),
+        keys: Arc::from([key.clone()]),
         origin: "mailledger/bench".into(),
         every: 100_000,
         interval: Duration::from_secs(3600),

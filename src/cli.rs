@@ -779,7 +779,7 @@ async fn ledger_online(
         LedgerAction::Verify { public_keys, checkpoints, .. } => {
             let keys = if public_keys.is_empty() {
                 match crate::proof::sealer::Signing::load(&settings.proof, &settings.database.name()) {
-                    Ok(Some(s)) => Ok(vec![s.key.verifier()]),
+                    Ok(Some(s)) => Ok(s.verifiers()),
                     Ok(None) => Err(anyhow::anyhow!("give --public-key (no MAILLEDGER_SIGNING_KEY is set)")),
                     Err(e) => Err(e),
                 }

@@ -162,7 +162,8 @@ pub struct ProofSettings {
     /// Seal every event into the Merkle log (off only to measure what sealing costs).
     pub enabled: bool,
     /// The Ed25519 key that signs checkpoints (`PRIVATE+KEY+…`, as `mailledger ledger
-    /// keygen` writes it); unset: the log is kept, nothing is signed.
+    /// keygen` writes it; a file of two, one a line, while the key is changed over: each
+    /// checkpoint is signed by both); unset: the log is kept, nothing is signed.
     #[serde(deserialize_with = "optional_path")]
     pub signing_key: Option<PathBuf>,
     /// The checkpoints' origin line; empty: `mailledger/<database name>`.

@@ -292,7 +292,9 @@ fn spawn_sealer(
     }
     match &signing {
         Some(s) => {
-            tracing::info!(origin = %s.origin, verifier_key = %s.key.verifier().encode(), "proof log: signing checkpoints")
+            let verifiers =
+                s.verifiers().iter().map(crate::proof::note::VerifierKey::encode).collect::<Vec<_>>().join(" ");
+            tracing::info!(origin = %s.origin, verifier_keys = %verifiers, "proof log: signing checkpoints")
         }
         None => tracing::warn!(
             "proof log: NO SIGNING KEY (MAILLEDGER_SIGNING_KEY): events are sealed but no checkpoint is signed, so \

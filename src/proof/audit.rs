@@ -1,7 +1,8 @@
 //! The auditor's check: recompute the log leaf by leaf, in order, from the events
 //! themselves (read from the store or from an export), and hold the recomputed tree to
 //! every signed checkpoint — each one's signature by one of the auditor's keys (more
-//! than one across a rotation of the signing key), its origin, and its root at its size. Memory stays flat: the tree's right edge is O(log n) hashes.
+//! than one across a rotation of the signing key), its origin, and its root at its
+//! size. Memory stays flat: the tree's right edge is O(log n) hashes.
 //!
 //! Checkpoints are either met in the stream ([`Audit::checkpoint_here`], an export's
 //! lines) or announced ahead ([`Audit::expect`], the store's table, a note the auditor

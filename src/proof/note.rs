@@ -120,11 +120,27 @@ impl SignerKey {
 
     /// `text` (which must end in a newline) with this key's signature line under it.
     pub fn sign(&self, text: &str) -> String {
+        sign_with_all(text, std::slice::from_ref(self))
+    }
+
+    /// This key's signature line over `text`.
+    fn signature_line(&self, text: &str) -> String {
         let sig = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_be_bytes().to_vec();
         blob.extend_from_slice(&sig.to_bytes());
-        format!("{text}\n{DASH}{} {}\n", self.name, B64.encode(blob))
+        format!("{DASH}{} {}\n", self.name, B64.encode(blob))
     }
+}
+
+/// `text` (which must end in a newline) with one signature line under it for each of
+/// `keys`, in order: a note that a verifier holding any one of their verifier keys
+/// opens (a signing key's changeover: the old key and the new sign together).
+pub fn sign_with_all(text: &str, keys: &[SignerKey]) -> String {
+    let mut note = format!("{text}\n");
+    for key in keys {
+        note.push_str(&key.signature_line(text));
+    }
+    note
 }
 
 /// `<name>+<hex id>+<base64>` → its parts.
@@ -274,6 +290,11 @@ impl Checkpoint {
         key.sign(&self.text())
     }
 
+    /// Signs the text with every one of `keys`: one note, a signature line each.
+    pub fn sign_with_all(&self, keys: &[SignerKey]) -> String {
+        sign_with_all(&self.text(), keys)
+    }
+
     /// Parses a checkpoint's text (exactly three lines).
     pub fn parse_text(text: &str) -> Result<Self, NoteError> {
         let lines: Vec<&str> = text.split_terminator('\n').collect();
@@ -331,6 +352,20 @@ mod tests {
         "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
     const NOTE_SIG: &str =
         "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+
+    #[test]
+    fn a_checkpoint_signed_by_two_keys_opens_with_either() {
+        let keys = [SignerKey::generate("old").unwrap(), SignerKey::generate("new").unwrap()];
+        let c = Checkpoint { origin: "o".into(), size: 3, root: [7; 32] };
+        let note = c.sign_with_all(&keys);
+        assert_eq!(note.matches("\n— ").count(), 2, "{note}");
+        for key in &keys {
+            assert_eq!(Checkpoint::open(&note, &key.verifier()).unwrap(), c);
+        }
+        assert_eq!(Checkpoint::open_with_any(&note, &[keys[1].verifier(), keys[0].verifier()]).unwrap(), c);
+        // One key: the note `sign` makes, as before.
+        assert_eq!(c.sign_with_all(&keys[..1]), c.sign(&keys[0]));
+    }
 
     #[test]
     fn go_note_vectors() {

@@ -18,7 +18,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::merkle::{Frontier, Hash};
-use super::note::{Checkpoint, SignerKey};
+use super::note::{Checkpoint, SignerKey, VerifierKey};
 use super::{canonical, tree};
 use crate::config::ProofSettings;
 use crate::projections::{Feed, Projection, ProjectionKind};
@@ -31,8 +31,9 @@ pub const NAME: &str = "proof";
 /// How checkpoints are signed.
 #[derive(Debug, Clone)]
 pub struct Signing {
-    /// The private key.
-    pub key: Arc<SignerKey>,
+    /// The private keys, each signing every checkpoint: one, or two while the signing
+    /// key is changed over (the old and the new, so auditors holding either verify).
+    pub keys: Arc<[SignerKey]>,
     /// The checkpoints' origin line.
     pub origin: String,
     /// Sign after this many new events…
@@ -42,6 +43,11 @@ pub struct Signing {
 }
 
 impl Signing {
+    /// The verifier keys of the signing keys, in the C2SP format.
+    pub fn verifiers(&self) -> Vec<VerifierKey> {
+        self.keys.iter().map(SignerKey::verifier).collect()
+    }
+
     /// The signing set up by `settings` (`None` without a key), for the log of
     /// `database` (the default origin's name). A key file that cannot be used is an
     /// error naming it.
@@ -49,10 +55,24 @@ impl Signing {
         let Some(path) = &settings.signing_key else { return Ok(None) };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("MAILLEDGER_SIGNING_KEY {}: cannot be read", path.display()))?;
-        let key = SignerKey::parse(&text)
-            .with_context(|| format!("MAILLEDGER_SIGNING_KEY {}: not a usable signing key", path.display()))?;
+        // One key a line (blank lines and `#` comments skipped): more than one while the
+        // key is changed over.
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            keys.push(SignerKey::parse(line).with_context(|| {
+                format!("MAILLEDGER_SIGNING_KEY {} line {n}: not a usable signing key", path.display())
+            })?);
+        }
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "MAILLEDGER_SIGNING_KEY {}: not a usable signing key (the file holds none)",
+            path.display()
+        );
         Ok(Some(Self {
-            key: Arc::new(key),
+            keys: keys.into(),
             origin: settings.origin(database),
             every: settings.checkpoint_every.max(1),
             interval: settings.checkpoint_interval,
@@ -72,7 +92,7 @@ impl Signing {
         if !due {
             return Ok(None);
         }
-        let note = Checkpoint { origin: self.origin.clone(), size, root: *root }.sign(&self.key);
+        let note = Checkpoint { origin: self.origin.clone(), size, root: *root }.sign_with_all(&self.keys);
         tree::insert_checkpoint(tx, size, root, &note).await?;
         crate::metrics::PROOF_CHECKPOINT_SIZE.set(size as i64);
         Ok(Some(size))

@@ -446,31 +446,56 @@ async fn a_log_of_many_tiles_proves_every_kind_of_path_and_verifies() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// The signing key rotated: the first checkpoints are signed by the old key, the later
-/// ones by the new. The log verifies with both verifier keys (given twice, or as one
-/// file of both) and so does its export offline; with the new key alone, `verify` names
+/// Three emails through `app`; the checkpoint that covers them.
+async fn phase(app: &TestApp, what: &str) -> Value {
+    for i in 0..3 {
+        app.create(&original_payload(&format!("{what} {i}"))).await;
+    }
+    covered(app).await
+}
+
+/// The signing key rotated, with a changeover: the first checkpoints are signed by the
+/// old key, then by the old and the new together (a key file of both), then by the new
+/// alone. Until the changeover ends, an auditor holding only the old verifier key still
+/// verifies everything; the whole log verifies with both keys (given twice, or as one
+/// file of both), and so does its export offline; with one key alone, `verify` names
 /// the first checkpoint it cannot open.
 #[tokio::test]
 async fn a_rotated_signing_key_verifies_with_the_old_and_the_new_verifier_key() {
     let dir = tempfile::tempdir().unwrap();
     let (old_key, old_pub) = keygen(dir.path(), "mailledger/rotation-1");
     let (new_key, new_pub) = keygen(dir.path(), "mailledger/rotation-2");
+    let changeover = dir.path().join("changeover.key");
+    let both_private = format!(
+        "# old, then new\n{}\n{}\n",
+        std::fs::read_to_string(&old_key).unwrap().trim(),
+        std::fs::read_to_string(&new_key).unwrap().trim()
+    );
+    std::fs::write(&changeover, both_private).unwrap();
     let mut app = spawn_signing(Isolation::new(), &old_key).await;
-    for i in 0..3 {
-        app.create(&original_payload(&format!("before {i}"))).await;
-    }
-    let before = covered(&app).await;
+    let before = phase(&app, "before").await;
     assert!(rfc9162::open_checkpoint(before["note"].as_str().unwrap(), &old_pub).is_some());
     app.stop().await;
+    let during = {
+        let env = signing(&changeover);
+        let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut both = app.sibling(&extra).await;
+        let during = phase(&both, "during").await;
+        let note = during["note"].as_str().unwrap();
+        assert!(rfc9162::open_checkpoint(note, &old_pub).is_some(), "signed by the old key: {note}");
+        assert!(rfc9162::open_checkpoint(note, &new_pub).is_some(), "and by the new: {note}");
+        let (code, _, err) = mailledger(&both.iso.env(), &["ledger", "verify", "--public-key", &old_pub]);
+        assert_eq!(code, 0, "during the changeover, the old key alone verifies everything: {err}");
+        both.stop().await;
+        during
+    };
     let env = signing(&new_key);
     let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let rotated = app.sibling(&extra).await;
-    for i in 0..3 {
-        rotated.create(&original_payload(&format!("after {i}"))).await;
-    }
-    let after = covered(&rotated).await;
-    assert!(after["size"].as_u64() > before["size"].as_u64());
+    let after = phase(&rotated, "after").await;
+    assert!(after["size"].as_u64() > during["size"].as_u64());
     assert!(rfc9162::open_checkpoint(after["note"].as_str().unwrap(), &new_pub).is_some(), "signed by the new key");
+    assert!(rfc9162::open_checkpoint(after["note"].as_str().unwrap(), &old_pub).is_none(), "and not the old");
 
     let env = rotated.iso.env();
     let verify = |keys: &[&str]| {
