@@ -22,7 +22,7 @@ use super::progress::Progress;
 use crate::proof::audit::{Audit, Summary};
 use crate::proof::export::{self, Line};
 use crate::proof::merkle::Hash;
-use crate::proof::note::{SignerKey, VerifierKey};
+use crate::proof::note::{SignerKey, VerifierKey, key_lines};
 use crate::proof::tree::{self, Leaf, StoredCheckpoint};
 use crate::proof::{ProofLog, body, canonical};
 use crate::store::raw;
@@ -47,31 +47,20 @@ pub fn keygen(name: &str, out: &Path) -> anyhow::Result<String> {
     Ok(public)
 }
 
-/// A verifier key: the key itself, or a file holding it.
-pub fn load_verifier(text_or_path: &str) -> anyhow::Result<VerifierKey> {
-    let text = if Path::new(text_or_path).is_file() {
-        std::fs::read_to_string(text_or_path).with_context(|| format!("{text_or_path}: cannot be read"))?
-    } else {
-        text_or_path.to_owned()
-    };
-    VerifierKey::parse(&text).with_context(|| format!("{}: not a verifier key", crate::text::echo(text_or_path)))
-}
-
 /// Every verifier key given, each a key or a file of keys, one a line (blank lines and
 /// `#` comments skipped): the keys of a log whose signing key was rotated.
 pub fn load_verifiers(given: &[String]) -> anyhow::Result<Vec<VerifierKey>> {
     let mut keys = Vec::new();
     for text_or_path in given {
         if !Path::new(text_or_path).is_file() {
-            keys.push(load_verifier(text_or_path)?);
+            let key = VerifierKey::parse(text_or_path)
+                .with_context(|| format!("{}: not a verifier key", crate::text::echo(text_or_path)))?;
+            keys.push(key);
             continue;
         }
         let text = std::fs::read_to_string(text_or_path).with_context(|| format!("{text_or_path}: cannot be read"))?;
         let before = keys.len();
-        for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (n, line) in key_lines(&text) {
             keys.push(
                 VerifierKey::parse(line).with_context(|| format!("{text_or_path} line {n}: not a verifier key"))?,
             );

@@ -143,6 +143,17 @@ pub fn sign_with_all(text: &str, keys: &[SignerKey]) -> String {
     note
 }
 
+/// The keys of a key file, one a line, each with its line number (from 1): lines
+/// trimmed, blank lines and `#` comments skipped. Signing and verifier key files alike
+/// hold one key, or the old and the new one across a rotation.
+pub fn key_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| (i + 1, l))
+}
+
 /// `<name>+<hex id>+<base64>` → its parts.
 fn split_key(text: &str) -> Result<(&str, u32, Vec<u8>), NoteError> {
     // The name has no '+'; the base64 may.

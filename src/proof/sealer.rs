@@ -18,7 +18,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::merkle::{Frontier, Hash};
-use super::note::{Checkpoint, SignerKey, VerifierKey};
+use super::note::{Checkpoint, SignerKey, VerifierKey, key_lines};
 use super::{canonical, tree};
 use crate::config::ProofSettings;
 use crate::projections::{Feed, Projection, ProjectionKind};
@@ -55,13 +55,9 @@ impl Signing {
         let Some(path) = &settings.signing_key else { return Ok(None) };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("MAILLEDGER_SIGNING_KEY {}: cannot be read", path.display()))?;
-        // One key a line (blank lines and `#` comments skipped): more than one while the
-        // key is changed over.
+        // One key a line: more than one while the key is changed over.
         let mut keys = Vec::new();
-        for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (n, line) in key_lines(&text) {
             keys.push(SignerKey::parse(line).with_context(|| {
                 format!("MAILLEDGER_SIGNING_KEY {} line {n}: not a usable signing key", path.display())
             })?);
