@@ -76,6 +76,12 @@ pub static EVENTS_APPENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec("mailledger_events_appended_total", "Events appended to the ledger, by type", &["type"])
 });
 
+/// `mailledger_search_counts_total{how}`: the capped counts of searches, `counted` (a
+/// statement that counted the matches) or `remembered` (an earlier count that still
+/// holds); a search whose probe saw every email counts neither.
+pub static SEARCH_COUNTS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("mailledger_search_counts_total", "Search counts, counted or remembered", &["how"]));
+
 /// `mailledger_http_requests_total{method, route, status}`.
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -403,6 +409,7 @@ fn all() -> Vec<Box<dyn prometheus::core::Collector>> {
         Box::new(COMMANDS.clone()),
         Box::new(EVENTS_APPENDED.clone()),
         Box::new(APPEND_BATCH.clone()),
+        Box::new(SEARCH_COUNTS.clone()),
         Box::new(HTTP_REQUESTS.clone()),
         Box::new(HTTP_DURATION.clone()),
         Box::new(GRPC_REQUESTS.clone()),
@@ -518,6 +525,9 @@ pub fn init() {
     }
     for result in ["hit", "miss", "error"] {
         CACHE.with_label_values(&[result]);
+    }
+    for how in ["counted", "remembered"] {
+        SEARCH_COUNTS.with_label_values(&[how]);
     }
     for listener in ["rest", "grpc"] {
         TLS_HANDSHAKE_FAILURES.with_label_values(&[listener]);

@@ -59,13 +59,14 @@ impl From<feed::StoredEvent> for HistoryEntry {
 #[derive(Clone)]
 pub struct Repository {
     pool: PgPool,
-    densities: Arc<Densities>,
+    densities: Arc<Kept<bool>>,
+    counts: Arc<Kept<Counted>>,
 }
 
 impl Repository {
     /// Reads on `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, densities: Arc::default() }
+        Self { pool, densities: Arc::default(), counts: Arc::default() }
     }
 
     /// The read model's row for `id`.
@@ -113,25 +114,41 @@ impl Repository {
     /// refresh, a client polling) waits for the longer of the two rather than their sum.
     /// Either way of counting gives the same number (only its cost differs), so a
     /// density that has changed since costs time, never a wrong answer.
+    ///
+    /// A count is remembered, too (see [`Counted`]): the next search of the same key
+    /// takes it instead of counting again while the read model is unchanged (the
+    /// `emails` projection's checkpoint, read in the count's own snapshot, has not
+    /// moved); and past the cap for good when the search filters only on what never
+    /// changes in an email (its words, addresses, tenant, time), since new emails can
+    /// only add matches to those. A search on state (`status:`, `is:bounced`,
+    /// `is:suppressed`) is counted again whenever anything was projected.
     pub async fn search(&self, p: &SearchParams) -> sqlx::Result<Page<EmailSummary>> {
         if p.tsquery.as_deref() == Some("") {
             return Ok(Page::new(p, vec![], 0, false));
         }
         let wanted = p.offset() + i64::from(p.size) + 1;
+        let key = search_key(p);
         let mut counted = None;
+        let mut asked = false;
         if wanted <= PROBE {
             let mut q = QueryBuilder::<Postgres>::new("");
             push_probe(&mut q, p);
             let probe = q.build_query_as::<Probed>().persistent(false).fetch_all(&self.pool);
-            let key = Densities::key(p);
-            let known = self.densities.get(&key);
-            let (probed, early) = match known {
-                Some(dense) => {
-                    let (probed, early) = tokio::join!(probe, self.capped_count(p, dense));
-                    (probed?, Some(early?))
+            let known = self.densities.get(&key, Some(DENSITY_KEPT));
+            // Beside the probe: the remembered count if it still holds, else the count
+            // the way the last probe chose, if one did.
+            let early = async {
+                if let Some(n) = self.remembered(&key).await? {
+                    return Ok(Some(n));
                 }
-                None => (probe.await?, None),
+                match known {
+                    Some(dense) => self.count(p, &key, dense).await.map(Some),
+                    None => Ok(None),
+                }
             };
+            let (probed, early): (sqlx::Result<Vec<Probed>>, sqlx::Result<Option<i64>>) = tokio::join!(probe, early);
+            let (probed, early) = (probed?, early?);
+            asked = true;
             if let Some(first) = probed.first() {
                 let (matched, seen) = (first.matched, first.seen);
                 let rows = probed.into_iter().map(|r| r.row).collect::<Vec<_>>();
@@ -140,11 +157,11 @@ impl Repository {
                     return Ok(Page::new(p, rows, matched, false));
                 }
                 let dense = probe_is_dense(matched);
-                self.densities.put(key, dense);
+                self.densities.put(key.clone(), dense);
                 if rows.len() as i64 > i64::from(p.size) {
                     let counted = match early {
                         Some(n) => n,
-                        None => self.capped_count(p, dense).await?,
+                        None => self.count(p, &key, dense).await?,
                     };
                     return Ok(Page::new(p, rows, counted, true));
                 }
@@ -153,7 +170,10 @@ impl Repository {
         }
         let counted = match counted {
             Some(n) => n,
-            None => self.capped_count(p, false).await?,
+            None => match if asked { None } else { self.remembered(&key).await? } {
+                Some(n) => n,
+                None => self.count(p, &key, false).await?,
+            },
         };
         let dense = counted > COUNT_CAP;
         let mut q = QueryBuilder::<Postgres>::new("");
@@ -173,22 +193,59 @@ impl Repository {
     /// [`DENSITY_KEPT`]: whether its matches were dense among the newest emails, the way
     /// the next search of it counts beside its probe. `None`: it counts after the probe.
     pub fn learned_density(&self, p: &SearchParams) -> Option<bool> {
-        self.densities.get(&Densities::key(p))
+        self.densities.get(&search_key(p), Some(DENSITY_KEPT))
+    }
+
+    /// The count remembered for the search `p` (any page), and whether it holds for
+    /// good (`true`) or only while the read model is unchanged (`false`). `None`:
+    /// nothing remembered, the next search of it counts.
+    pub fn remembered_count(&self, p: &SearchParams) -> Option<(i64, bool)> {
+        self.counts.get(&search_key(p), None).map(|c| (c.n, c.at.is_none()))
+    }
+
+    /// The remembered count of the search `key`, if it still holds.
+    async fn remembered(&self, key: &str) -> sqlx::Result<Option<i64>> {
+        let held = match self.counts.get(key, None) {
+            None => None,
+            Some(Counted { n, at: None }) => Some(n),
+            Some(Counted { n, at: Some(at) }) => {
+                let now: Option<String> = sqlx::query_scalar(READ_MODEL_VERSION).fetch_optional(&self.pool).await?;
+                (now.as_deref() == Some(at.as_str())).then_some(n)
+            }
+        };
+        if held.is_some() {
+            crate::metrics::SEARCH_COUNTS.with_label_values(&["remembered"]).inc();
+        }
+        Ok(held)
+    }
+
+    /// Counts the search `p` (see [`capped_count`](Self::capped_count)) and remembers
+    /// the count under `key`.
+    async fn count(&self, p: &SearchParams, key: &str, dense: bool) -> sqlx::Result<i64> {
+        let (n, at) = self.capped_count(p, dense).await?;
+        crate::metrics::SEARCH_COUNTS.with_label_values(&["counted"]).inc();
+        let at = if n > COUNT_CAP && grows_only(p) { Some(None) } else { at.map(Some) };
+        if let Some(at) = at {
+            self.counts.put(key.to_owned(), Counted { n, at });
+        }
+        Ok(n)
     }
 
     /// Matches, counted up to `COUNT_CAP + 1`: along the newest-first index when they are
     /// `dense` (the cap is met within a few times as many rows), else through the
-    /// filters' indexes (a bitmap, stopped at the cap).
-    async fn capped_count(&self, p: &SearchParams, dense: bool) -> sqlx::Result<i64> {
-        let mut c = QueryBuilder::<Postgres>::new("");
+    /// filters' indexes (a bitmap, stopped at the cap); with the version of the read
+    /// model it counted (in the same statement, so the same snapshot).
+    async fn capped_count(&self, p: &SearchParams, dense: bool) -> sqlx::Result<(i64, Option<String>)> {
+        let mut c = QueryBuilder::<Postgres>::new("SELECT (");
         push_count(&mut c, p, dense);
+        c.push(format!("), ({READ_MODEL_VERSION})"));
         if dense {
             let mut tx = self.walking_the_order_index().await?;
-            let n = c.build_query_scalar().persistent(false).fetch_one(&mut *tx).await?;
+            let n = c.build_query_as().persistent(false).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(n)
         } else {
-            c.build_query_scalar().persistent(false).fetch_one(&self.pool).await
+            c.build_query_as().persistent(false).fetch_one(&self.pool).await
         }
     }
 
@@ -279,35 +336,66 @@ pub const PROBE: i64 = 2_000;
 
 /// How long a search's density, learned from its probe, picks how to count it.
 pub const DENSITY_KEPT: Duration = Duration::from_secs(60);
-/// Searches whose density is kept at most (past it the oldest half is forgotten).
-const DENSITIES_KEPT: usize = 1024;
 
-/// What recent probes learned: for each search (its words, fields and tenant, not its
-/// page), whether its matches were dense among the newest emails. Held per instance,
-/// for [`DENSITY_KEPT`]; only ever a choice of plan (see [`Repository::search`]).
-#[derive(Default)]
-struct Densities(Mutex<HashMap<String, (bool, Instant)>>);
+/// The version of the `emails` read model: its projection's checkpoint, which moves in
+/// the same transaction as every write to the table (a re-projection's swap included),
+/// and the row version it is stored in.
+const READ_MODEL_VERSION: &str = "SELECT txid::text || ':' || position || ':' || xmin::text \
+     FROM projection_checkpoints WHERE name = 'emails'";
 
-impl Densities {
-    /// The search `p` without its page: what its density is kept under.
-    fn key(p: &SearchParams) -> String {
-        format!("{:?}", (&p.tenant, &p.tsquery, &p.status, &p.from, &p.to, p.since, p.until, &p.filters))
+/// What a search is remembered under: `p` without its page (its words, fields, tenant).
+fn search_key(p: &SearchParams) -> String {
+    format!("{:?}", (&p.tenant, &p.tsquery, &p.status, &p.from, &p.to, p.since, p.until, &p.filters))
+}
+
+/// Whether the matches of `p` can only grow: it filters on nothing an email's later
+/// events change (its status and its recipients' outcomes), and emails are never
+/// removed from the read model, so a count past the cap stays past it.
+fn grows_only(p: &SearchParams) -> bool {
+    p.status.is_none()
+        && p.filters
+            .iter()
+            .all(|f| !matches!(f.kind, FilterKind::Status(_) | FilterKind::Bounced | FilterKind::Suppressed))
+}
+
+/// A remembered count: `n` (up to `COUNT_CAP + 1`), holding while the read model is at
+/// version `at`, or for good (`None`: past the cap, and the matches can only grow).
+#[derive(Clone, Debug)]
+struct Counted {
+    n: i64,
+    at: Option<String>,
+}
+
+/// Searches remembered at most, per instance (past it the oldest half is forgotten).
+const SEARCHES_KEPT: usize = 1024;
+
+/// What recent searches learned, per search (see [`search_key`]), held per instance and
+/// at most [`SEARCHES_KEPT`] of them: the density of the matches among the newest emails
+/// (a choice of plan), and the count (see [`Counted`]).
+struct Kept<V>(Mutex<HashMap<String, (V, Instant)>>);
+
+impl<V> Default for Kept<V> {
+    fn default() -> Self {
+        Self(Mutex::default())
     }
+}
 
-    fn get(&self, key: &str) -> Option<bool> {
+impl<V: Clone> Kept<V> {
+    /// What is kept under `key`, if it is younger than `max_age` (any age: `None`).
+    fn get(&self, key: &str, max_age: Option<Duration>) -> Option<V> {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.get(key).filter(|(_, at)| at.elapsed() < DENSITY_KEPT).map(|(dense, _)| *dense)
+        kept.get(key).filter(|(_, at)| max_age.is_none_or(|max| at.elapsed() < max)).map(|(v, _)| v.clone())
     }
 
-    fn put(&self, key: String, dense: bool) {
+    fn put(&self, key: String, value: V) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= DENSITIES_KEPT && !kept.contains_key(&key) {
+        if kept.len() >= SEARCHES_KEPT && !kept.contains_key(&key) {
             let mut ages: Vec<Instant> = kept.values().map(|(_, at)| *at).collect();
-            let (_, middle, _) = ages.select_nth_unstable(DENSITIES_KEPT / 2);
+            let (_, middle, _) = ages.select_nth_unstable(SEARCHES_KEPT / 2);
             let middle = *middle;
             kept.retain(|_, (_, at)| *at > middle);
         }
-        kept.insert(key, (dense, Instant::now()));
+        kept.insert(key, (value, Instant::now()));
     }
 }
 

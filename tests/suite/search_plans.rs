@@ -6,7 +6,7 @@
 
 use crate::support::{TestApp, db};
 use mailledger::query::repository::{PROBE, Repository};
-use mailledger::query::search::{COUNT_CAP, Page, SearchParams, to_tsquery};
+use mailledger::query::search::{COUNT_CAP, Filter, FilterKind, Page, SearchParams, to_tsquery};
 use mailledger::query::view::EmailSummary;
 use uuid::Uuid;
 
@@ -194,11 +194,23 @@ async fn a_density_learned_before_the_data_changed_still_gives_the_page_and_coun
     let app = TestApp::spawn().await;
     seed(&app).await;
     let repository = Repository::new(app.pool.clone());
-    let zeta = |page| SearchParams { tsquery: to_tsquery("zeta"), page, size: 10, ..Default::default() };
+    // `-is:bounced` holds for every seeded email (none has a refused recipient): it
+    // changes no match, and makes the search one on state, whose count is remembered
+    // only while the read model is unchanged (a word's count past the cap would be kept
+    // for good, and no email ever loses a word the way this test takes them away).
+    let zeta = |page| SearchParams {
+        tsquery: to_tsquery("zeta"),
+        filters: vec![Filter { negated: true, kind: FilterKind::Bounced }],
+        page,
+        size: 10,
+        ..Default::default()
+    };
     let mark = |every: i64| {
         let pool = app.pool.clone();
         async move {
-            // Emails in creation order, the word in one of every `every` of them.
+            // Emails in creation order, the word in one of every `every` of them; the
+            // `emails` checkpoint moved with them, as the projection moves it with every
+            // write to the table.
             sqlx::query(
                 "UPDATE emails e SET body = regexp_replace(e.body, ' ?zeta', '') \
                  || CASE WHEN n.i % $1 = 0 THEN ' zeta' ELSE '' END \
@@ -208,6 +220,7 @@ async fn a_density_learned_before_the_data_changed_still_gives_the_page_and_coun
             .execute(&pool)
             .await
             .unwrap();
+            db::touch_read_model(&pool).await;
         }
     };
     let check = |repository: &Repository, page: u32, what: &'static str| {
@@ -258,4 +271,89 @@ fn assert_page(got: &Page<EmailSummary>, all: &[Uuid], page: u32, size: u32, wha
         assert!(!got.total_exact, "{what}: {total} matches are past the cap");
         assert_eq!(got.total_count, COUNT_CAP, "{what}: total_count");
     }
+}
+
+/// A search's count is remembered (any page). Emails projected since (the `emails`
+/// checkpoint moved) are counted: the next search counts again. While nothing was
+/// projected, the next search takes the remembered count: a row written behind the
+/// projection's back (which the service never does) is not seen until the checkpoint
+/// moves, which shows the count was not taken again. Past the cap, a search on what
+/// never changes in an email (its words) keeps its count for good; a search on state
+/// (`-is:bounced`) keeps it only while the read model is unchanged.
+#[tokio::test]
+async fn a_remembered_count_holds_while_the_read_model_is_unchanged() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let repository = Repository::new(app.pool.clone());
+    let search = |q: &str, page| SearchParams { tsquery: to_tsquery(q), page, size: 10, ..Default::default() };
+    let kiwis = |n: usize, from: usize| {
+        let app = &app;
+        async move {
+            for i in from..from + n {
+                let body = serde_json::json!({"from": "a@example.com", "to": "b@example.org",
+                    "subject": format!("kiwi {i}"), "message": "fruit"});
+                app.create(&body).await;
+            }
+            // Projected whole (both events of each), so nothing is left to move the
+            // checkpoint after.
+            let want = (from + n) as i64;
+            crate::support::eventually(std::time::Duration::from_secs(15), || async {
+                let whole: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM emails WHERE subject LIKE 'kiwi %' AND last_sequence >= 2",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+                whole == want
+            })
+            .await;
+        }
+    };
+    let check = |page: u32, q: &'static str, what: &'static str| {
+        let (repository, app) = (repository.clone(), &app);
+        async move {
+            let p = search(q, page);
+            let got = repository.search(&p).await.unwrap();
+            assert_page(&got, &oracle(app, &p).await, page, 10, what);
+            got
+        }
+    };
+
+    // Three emails through the service: counted (the probe holds fewer than a page).
+    kiwis(3, 0).await;
+    assert_eq!(repository.remembered_count(&search("kiwi", 1)), None, "nothing before the first search");
+    check(1, "kiwi", "three kiwis").await;
+    assert_eq!(repository.remembered_count(&search("kiwi", 3)), Some((3, false)), "kept while nothing changes");
+
+    // Two more projected: the checkpoint moved, so the next search counts five.
+    kiwis(2, 3).await;
+    check(1, "kiwi", "five kiwis, after a projection").await;
+    assert_eq!(repository.remembered_count(&search("kiwi", 1)), Some((5, false)));
+
+    // Behind the projection's back: the remembered five stand until the checkpoint moves.
+    sqlx::query(
+        "INSERT INTO emails (id, from_address, to_addresses, recipients, subject, body, status, source, \
+                             created_at, updated_at, last_sequence) \
+         VALUES (gen_random_uuid(), 'a@example.com', '{b@example.org}', '{b@example.org}', 'kiwi x', 'fruit', \
+                 'queued', 'rest', now(), now(), 2)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let p = search("kiwi", 1);
+    let got = repository.search(&p).await.unwrap();
+    assert_eq!((got.total_count, got.items.len()), (5, 6), "the count remembered, the page read afresh");
+    db::touch_read_model(&app.pool).await;
+    check(1, "kiwi", "six kiwis, once the checkpoint moved").await;
+
+    // `alpha` is in every email: past the cap, kept for good; on state, kept by version.
+    check(2, "alpha", "alpha").await;
+    assert_eq!(repository.remembered_count(&search("alpha", 1)), Some((COUNT_CAP + 1, true)));
+    let unbounced =
+        SearchParams { filters: vec![Filter { negated: true, kind: FilterKind::Bounced }], ..search("alpha", 1) };
+    let got = repository.search(&unbounced).await.unwrap();
+    assert!(!got.total_exact && got.total_count == COUNT_CAP, "past the cap");
+    assert_eq!(repository.remembered_count(&unbounced), Some((COUNT_CAP + 1, false)));
+    // And paging a remembered count gives what plain SQL gives.
+    check(3, "alpha", "alpha, page 3, remembered").await;
 }

@@ -265,6 +265,19 @@ pub async fn seed_search_corpus(pool: &PgPool, n: i64) {
     sqlx::query("ANALYZE emails").execute(pool).await.expect("analyze");
 }
 
+/// Moves the `emails` projection's checkpoint row (a new row version, the same place in
+/// the feed), as the projection does with every write to the table: for a test that
+/// writes `emails` itself, so that searches see the read model changed.
+pub async fn touch_read_model(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name) VALUES ('emails') \
+         ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+    )
+    .execute(pool)
+    .await
+    .expect("touch the emails checkpoint");
+}
+
 /// Every read-model row matching a search, newest first, by the plainest SQL there is.
 pub async fn search_oracle(
     pool: &PgPool,
