@@ -442,18 +442,27 @@ async fn main() {
                 true,
                 notes,
             ));
-            let (mut fig, mut lim) = (vec![], vec![]);
+            let (mut fig, mut lim, mut costs) = (vec![], vec![], vec![]);
             for r in 0..rounds {
                 wait_quiet(&pool).await;
                 lim.push(unnest_limit(&pool, pool_size, n(3000.0), r + 100).await);
                 wait_quiet(&pool).await;
+                let before = cpu::sample(svc.pid());
                 fig.push(intake_rest(&pool, &svc, n(3000.0), r, 32).await);
-                eprintln!("  intake_rest round {r}: {:.0}/s (limit {:.0}/s)", fig[r], lim[r]);
+                costs.push(cpu::Cost::between(&before, &cpu::sample(svc.pid()), n(3000.0)));
+                eprintln!(
+                    "  intake_rest round {r}: {:.0}/s (limit {:.0}/s); CPU per email {}",
+                    fig[r],
+                    lim[r],
+                    cpu::Cost::describe(&costs[r..=r])
+                );
             }
             let notes = format!(
                 "{} emails a round from 32 concurrent HTTP/1.1 clients; limit: PostgreSQL INSERT … UNNEST of up to 256 \
-                 emails per commit over {pool_size} connections",
-                n(3000.0)
+                 emails per commit over {pool_size} connections; CPU per email while the round ran (the machine's, by \
+                 process, median of the rounds; the HTTP clients are the bench's): {}",
+                n(3000.0),
+                cpu::Cost::describe(&costs),
             );
             figures.push(figure(
                 "intake_rest",
