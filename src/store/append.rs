@@ -154,11 +154,18 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, writing: A
             // Another batch is being written: what arrives until it is done (or for
             // CROWD_LINGER at most) shares this commit instead of needing one more.
             let until = tokio::time::Instant::now() + CROWD_LINGER;
-            while jobs.len() < WORTH_A_COMMIT && writing.count.load(Ordering::Acquire) > 0 {
+            loop {
+                // Listening before looking, so a write that ends in between still wakes us.
+                let ended = writing.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if jobs.len() >= WORTH_A_COMMIT || writing.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
                 let more = MAX_BATCH - jobs.len();
                 tokio::select! {
                     n = queue.recv_many(&mut jobs, more) => if n == 0 { break },
-                    _ = writing.ended.notified() => break,
+                    _ = &mut ended => break,
                     _ = tokio::time::sleep_until(until) => break,
                 }
             }
