@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::row::{self, SummaryRow, summary_columns};
 use super::search::{COUNT_CAP, FilterKind, Page, SearchParams};
 use super::view::{EmailSummary, EmailView};
-use crate::store::feed;
+use crate::store::{checkpoints, feed};
 
 /// One event of an email's history.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -209,7 +209,7 @@ impl Repository {
             None => None,
             Some(Counted { n, at: None }) => Some(n),
             Some(Counted { n, at: Some(at) }) => {
-                let now: Option<String> = sqlx::query_scalar(READ_MODEL_VERSION).fetch_optional(&self.pool).await?;
+                let now = checkpoints::version(&self.pool, READ_MODEL).await?;
                 (now.as_deref() == Some(at.as_str())).then_some(n)
             }
         };
@@ -238,7 +238,8 @@ impl Repository {
     async fn capped_count(&self, p: &SearchParams, dense: bool) -> sqlx::Result<(i64, Option<String>)> {
         let mut c = QueryBuilder::<Postgres>::new("SELECT (");
         push_count(&mut c, p, dense);
-        c.push(format!("), ({READ_MODEL_VERSION})"));
+        c.push("), ");
+        checkpoints::push_version(&mut c, READ_MODEL);
         if dense {
             let mut tx = self.walking_the_order_index().await?;
             let n = c.build_query_as().persistent(false).fetch_one(&mut *tx).await?;
@@ -337,11 +338,9 @@ pub const PROBE: i64 = 2_000;
 /// How long a search's density, learned from its probe, picks how to count it.
 pub const DENSITY_KEPT: Duration = Duration::from_secs(60);
 
-/// The version of the `emails` read model: its projection's checkpoint, which moves in
-/// the same transaction as every write to the table (a re-projection's swap included),
-/// and the row version it is stored in.
-const READ_MODEL_VERSION: &str = "SELECT txid::text || ':' || position || ':' || xmin::text \
-     FROM projection_checkpoints WHERE name = 'emails'";
+/// The projection that writes `emails`: its version ([`checkpoints::version`]) is the
+/// read model's.
+const READ_MODEL: &str = "emails";
 
 /// What a search is remembered under: `p` without its page (its words, fields, tenant).
 fn search_key(p: &SearchParams) -> String {

@@ -1,7 +1,7 @@
 //! Where each projection stands in the feed: `projection_checkpoints`, one row per
 //! projection (a re-projection keeps `<name>__shadow` while it runs).
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::feed::Checkpoint;
 
@@ -63,4 +63,24 @@ pub async fn lowest(pool: &sqlx::PgPool, names: &[&str]) -> Result<Option<Checkp
         .iter()
         .filter_map(|(txid, position)| Some(Checkpoint { txid: txid.parse().ok()?, position: *position }))
         .min())
+}
+
+/// The version of what projection `name` has written: its checkpoint, which moves in the
+/// same transaction as every write the projection makes (a re-projection's swap
+/// included), and the version of the row it is kept in (so that any save counts).
+const VERSION: &str =
+    "SELECT txid::text || ':' || position || ':' || xmin::text FROM projection_checkpoints WHERE name = ";
+
+/// Pushes a subquery giving the version of projection `name`'s output (see [`version`]),
+/// for a statement that must read it in the same snapshot as what it counts.
+pub fn push_version(q: &mut QueryBuilder<'_, Postgres>, name: &str) {
+    q.push("(").push(VERSION).push_bind(name.to_owned()).push(")");
+}
+
+/// The version of what projection `name` has written (`None` while it has no
+/// checkpoint): equal versions, equal output.
+pub async fn version(pool: &sqlx::PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let version: Option<Option<String>> =
+        sqlx::query_scalar(&format!("{VERSION}$1")).bind(name).fetch_optional(pool).await?;
+    Ok(version.flatten())
 }
