@@ -129,7 +129,6 @@ impl Repository {
         let wanted = p.offset() + i64::from(p.size) + 1;
         let key = search_key(p);
         let mut counted = None;
-        let mut asked = false;
         if wanted <= PROBE {
             let mut q = QueryBuilder::<Postgres>::new("");
             push_probe(&mut q, p);
@@ -148,7 +147,6 @@ impl Repository {
             };
             let (probed, early): (sqlx::Result<Vec<Probed>>, sqlx::Result<Option<i64>>) = tokio::join!(probe, early);
             let (probed, early) = (probed?, early?);
-            asked = true;
             if let Some(first) = probed.first() {
                 let (matched, seen) = (first.matched, first.seen);
                 let rows = probed.into_iter().map(|r| r.row).collect::<Vec<_>>();
@@ -170,10 +168,15 @@ impl Repository {
         }
         let counted = match counted {
             Some(n) => n,
-            None => match if asked { None } else { self.remembered(&key).await? } {
-                Some(n) => n,
-                None => self.count(p, &key, false).await?,
-            },
+            None => {
+                // The remembered count, if it holds: asked here for a page past the probe,
+                // beside the probe (above) for the others.
+                let remembered = if wanted <= PROBE { None } else { self.remembered(&key).await? };
+                match remembered {
+                    Some(n) => n,
+                    None => self.count(p, &key, false).await?,
+                }
+            }
         };
         let dense = counted > COUNT_CAP;
         let mut q = QueryBuilder::<Postgres>::new("");
